@@ -1,0 +1,24 @@
+"""Test configuration shared by tests/ and the doctests in resetax/.
+
+Eight CPU devices are simulated so that pmap and sharding run as on a multi-device host; the flag
+must be set before jax is first imported, which is why this file sits at the repository root.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _doctest_namespace(doctest_namespace):
+    import resetax
+
+    doctest_namespace.update(jax=jax, jnp=jnp, optax=optax, resetax=resetax)

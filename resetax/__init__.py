@@ -1,0 +1,41 @@
+"""resetax: stochastic resetting of SGD for training on noisy labels, in JAX and Optax.
+
+Importing resetax loads jax and optax only; the submodules that need Flax or TensorFlow Datasets
+(``resetax.data``, ``resetax.models``, ``resetax.experiment``, ``resetax.diagnostics``) load on
+first attribute access.
+"""
+
+import importlib
+
+from resetax.resetting import (
+    ModelStateCheckpoint,
+    ResettingState,
+    apply_updates,
+    find_resetting_state,
+    init_model_state_checkpoint,
+    reset_model_state,
+    set_checkpoint,
+    stochastic_resetting,
+)
+
+__version__ = "0.1.0"
+
+_SUBMODULES = ("data", "diagnostics", "experiment", "losses", "models", "noise", "theory")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"resetax.{name}")
+    raise AttributeError(f"module 'resetax' has no attribute {name!r}")
+
+
+__all__ = [
+    "ModelStateCheckpoint",
+    "ResettingState",
+    "apply_updates",
+    "find_resetting_state",
+    "init_model_state_checkpoint",
+    "reset_model_state",
+    "set_checkpoint",
+    "stochastic_resetting",
+]
