@@ -1,11 +1,591 @@
-"""Placeholder: the stochastic resetting transformation is being written on main."""
+"""Stochastic resetting of SGD as an Optax gradient transformation.
 
-ModelStateCheckpoint = ResettingState = None
+With probability ``reset_prob`` per step, the parameters jump back to a checkpoint (the best
+validation parameters); otherwise the inner optimizer's update is applied. Everything — the random
+draw, best tracking, the patience trigger and the snapshot — happens inside one jittable update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from optax._src import base
+
+__all__ = [
+    "ModelStateCheckpoint",
+    "ResettingState",
+    "apply_updates",
+    "find_resetting_state",
+    "init_model_state_checkpoint",
+    "reset_model_state",
+    "set_checkpoint",
+    "stochastic_resetting",
+]
+
+_MODES = ("min", "max")
 
 
-def _todo(*args, **kwargs):
-    raise NotImplementedError
+class ResettingState(NamedTuple):
+    """State of :func:`stochastic_resetting`.
+
+    Attributes:
+      count: Number of updates taken so far (``int32``); drives a ``reset_prob`` schedule.
+      key: Raw PRNG key data for the next reset draw; split at every update.
+      inner_state: State of the inner transformation.
+      checkpoint: The parameters a reset returns to, on the leaves that may reset
+        (``optax.MaskedNode`` on the others, so they cost no memory). Before resetting is
+        active it holds the best parameters seen so far, the checkpoint-to-be.
+      checkpoint_inner_state: With ``reset_inner_state=True``, the floating-point leaves of the
+        inner state taken together with ``checkpoint`` (``optax.MaskedNode`` elsewhere);
+        otherwise ``optax.EmptyState()``.
+      best_value: Best validation value seen so far (``float32``; ``+inf`` in ``"min"`` mode and
+        ``-inf`` in ``"max"`` mode before the first measurement).
+      steps_since_best: Updates since ``best_value`` last improved (``int32``).
+      active: Whether resetting is switched on (``bool``); once on, it stays on.
+      did_reset: Whether this update was a reset (``bool``).
+      checkpoint_updated: Whether this update copied ``params`` into ``checkpoint`` (``bool``);
+        non-parameter model state is snapshotted at the same moments
+        (see :func:`reset_model_state`).
+      num_resets: Number of resets so far (``int32``).
+    """
+
+    count: jax.Array
+    key: jax.Array
+    inner_state: base.OptState
+    checkpoint: base.Params
+    checkpoint_inner_state: Any
+    best_value: jax.Array
+    steps_since_best: jax.Array
+    active: jax.Array
+    did_reset: jax.Array
+    checkpoint_updated: jax.Array
+    num_resets: jax.Array
 
 
-apply_updates = find_resetting_state = init_model_state_checkpoint = _todo
-reset_model_state = set_checkpoint = stochastic_resetting = _todo
+class ModelStateCheckpoint(NamedTuple):
+    """Snapshot of non-parameter model state (e.g. BatchNorm ``batch_stats``).
+
+    Attributes:
+      model_state: The model state taken at the moments the parameters were copied into
+        :attr:`ResettingState.checkpoint`.
+    """
+
+    model_state: Any
+
+
+def stochastic_resetting(
+    inner: base.GradientTransformation,
+    reset_prob: float | jax.Array | base.Schedule,
+    *,
+    key: int | jax.Array,
+    patience: int | None = None,
+    adaptive: bool = True,
+    reset_inner_state: bool = False,
+    mask: Any | Callable[[base.Params], Any] | None = None,
+    mode: str = "min",
+    min_delta: float = 0.0,
+) -> base.GradientTransformationExtraArgs:
+    r"""Stochastic resetting: with probability ``reset_prob`` jump back to a checkpoint.
+
+    At update :math:`t` with parameters :math:`\theta_t`, inner update :math:`u_t`, and an optional
+    validation value :math:`v_t` measured at :math:`\theta_t` (``"min"`` mode shown):
+
+    .. math::
+
+      \text{improved}_t &= v_t < b_{t-1} - \delta, \qquad
+      b_t = \text{improved}_t \; ? \; v_t : b_{t-1} \\
+      s_t &= \text{improved}_t \; ? \; 0 : s_{t-1} + 1, \qquad
+      a_t = a_{t-1} \lor (s_t \ge T) \\
+      c_t &= \theta_t \text{ if } t = 0 \text{ or improved}_t \text{ (while inactive, or
+      always if adaptive)}, \text{ else } c_{t-1} \\
+      \Delta\theta_t &= \begin{cases} c_t - \theta_t & a_t \land \xi_t < r_t,
+      \quad \xi_t \sim U[0, 1) \\ u_t & \text{otherwise,} \end{cases}
+
+    where :math:`T` is ``patience``, :math:`\delta` is ``min_delta``, :math:`c_t` the checkpoint
+    and :math:`r_t` the reset probability. A NaN (or absent) ``value`` is no measurement. With
+    ``patience=None`` resetting is active from the first update, whose ``params`` become the
+    checkpoint. ``reset_prob=0`` is plain training with the inner optimizer; ``reset_prob=1``
+    freezes the parameters at the checkpoint once active (early stopping).
+
+    On a reset the inner state keeps the state the inner update produced (its integer
+    counters, and so learning-rate schedules, keep counting); with ``reset_inner_state=True``
+    its floating-point leaves (momentum, moments) instead take their values from when the
+    checkpoint was taken.
+
+    Under data parallelism the decision is identical on every replica as long as the state
+    (and so the key) is replicated and ``value`` is the same everywhere (``lax.pmean`` it); never
+    fold a device index into the key.
+
+    Args:
+      inner: The optimizer whose updates are applied between resets, e.g. ``optax.sgd(...)``.
+      reset_prob: Probability of a reset per update once resetting is active, in ``[0, 1]``: a
+        Python float, a traced scalar (so that ``optax.inject_hyperparams`` can change it) or a
+        schedule ``step -> probability``.
+      key: An ``int`` seed or a ``jax.random.key``; the state carries it and splits it every
+        update.
+      patience: Updates without a better ``value`` before resetting switches on (the paper's
+        threshold :math:`T`). ``None``: on from the first update.
+      adaptive: If ``True``, after activation the checkpoint follows every new best; if
+        ``False`` it is frozen at the activation point.
+      reset_inner_state: If ``True``, a reset also restores the floating-point leaves of the inner
+        state to their values at the checkpoint; integer leaves keep counting.
+      mask: Which parameter leaves may reset: a pytree of bools with the structure of the params
+        (or a prefix of it), or a callable ``params -> pytree``. ``False`` leaves never reset and
+        take no checkpoint memory. ``None``: all leaves.
+      mode: ``"min"`` if a lower ``value`` is better (a loss), ``"max"`` if higher is better (an
+        accuracy).
+      min_delta: Margin by which ``value`` must beat the best to count as an improvement.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params, *,
+      value=nan, **extra_args)`` requires ``params`` and forwards the extra arguments to
+      ``inner``. Its state is a :class:`ResettingState`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import resetax
+      >>> tx = resetax.stochastic_resetting(optax.sgd(0.5), reset_prob=1.0, key=0, patience=2)
+      >>> params = {"w": jnp.array([1.0, 2.0])}
+      >>> state = tx.init(params)
+      >>> for value in [3.0, 1.0, 2.0, 2.0]:  # validation loss measured at `params`
+      ...   grads = {"w": jnp.ones(2)}
+      ...   updates, state = tx.update(grads, state, params, value=value)
+      ...   params = resetax.apply_updates(params, updates, state)
+      ...   print(bool(state.active), bool(state.did_reset), params["w"])
+      False False [0.5 1.5]
+      False False [0. 1.]
+      False False [-0.5  0.5]
+      True True [0.5 1.5]
+
+      The best value (1.0) was measured at ``[0.5, 1.5]``; two updates later patience ran out,
+      resetting switched on and, with ``reset_prob=1``, sent the parameters back there.
+
+    References:
+      Bae, Song & Jeong, `Stochastic resetting mitigates latent gradient bias of SGD from label
+      noise <https://arxiv.org/abs/2406.00396>`_, Machine Learning: Science and Technology 6,
+      015062 (2025).
+
+      Evans & Majumdar, `Diffusion with stochastic resetting
+      <https://arxiv.org/abs/1102.2704>`_, Physical Review Letters 106, 160601 (2011).
+
+    .. warning::
+      The updates of a reset step are ``checkpoint - params``: they must reach
+      ``optax.apply_updates`` unchanged, so put this transformation last in an ``optax.chain``
+      (like ``optax.lookahead``). ``optax.apply_updates`` then lands within float rounding of the
+      checkpoint; :func:`apply_updates` lands on it bit for bit.
+
+    .. note::
+      With ``optax.inject_hyperparams``, pass ``static_args=("key", "patience", "mask")`` (those
+      you use) so that only ``reset_prob`` and ``min_delta`` become injected hyperparameters.
+    """
+    _check_args(inner, reset_prob, key, patience, adaptive, reset_inner_state, mask, mode,
+                min_delta)
+    inner = base.with_extra_args_support(inner)
+    sign = 1.0 if mode == "min" else -1.0
+
+    def init_fn(params):
+        mask_tree = _full_mask(mask, params)
+        inner_state = inner.init(params)
+        if reset_inner_state:
+            inner_mask = _inner_state_mask(inner, inner_state, mask_tree)
+            checkpoint_inner_state = _select(inner_mask, inner_state)
+        else:
+            checkpoint_inner_state = optax.EmptyState()
+        return ResettingState(
+            count=jnp.zeros([], jnp.int32),
+            key=_key_data(key),
+            inner_state=inner_state,
+            checkpoint=_select(mask_tree, params),
+            checkpoint_inner_state=checkpoint_inner_state,
+            best_value=jnp.asarray(sign * jnp.inf, jnp.float32),
+            steps_since_best=jnp.zeros([], jnp.int32),
+            active=jnp.asarray(patience is None),
+            did_reset=jnp.asarray(False),
+            checkpoint_updated=jnp.asarray(False),
+            num_resets=jnp.zeros([], jnp.int32),
+        )
+
+    def update_fn(updates, state, params=None, *, value=jnp.nan, **extra_args):
+        if params is None:
+            raise ValueError(base.NO_PARAMS_MSG)
+        if jnp.ndim(value) != 0:
+            raise ValueError(
+                f"value must be a scalar (the validation metric), got shape {jnp.shape(value)}."
+            )
+        inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+
+        value = jnp.asarray(value, jnp.float32)
+        improved = jnp.isfinite(value) & (sign * value < sign * state.best_value - min_delta)
+        best_value = jnp.where(improved, value, state.best_value)
+        steps_since_best = jnp.where(improved, 0, _increment(state.steps_since_best))
+        take = (state.count == 0) | (improved & (~state.active | jnp.asarray(adaptive)))
+        if patience is None:
+            active = state.active
+        else:
+            active = state.active | (steps_since_best >= patience)
+
+        next_key, draw_key = jax.random.split(_wrap_key(state.key, key))
+        prob = reset_prob(state.count) if callable(reset_prob) else reset_prob
+        did_reset = active & (jax.random.uniform(draw_key) < prob)
+
+        checkpoint = _where_tree(take, params, state.checkpoint)
+        updates = jax.tree.map(
+            lambda c, u, p: u if _is_masked(c)
+            else jnp.where(did_reset, (c - p).astype(u.dtype), u),
+            checkpoint, inner_updates, params, is_leaf=_is_masked,
+        )
+        checkpoint_inner_state = state.checkpoint_inner_state
+        if reset_inner_state:
+            checkpoint_inner_state = _where_tree(take, state.inner_state, checkpoint_inner_state)
+            inner_state = _where_tree(did_reset, checkpoint_inner_state, inner_state)
+
+        return updates, ResettingState(
+            count=_increment(state.count),
+            key=jax.random.key_data(next_key),
+            inner_state=inner_state,
+            checkpoint=checkpoint,
+            checkpoint_inner_state=checkpoint_inner_state,
+            best_value=best_value,
+            steps_since_best=steps_since_best,
+            active=active,
+            did_reset=did_reset,
+            checkpoint_updated=take,
+            num_resets=state.num_resets + did_reset.astype(jnp.int32),
+        )
+
+    return base.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def find_resetting_state(state: base.OptState) -> ResettingState:
+    """Returns the one :class:`ResettingState` inside an optimizer state.
+
+    The resetting transformation may sit inside ``optax.chain``, ``optax.inject_hyperparams``,
+    ``optax.MultiSteps`` or ``optax.masked``; this finds its state wherever it is.
+
+    Args:
+      state: An optimizer state that contains exactly one :class:`ResettingState`.
+
+    Returns:
+      That :class:`ResettingState`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import resetax
+      >>> tx = optax.chain(optax.clip_by_global_norm(1.0),
+      ...                  resetax.stochastic_resetting(optax.sgd(0.1), 0.01, key=0))
+      >>> state = tx.init({"w": jnp.zeros(3)})
+      >>> int(resetax.find_resetting_state(state).num_resets)
+      0
+    """
+    found = [s for s in jax.tree.leaves(state, is_leaf=_is_resetting_state)
+             if _is_resetting_state(s)]
+    if len(found) != 1:
+        raise ValueError(
+            f"state must contain exactly one ResettingState (the state of "
+            f"resetax.stochastic_resetting), found {len(found)}."
+        )
+    return found[0]
+
+
+def apply_updates(params: base.Params, updates: base.Updates, state: base.OptState) -> base.Params:
+    """Applies updates like ``optax.apply_updates``, landing exactly on the checkpoint on a reset.
+
+    ``optax.apply_updates(params, checkpoint - params)`` equals the checkpoint only to within float
+    rounding; this returns the checkpoint's own values, bit for bit, on the leaves that reset at
+    this step, and ``optax.apply_updates`` elsewhere. It is jittable.
+
+    Args:
+      params: The parameters passed to ``update``.
+      updates: The updates returned by ``update``.
+      state: The optimizer state returned by the same ``update`` (it may wrap the
+        :class:`ResettingState`, e.g. in an ``optax.chain``).
+
+    Returns:
+      The new parameters.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import resetax
+      >>> tx = resetax.stochastic_resetting(optax.sgd(0.3), reset_prob=1.0, key=0)
+      >>> params = jnp.array([0.1, 0.7])
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(jnp.ones(2), state, params)  # a reset to the first params
+      >>> new_params = resetax.apply_updates(params, updates, state)
+      >>> bool(state.did_reset), bool((new_params == params).all())
+      (True, True)
+    """
+    resetting = find_resetting_state(state)
+    new_params = optax.apply_updates(params, updates)
+    return _where_tree(resetting.did_reset, resetting.checkpoint, new_params)
+
+
+def set_checkpoint(
+    state: base.OptState, params: base.Params, inner_state: base.OptState | None = None
+) -> base.OptState:
+    """Makes ``params`` (and optionally an inner state) the checkpoint that resets return to.
+
+    For users who pick the checkpoint themselves, e.g. after evaluating a candidate more
+    thoroughly than the per-step ``value`` allows. Only the leaves that may reset are stored.
+
+    Args:
+      state: An optimizer state containing one :class:`ResettingState`.
+      params: The new checkpoint parameters, with the structure of the optimized params.
+      inner_state: With ``reset_inner_state=True``, the inner optimizer state to restore on a
+        reset (its floating-point leaves are stored); must be ``None`` otherwise.
+
+    Returns:
+      ``state`` with the checkpoint replaced.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import resetax
+      >>> tx = resetax.stochastic_resetting(optax.sgd(0.1), reset_prob=1.0, key=0)
+      >>> params = jnp.zeros(2)
+      >>> state = tx.init(params)
+      >>> state = resetax.set_checkpoint(state, jnp.array([5.0, 6.0]))
+      >>> _, state = tx.update(jnp.zeros(2), state, params)  # step 0 snapshots `params` ...
+      >>> state = resetax.set_checkpoint(state, jnp.array([5.0, 6.0]))  # ... so set it after
+      >>> updates, state = tx.update(jnp.zeros(2), state, params)
+      >>> resetax.apply_updates(params, updates, state)
+      Array([5., 6.], dtype=float32)
+    """
+
+    def replace(resetting: ResettingState) -> ResettingState:
+        checkpoint = _replace_leaves(resetting.checkpoint, params, "params")
+        checkpoint_inner_state = resetting.checkpoint_inner_state
+        if inner_state is not None:
+            if isinstance(checkpoint_inner_state, optax.EmptyState):
+                raise ValueError(
+                    "inner_state can only be set when the transformation was built with "
+                    "reset_inner_state=True."
+                )
+            checkpoint_inner_state = _replace_leaves(
+                checkpoint_inner_state, inner_state, "inner_state")
+        return resetting._replace(
+            checkpoint=checkpoint, checkpoint_inner_state=checkpoint_inner_state)
+
+    find_resetting_state(state)
+    return jax.tree.map(
+        lambda s: replace(s) if _is_resetting_state(s) else s, state, is_leaf=_is_resetting_state)
+
+
+def init_model_state_checkpoint(model_state: Any) -> ModelStateCheckpoint:
+    """Starts a checkpoint of non-parameter model state, e.g. BatchNorm ``batch_stats``.
+
+    Args:
+      model_state: The model state at initialization.
+
+    Returns:
+      A :class:`ModelStateCheckpoint` holding one copy of it, to be threaded through the train
+      step with :func:`reset_model_state`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import resetax
+      >>> checkpoint = resetax.init_model_state_checkpoint({"mean": jnp.zeros(3)})
+      >>> checkpoint.model_state["mean"].shape
+      (3,)
+    """
+    return ModelStateCheckpoint(jax.tree.map(jnp.array, model_state))
+
+
+def reset_model_state(
+    model_state: Any,
+    new_model_state: Any,
+    checkpoint: ModelStateCheckpoint,
+    opt_state: base.OptState,
+) -> tuple[Any, ModelStateCheckpoint]:
+    """Resets non-parameter model state (BatchNorm statistics) together with the params.
+
+    Call it in the train step right after the resetting update. It snapshots ``model_state`` —
+    the state that belongs with the ``params`` passed to ``update`` — whenever those params were
+    copied into the checkpoint, and returns the snapshot in place of ``new_model_state`` (the
+    state after this step's forward pass) whenever the update was a reset. Jittable.
+
+    Args:
+      model_state: The model state that goes with the ``params`` given to ``update`` (before this
+        step's forward pass updated it).
+      new_model_state: The model state after this step's forward pass.
+      checkpoint: The :class:`ModelStateCheckpoint` threaded through training.
+      opt_state: The optimizer state returned by the resetting update.
+
+    Returns:
+      ``(model_state, checkpoint)``: the model state to carry into the next step and the
+      updated checkpoint.
+
+    Examples:
+      A train step for a Flax model with BatchNorm, resetting ``batch_stats`` with the params:
+
+      >>> import flax.linen as nn
+      >>> import jax, jax.numpy as jnp, optax, resetax
+      >>> class Net(nn.Module):
+      ...   @nn.compact
+      ...   def __call__(self, x, train):
+      ...     x = nn.BatchNorm(use_running_average=not train)(nn.Dense(4)(x))
+      ...     return nn.Dense(2)(nn.relu(x))
+      >>> net = Net()
+      >>> x, y = jnp.ones((8, 3)), jnp.zeros(8, jnp.int32)
+      >>> variables = net.init(jax.random.key(0), x, train=False)
+      >>> params, batch_stats = variables["params"], variables["batch_stats"]
+      >>> tx = resetax.stochastic_resetting(optax.sgd(0.1), reset_prob=0.5, key=0)
+      >>> opt_state = tx.init(params)
+      >>> bs_checkpoint = resetax.init_model_state_checkpoint(batch_stats)
+      >>> @jax.jit
+      ... def train_step(params, batch_stats, opt_state, bs_checkpoint, val_loss):
+      ...   def loss_fn(p):
+      ...     logits, updated = net.apply({"params": p, "batch_stats": batch_stats}, x,
+      ...                                 train=True, mutable=["batch_stats"])
+      ...     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      ...     return loss, updated["batch_stats"]
+      ...   grads, new_batch_stats = jax.grad(loss_fn, has_aux=True)(params)
+      ...   updates, opt_state = tx.update(grads, opt_state, params, value=val_loss)
+      ...   new_params = resetax.apply_updates(params, updates, opt_state)
+      ...   new_batch_stats, bs_checkpoint = resetax.reset_model_state(
+      ...       batch_stats, new_batch_stats, bs_checkpoint, opt_state)
+      ...   return new_params, new_batch_stats, opt_state, bs_checkpoint
+      >>> out = train_step(params, batch_stats, opt_state, bs_checkpoint, jnp.nan)
+      >>> params, batch_stats, opt_state, bs_checkpoint = out
+    """
+    resetting = find_resetting_state(opt_state)
+    snapshot = _where_tree(resetting.checkpoint_updated, model_state, checkpoint.model_state)
+    model_state = _where_tree(resetting.did_reset, snapshot, new_model_state)
+    return model_state, ModelStateCheckpoint(snapshot)
+
+
+def _check_args(inner, reset_prob, key, patience, adaptive, reset_inner_state, mask, mode,
+                min_delta):
+    if not (hasattr(inner, "init") and hasattr(inner, "update")):
+        raise TypeError(
+            f"inner must be an optax.GradientTransformation, got {type(inner).__name__}.")
+    if isinstance(reset_prob, bool) or (
+        isinstance(reset_prob, (int, float, np.number, np.ndarray))
+        and not (np.ndim(reset_prob) == 0 and 0.0 <= float(reset_prob) <= 1.0)
+    ):
+        raise ValueError(
+            f"reset_prob must be a probability in [0, 1] (a float, a scalar array or a schedule "
+            f"step -> probability), got {reset_prob!r}."
+        )
+    if patience is not None and (
+        isinstance(patience, bool)
+        or not isinstance(patience, (int, np.integer, jax.Array))
+        or (isinstance(patience, (int, np.integer)) and patience < 0)
+    ):
+        raise ValueError(
+            f"patience must be None or a non-negative integer number of steps, got {patience!r}.")
+    if not isinstance(key, (int, np.integer, jax.Array, np.ndarray)) or isinstance(key, bool):
+        raise TypeError(f"key must be an int seed or a jax.random.key, got {type(key).__name__}.")
+    if not isinstance(reset_inner_state, bool):
+        raise TypeError(
+            f"reset_inner_state must be a Python bool (it decides the state's structure), got "
+            f"{reset_inner_state!r}."
+        )
+    if not isinstance(adaptive, (bool, np.bool_, jax.Array)):
+        raise TypeError(f"adaptive must be a bool, got {adaptive!r}.")
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
+    if isinstance(min_delta, (int, float, np.number)) and not (
+        math.isfinite(min_delta) and min_delta >= 0
+    ):
+        raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}.")
+    if mask is not None and not callable(mask) and not all(
+        isinstance(m, (bool, np.bool_)) for m in jax.tree.leaves(mask)
+    ):
+        raise ValueError("mask must be a pytree of Python bools or a callable params -> pytree.")
+
+
+def _full_mask(mask, params):
+    """Broadcasts a mask (pytree prefix of bools, or callable) to the full params structure."""
+    if mask is None:
+        return jax.tree.map(lambda _: True, params)
+    mask_tree = mask(params) if callable(mask) else mask
+    try:
+        return jax.tree.map(
+            lambda m, sub: jax.tree.map(lambda _: bool(m), sub), mask_tree, params)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"mask must have the structure of the params (or a prefix of it): "
+            f"mask {jax.tree.structure(mask_tree)} vs params {jax.tree.structure(params)}."
+        ) from err
+
+
+def _inner_state_mask(inner, inner_state, mask_tree):
+    """Marks the inner-state leaves restored by a reset: floats belonging to resettable params."""
+    is_float = lambda x: jnp.issubdtype(jnp.result_type(x), jnp.inexact)  # noqa: E731
+    if all(jax.tree.leaves(mask_tree)):
+        return jax.tree.map(is_float, inner_state)
+    try:
+        param_mask = optax.tree_utils.tree_map_params(
+            inner, lambda _, m: m, inner_state, mask_tree,
+            transform_non_params=lambda v: jax.tree.map(lambda _: True, v),
+        )
+    except Exception as err:
+        raise ValueError(
+            "reset_inner_state=True with a mask needs an inner transformation that supports "
+            "optax.tree_map_params, to know which inner-state leaves belong to masked params."
+        ) from err
+    return jax.tree.map(lambda m, x: bool(m) and is_float(x), param_mask, inner_state)
+
+
+def _select(mask_tree, tree):
+    """Copies the leaves of ``tree`` where ``mask_tree`` is True; MaskedNode elsewhere."""
+    return jax.tree.map(
+        lambda m, x: jnp.array(x) if m else optax.MaskedNode(), mask_tree, tree)
+
+
+def _where_tree(pred, on_true, on_false):
+    """``jnp.where(pred, a, b)`` leafwise; where either side is a MaskedNode, ``b`` is kept."""
+    return jax.tree.map(
+        lambda a, b: b if _is_masked(a) or _is_masked(b)
+        else jnp.where(pred, a, b).astype(jnp.result_type(b)),
+        on_true, on_false, is_leaf=_is_masked,
+    )
+
+
+def _replace_leaves(stored, new, name):
+    try:
+        return jax.tree.map(
+            lambda s, x: s if _is_masked(s) else jnp.asarray(x, s.dtype).reshape(s.shape),
+            stored, new, is_leaf=_is_masked,
+        )
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{name} must have the structure and shapes of the optimized {name}: "
+            f"{jax.tree.structure(new)}."
+        ) from err
+
+
+def _key_data(key):
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key)
+    if jnp.ndim(key) == 0:
+        return jax.random.key_data(jax.random.key(key))
+    return jnp.asarray(key, jnp.uint32)
+
+
+def _wrap_key(data, key):
+    impl = None
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        impl = jax.random.key_impl(key)
+    return jax.random.wrap_key_data(data, impl=impl)
+
+
+def _increment(count):
+    return jnp.where(count < jnp.iinfo(jnp.int32).max, count + 1, count).astype(jnp.int32)
+
+
+def _is_masked(x):
+    return isinstance(x, optax.MaskedNode)
+
+
+def _is_resetting_state(x):
+    return isinstance(x, ResettingState)
