@@ -1,0 +1,40 @@
+"""The theory of stochastic resetting: closed forms and JAX Monte Carlo simulators (PAPER.md §4).
+
+``mfpt`` holds the closed forms (mean first-passage times, optimal reset rates, stationary laws);
+``simulate`` the jitted simulators that check them and the latent-gradient-bias toy that links
+them to SGD.
+"""
+
+from resetax.theory.mfpt import (
+    Z_STAR,
+    first_passage_laplace_transform,
+    hitting_probability,
+    lattice_mean_first_passage_time,
+    mean_first_passage_time,
+    optimal_mean_first_passage_time,
+    optimal_reset_rate,
+    peclet_number,
+    renewal_mean_first_passage_time,
+    resetting_helps,
+    resetting_slope,
+    stationary_density,
+    stationary_mean,
+    stationary_variance,
+)
+
+__all__ = [
+    "Z_STAR",
+    "first_passage_laplace_transform",
+    "hitting_probability",
+    "lattice_mean_first_passage_time",
+    "mean_first_passage_time",
+    "optimal_mean_first_passage_time",
+    "optimal_reset_rate",
+    "peclet_number",
+    "renewal_mean_first_passage_time",
+    "resetting_helps",
+    "resetting_slope",
+    "stationary_density",
+    "stationary_mean",
+    "stationary_variance",
+]
