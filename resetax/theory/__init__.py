@@ -21,11 +21,21 @@ from resetax.theory.mfpt import (
     stationary_mean,
     stationary_variance,
 )
+from resetax.theory.simulate import (
+    BOUNDARY_SHIFT,
+    latent_bias_first_passage_times,
+    sample_first_passage_times,
+    sample_positions,
+    simulate_langevin,
+    simulate_lattice_walk,
+)
 
 __all__ = [
+    "BOUNDARY_SHIFT",
     "Z_STAR",
     "first_passage_laplace_transform",
     "hitting_probability",
+    "latent_bias_first_passage_times",
     "lattice_mean_first_passage_time",
     "mean_first_passage_time",
     "optimal_mean_first_passage_time",
@@ -34,6 +44,10 @@ __all__ = [
     "renewal_mean_first_passage_time",
     "resetting_helps",
     "resetting_slope",
+    "sample_first_passage_times",
+    "sample_positions",
+    "simulate_langevin",
+    "simulate_lattice_walk",
     "stationary_density",
     "stationary_mean",
     "stationary_variance",
