@@ -215,7 +215,11 @@ def mean_first_passage_time(
     _checks.positive("distance", distance)
     _checks.positive("diffusion", diffusion)
     _checks.finite("drift", drift)
-    gamma, L, D, v = _checks.as_float(reset_rate, distance, diffusion, drift)
+    return _mean_first_passage_time(*_checks.as_float(reset_rate, distance, diffusion, drift))
+
+
+@jax.jit
+def _mean_first_passage_time(gamma, L, D, v):
     a, a_over_gamma = _exponent(gamma, L, D, v)
     toward = v > 0
     safe_gamma = jnp.where(gamma > 0, gamma, 1)
@@ -356,6 +360,11 @@ def optimal_reset_rate(
     """
     pe = peclet_number(distance, diffusion, drift)
     L, D, _ = _checks.as_float(distance, diffusion, drift)
+    return jnp.where(pe < 1, _optimal_dimensionless_rate(pe) * D / L**2, 0)
+
+
+@jax.jit
+def _optimal_dimensionless_rate(pe: jax.Array) -> jax.Array:
     lo = jnp.zeros_like(pe)
     hi = jnp.full_like(pe, 3.0)
 
@@ -367,8 +376,7 @@ def optimal_reset_rate(
 
     lo, hi = jax.lax.fori_loop(0, 64, bisect, (lo, hi))
     delta = (lo + hi) / 2
-    g = delta * (delta + 2 * jnp.abs(pe))
-    return jnp.where(pe < 1, g * D / L**2, 0)
+    return delta * (delta + 2 * jnp.abs(pe))
 
 
 def optimal_mean_first_passage_time(
@@ -561,7 +569,13 @@ def lattice_mean_first_passage_time(
     _checks.probability("reset_prob", reset_prob)
     _checks.positive("distance", distance)
     _checks.probability("step_toward_prob", step_toward_prob)
-    r, L, p = _checks.as_float(reset_prob, distance, step_toward_prob)
+    return _lattice_mean_first_passage_time(
+        *_checks.as_float(reset_prob, distance, step_toward_prob)
+    )
+
+
+@jax.jit
+def _lattice_mean_first_passage_time(r, L, p):
     q = 1 - p
     bias = p - q
     root = jnp.sqrt(bias * bias + 4 * p * q * r * (2 - r))  # = sqrt(1 - 4(1-r)^2 pq)
@@ -577,7 +591,8 @@ def lattice_mean_first_passage_time(
     log_ratio = jnp.where(m > 0, -jnp.log1p(-safe_m) / safe_m, 1)
     ell = L * m * log_ratio
     t = L * per_r * log_ratio * _exprel(ell)
-    return jnp.where((r == 0) & ~toward, jnp.inf, t)
+    # λ = 0 (r = 1 or p = 0): the walker never gets a step closer.
+    return jnp.where(((r == 0) & ~toward) | (m >= 1), jnp.inf, t)
 
 
 def renewal_mean_first_passage_time(
