@@ -212,10 +212,12 @@ def truncated_generalized_cross_entropy(
     log_prob = _log_prob_of_label(logits, labels)
     if weights is None:
         weights = truncated_gce_weights(logits, labels, k=k)
-    elif jnp.shape(weights) != log_prob.shape:
-        raise ValueError(
-            f"weights must have the shape of labels, {log_prob.shape}; got {jnp.shape(weights)}."
-        )
+    else:
+        weights = jnp.asarray(weights)
+        if weights.shape != log_prob.shape:
+            raise ValueError(
+                f"weights must have the shape of labels, {log_prob.shape}; got {weights.shape}."
+            )
     truncated = (1.0 - jnp.asarray(k, log_prob.dtype) ** q) / q
     return weights * _lq_from_log_prob(log_prob, q) + (1.0 - weights) * truncated
 
@@ -399,9 +401,9 @@ def elr_init(num_samples: int, num_classes: int, dtype: Any = jnp.float32) -> EL
       >>> losses.elr_init(5, 3).targets.shape
       (5, 3)
     """
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+    if not _is_int(num_samples) or num_samples < 1:
         raise ValueError(f"num_samples must be an int >= 1; got {num_samples!r}.")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+    if not _is_int(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2; got {num_classes!r}.")
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"dtype must be a floating dtype; got {dtype!r}.")
@@ -555,6 +557,10 @@ def get_loss(name: str, **hparams: Any) -> LossFn:
 def _is_number(value: Any) -> bool:
     # Only concrete Python or numpy numbers are checked, so that traced values pass through.
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _check_q(q: Any) -> None:

@@ -104,8 +104,8 @@ def symmetric_noise(
       >>> round(noise.realized_noise_rate(noisy, labels), 1)
       0.4
       >>> noisy, _ = noise.symmetric_noise(labels, 0.4, 10, seed=0, include_true_class=True)
-      >>> round(noise.realized_noise_rate(noisy, labels), 1)  # 0.4 * 9 / 10
-      0.4
+      >>> abs(noise.realized_noise_rate(noisy, labels) - 0.4 * 9 / 10) < 0.05
+      True
 
     References:
       Bae, Song & Jeong, `Stochastic resetting mitigates latent gradient bias of SGD from label

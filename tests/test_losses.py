@@ -280,7 +280,7 @@ def test_truncated_gce_with_stored_weights():
     logits, labels = random_batch(shape=(8,), seed=9)
     q, k = 0.7, 0.5
     stored = np.array([1, 0, 1, 0, 1, 1, 0, 0], np.float32)
-    got = losses.truncated_generalized_cross_entropy(logits, labels, stored, q=q, k=k)
+    got = losses.truncated_generalized_cross_entropy(logits, labels, stored.tolist(), q=q, k=k)
     lq = np_lq(np_prob_of_label(logits, labels), q)
     np.testing.assert_allclose(got, stored * lq + (1 - stored) * np_lq(k, q), rtol=1e-5)
 
@@ -295,7 +295,7 @@ def test_elr_buffer_update_and_loss_match_formula():
     indices1, indices2 = np.array([4, 0, 2]), np.array([2, 5, 4])
     lam, beta = 2.0, 0.6
     step = jax.jit(lambda z, y, i, s: losses.elr_loss(z, y, i, s, lam=lam, beta=beta))
-    state = losses.elr_init(6, 4)
+    state = losses.elr_init(np.int64(6), 4)  # sizes often come from numpy shapes
     expected = np.zeros((6, 4))
     for logits, labels, indices in [(logits1, labels1, indices1), (logits2, labels2, indices2)]:
         loss, state = step(logits, labels, indices, state)
