@@ -19,6 +19,7 @@ import jax.numpy as jnp
 __all__ = [
     "LOSSES",
     "ELRState",
+    "LossFn",
     "cross_entropy",
     "elr_init",
     "elr_loss",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+"""A per-example loss ``fn(logits, labels) -> loss``, as returned by :func:`get_loss`."""
 
 # Wang et al. (2019) replace log 0 by log 1e-4 in the reverse cross entropy and clip the
 # predicted probabilities to [1e-7, 1]; Liu et al. (2020) clip them to [1e-4, 1 - 1e-4] in ELR.
