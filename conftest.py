@@ -11,10 +11,10 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
 
 
 @pytest.fixture(autouse=True)
