@@ -131,6 +131,18 @@ def test_vectorized_jittable_and_dtype_preserving():
     assert theory.lattice_mean_first_passage_time(0.01, 10, 0.5).dtype == jnp.float64
 
 
+def test_closed_form_is_differentiable():
+    grad = jax.grad(theory.mean_first_passage_time, argnums=(0, 1))(0.5, 1.0, 1.0, 1.0)
+    h = 1e-6
+    for i, g in enumerate(grad):
+        up = [0.5, 1.0, 1.0, 1.0]
+        down = list(up)
+        up[i] += h
+        down[i] -= h
+        numeric = (theory.mean_first_passage_time(*up) - theory.mean_first_passage_time(*down))
+        np.testing.assert_allclose(g, numeric / (2 * h), rtol=1e-7)
+
+
 # --- Péclet criterion and the optimal rate ----------------------------------------------------
 
 
@@ -277,6 +289,14 @@ def test_resetting_hurts_under_weak_bias_and_large_batches():
     plain, plain_se, plain_censored = _toy(0.1, 256, 0.0)
     assert plain_censored == 0
     assert plain + 4 * plain_se < reset - 4 * reset_se, (reset, plain)
+
+
+def test_toy_steps_through_stochastic_resetting():
+    # reset_prob = 1: the transformation sends every step back to the start, so no run arrives.
+    t = theory.latent_bias_first_passage_times(0, 8, 0.0, 256, 1.0, max_steps=200)
+    assert bool(jnp.all(jnp.isnan(t)))
+    t = theory.latent_bias_first_passage_times(0, 8, 0.0, 256, 0.0, max_steps=200)
+    assert not bool(jnp.any(jnp.isnan(t)))
 
 
 # --- Bad input --------------------------------------------------------------------------------
