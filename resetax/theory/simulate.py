@@ -16,6 +16,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from resetax.resetting import apply_updates, stochastic_resetting
@@ -357,7 +358,7 @@ def sample_positions(
     _checks.finite("drift", drift)
     _checks.finite("reset_position", reset_position)
     if not isinstance(time, jax.core.Tracer) and not isinstance(reset_rate, jax.core.Tracer):
-        if jnp.any(jnp.isinf(jnp.asarray(time)) & (jnp.asarray(reset_rate) == 0)):
+        if np.any(np.isinf(np.asarray(time)) & (np.asarray(reset_rate) == 0)):
             raise ValueError("reset_rate must be > 0 when time is inf (no stationary law).")
     t, gamma, D, v, x0 = _checks.as_float(time, reset_rate, diffusion, drift, reset_position)
     return _positions(_as_key(key), t, gamma, D, v, x0, num_walkers)
