@@ -4,6 +4,8 @@ import dataclasses
 import os
 import random
 import socket
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,7 @@ from resetax.data import sources
 
 # The split names and label features below are read off the TFDS builder sources
 # (tensorflow_datasets/image_classification/{cifar.py, cifar10_n/, cifar100_n/}).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TFDS_NAMES = ("cifar10", "cifar100", "cifar10_n", "cifar100_n")
 REAL_SPLITS = ("train", "test")
 NUM_MOCK_EXAMPLES = 12
@@ -190,6 +193,38 @@ def test_prepare_command_builds_array_record_in_data_dir(tmp_path, monkeypatch):
     assert prepared == [("cifar100", tfds.core.FileFormat.ARRAY_RECORD, tmp_path)]
 
 
+def test_reads_a_real_array_record_dataset(tmp_path, monkeypatch):
+    """Prepares a tiny CIFAR-10 from fake images (no download) and reads it without mocks."""
+    # TFDS imports importlib_resources to prepare a dataset without declaring it (Python 3.11).
+    pytest.importorskip("importlib_resources")
+    import PIL.Image
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.image_classification import cifar
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 20, 32, 32, 3), dtype=np.uint8)
+
+    def split_generators(builder, dl_manager):
+        return {split: builder._generate_examples(split, i) for i, split in enumerate(REAL_SPLITS)}
+
+    def generate_examples(builder, split, i):
+        for j, image in enumerate(images[i]):
+            # PIL images are encoded by PIL; NumPy ones would need TensorFlow.
+            example = {"id": f"{split}_{j}", "image": PIL.Image.fromarray(image), "label": j % 10}
+            yield j, example
+
+    monkeypatch.setattr(cifar.Cifar10, "_split_generators", split_generators)
+    monkeypatch.setattr(cifar.Cifar10, "_generate_examples", generate_examples)
+    tfds.builder("cifar10", data_dir=tmp_path, file_format="array_record").download_and_prepare()
+
+    ds = data.load("cifar10", split="test", data_dir=tmp_path)
+    # TFDS shuffles examples when writing; match them back through the label and image.
+    order = np.lexsort((ds.inputs.reshape(20, -1)[:, 0], ds.labels))
+    expected = np.lexsort((images[1].reshape(20, -1)[:, 0], np.arange(20) % 10))
+    np.testing.assert_array_equal(ds.inputs[order], images[1][expected])
+    np.testing.assert_array_equal(ds.labels[order], (np.arange(20) % 10)[expected])
+
+
 # --------------------------------------------------------------------------------------------
 # Offline sources
 
@@ -260,6 +295,18 @@ def test_digits_offline_split(no_network):
     assert train.inputs.min() >= 0.0 and train.inputs.max() <= 1.0
     # The split is fixed: a second load gives the same examples.
     np.testing.assert_array_equal(data.load("digits", split="test").indices, test.indices)
+
+
+def test_importing_resetax_data_loads_no_tfds_flax_or_generators():
+    code = (
+        "import sys, resetax, resetax.data; "
+        "print(sorted(m for m in ('tensorflow_datasets', 'flax', 'sklearn', 'mnist1d') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert result.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------------------------

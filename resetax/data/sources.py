@@ -142,8 +142,9 @@ def prepare_command(name: str, data_dir: str | os.PathLike | None = None) -> str
     """Returns the shell command that prepares a TFDS dataset for :func:`load`.
 
     ``tfds.data_source`` reads only random-access formats, so the dataset is written as
-    ArrayRecord. Preparing (unlike reading) needs TensorFlow, and CIFAR-N needs its human label
-    files downloaded by hand into ``<data_dir>/downloads/manual`` first.
+    ArrayRecord. Preparing (unlike reading) needs TensorFlow, which encodes the images, and
+    ``importlib_resources``, which TFDS imports without declaring it on Python >= 3.9; CIFAR-N
+    also needs its human label files downloaded by hand into ``<data_dir>/downloads/manual``.
 
     Args:
       name: a TFDS dataset of :data:`DATASETS` (``"cifar10"``, ``"cifar100"``, ``"cifar10_n"``,
@@ -331,8 +332,8 @@ def _read_columns(source, keys: list[str]) -> dict[str, np.ndarray]:
 def _not_prepared_message(name: str, data_dir_root, spec: _TfdsSpec) -> str:
     message = (
         f"TFDS dataset {name!r} is not prepared in {data_dir_root}. Prepare it once in the"
-        " array_record format that tfds.data_source reads (the preparation step needs"
-        " TensorFlow: pip install tensorflow):\n"
+        " array_record format that tfds.data_source reads (unlike reading, preparing needs"
+        " TensorFlow and importlib_resources: pip install tensorflow importlib_resources):\n"
         f"  {prepare_command(name, data_dir_root)}\n"
         f"or: tfds build {name} --data_dir={data_dir_root} --file_format=array_record"
     )
