@@ -27,6 +27,16 @@ class Dataset:
       coarse_labels: ``int32 [N]`` super-class labels (CIFAR-100's 20 coarse classes), or
         ``None``.
       name: the dataset name, e.g. ``"cifar10_n/aggre:train"``.
+
+    Examples:
+      >>> import dataclasses
+      >>> import numpy as np
+      >>> from resetax import data
+      >>> clean = np.array([0, 1, 2, 0], np.int32)
+      >>> ds = data.Dataset(np.zeros((4, 3)), clean, clean, np.arange(4), num_classes=3)
+      >>> noisy = dataclasses.replace(ds, labels=np.array([0, 2, 2, 1], np.int32))
+      >>> noisy.is_noisy.tolist()
+      [False, True, False, True]
     """
 
     inputs: np.ndarray
