@@ -289,7 +289,7 @@ def _load_tfds(name: str, split: str, label_variant: str, data_dir) -> Dataset:
             " but tfds.data_source needs the array_record format. Prepare it again in another"
             f" data_dir with:\n  {prepare_command(name, builder.data_dir_root)}"
         )
-    source = builder.as_data_source(split=split)
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
 
     # CIFAR-N's human labels exist on the train split only (the test split stores -1).
     label_feature = spec.label_features[label_variant] if split == "train" else _CLEAN_FEATURE
