@@ -44,7 +44,7 @@ def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     Examples:
       >>> from resetax import models
       >>> model = models.get_model("mlp", 10, hidden_sizes=(8,))
-      >>> variables = model.init(jax.random.key(0), jnp.zeros((2, 40)))
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, 40)))
       >>> sorted(variables)
       ['batch_stats', 'params']
     """

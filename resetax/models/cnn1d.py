@@ -32,7 +32,7 @@ class CNN1D(nn.Module):
       >>> from resetax import models
       >>> model = models.CNN1D(num_classes=10)
       >>> x = jnp.zeros((2, 40))
-      >>> variables = model.init(jax.random.key(0), x)
+      >>> variables = jax.jit(model.init)(jax.random.key(0), x)
       >>> model.apply(variables, x).shape
       (2, 10)
 

@@ -26,7 +26,7 @@ class MLP(nn.Module):
       >>> from resetax import models
       >>> model = models.MLP(num_classes=10, hidden_sizes=(16,))
       >>> x = jnp.zeros((4, 40))
-      >>> variables = model.init(jax.random.key(0), x)
+      >>> variables = jax.jit(model.init)(jax.random.key(0), x)
       >>> model.apply(variables, x).shape
       (4, 10)
     """
