@@ -1,0 +1,65 @@
+"""A small 1-D CNN for MNIST-1D's 40-point signals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from resetax.models.resnet import batch_norm
+
+
+class CNN1D(nn.Module):
+    """Strided 1-D convolutions with ``[BatchNorm] -> ReLU``, then flatten and Dense.
+
+    With the defaults, three stride-2 convolutions of 32 channels and kernel 5 take a length-40
+    signal to 5 positions × 32 channels before the output layer, the kind of small CNN that
+    reaches high test accuracy on MNIST-1D where an MLP does not.
+
+    Attributes:
+      num_classes: outputs of the last layer.
+      channels: output channels of each convolution.
+      kernel_size: width of every convolution kernel.
+      strides: stride of every convolution ('SAME' padding).
+      use_batch_norm: whether each convolution has a BatchNorm before its ReLU.
+      dtype: computation dtype; parameters stay float32, logits are float32.
+      axis_name: BatchNorm's cross-replica axis under ``pmap``, or ``None``.
+
+    Examples:
+      >>> from resetax import models
+      >>> model = models.CNN1D(num_classes=10)
+      >>> x = jnp.zeros((2, 40))
+      >>> variables = jax.jit(model.init)(jax.random.key(0), x)
+      >>> model.apply(variables, x).shape
+      (2, 10)
+
+    References:
+      Greydanus, `Scaling down deep learning with MNIST-1D
+      <https://arxiv.org/abs/2011.14439>`_, 2020.
+    """
+
+    num_classes: int
+    channels: Sequence[int] = (32, 32, 32)
+    kernel_size: int = 5
+    strides: int = 2
+    use_batch_norm: bool = True
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Returns the logits ``float32 [N, num_classes]`` of signals ``[N, L]`` / ``[N, L, C]``."""
+        x = jnp.asarray(x, self.dtype)
+        if x.ndim == 2:
+            x = x[..., None]
+        for width in self.channels:
+            x = nn.Conv(width, (self.kernel_size,), strides=self.strides, dtype=self.dtype)(x)
+            if self.use_batch_norm:
+                x = batch_norm(train, self.dtype, self.axis_name)(x)
+            x = nn.relu(x)
+        x = x.reshape(x.shape[0], -1)
+        x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        return jnp.asarray(x, jnp.float32)

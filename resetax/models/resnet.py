@@ -1,0 +1,160 @@
+"""CIFAR ResNets (He et al. 2016): 3×3 stem, no max-pool, BasicBlock stages, as in the paper."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Kaiming-normal fan-out initialization, the usual choice for ReLU ResNets (torchvision's).
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def batch_norm(train: bool, dtype: Any, axis_name: str | None) -> nn.BatchNorm:
+    """A BatchNorm with PyTorch's defaults (running-average decay 0.9, epsilon 1e-5).
+
+    Args:
+      train: normalize with the batch statistics and update the running averages (``True``), or
+        with the running averages (``False``).
+      dtype: computation dtype; statistics and parameters stay float32.
+      axis_name: the pmap/shard_map axis over which batch statistics are averaged, or ``None``.
+
+    Returns:
+      An unbound ``flax.linen.BatchNorm``.
+    """
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        axis_name=axis_name,
+    )
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 conv-BN layers with an identity or projection (1×1 conv + BN) shortcut.
+
+    Attributes:
+      features: output channels.
+      strides: stride of the first convolution and of the projection.
+      dtype: computation dtype.
+      axis_name: BatchNorm's cross-replica axis, or ``None``.
+    """
+
+    features: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init)
+        norm = functools.partial(batch_norm, train, self.dtype, self.axis_name)
+        # Explicit symmetric padding: 'SAME' would pad a stride-2 conv asymmetrically.
+        y = conv(self.features, (3, 3), strides=self.strides, padding=1)(x)
+        y = nn.relu(norm()(y))
+        y = conv(self.features, (3, 3), padding=1)(y)
+        y = norm()(y)
+        shortcut = x
+        if self.strides != 1 or x.shape[-1] != self.features:
+            shortcut = conv(self.features, (1, 1), strides=self.strides, padding=0)(x)
+            shortcut = norm()(shortcut)
+        return nn.relu(y + shortcut)
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet: 3×3 stride-1 stem, BasicBlock stages, global average pool, Dense.
+
+    Stage ``i`` has ``stage_sizes[i]`` blocks of width ``num_filters * 2**i``; every stage after
+    the first halves the resolution in its first block.
+
+    Attributes:
+      stage_sizes: blocks per stage, ``(2, 2, 2, 2)`` for ResNet-18, ``(3, 4, 6, 3)`` for 34.
+      num_classes: outputs of the final Dense layer.
+      num_filters: width of the stem and of the first stage.
+      dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32 and the logits
+        are returned as float32.
+      axis_name: BatchNorm's cross-replica axis under ``pmap``, or ``None``.
+
+    References:
+      He, Zhang, Ren & Sun, `Deep Residual Learning for Image Recognition
+      <https://arxiv.org/abs/1512.03385>`_, 2016.
+    """
+
+    stage_sizes: Sequence[int]
+    num_classes: int
+    num_filters: int = 64
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Returns the logits ``float32 [N, num_classes]`` of images ``[N, H, W, C]``."""
+        x = jnp.asarray(x, self.dtype)
+        x = nn.Conv(
+            self.num_filters,
+            (3, 3),
+            padding=1,
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=_conv_init,
+        )(x)
+        x = nn.relu(batch_norm(train, self.dtype, self.axis_name)(x))
+        for i, num_blocks in enumerate(self.stage_sizes):
+            for j in range(num_blocks):
+                x = BasicBlock(
+                    self.num_filters * 2**i,
+                    strides=2 if i > 0 and j == 0 else 1,
+                    dtype=self.dtype,
+                    axis_name=self.axis_name,
+                )(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        return jnp.asarray(x, jnp.float32)
+
+
+def resnet18(num_classes: int, **kwargs) -> ResNet:
+    """CIFAR ResNet-18 (11.17M parameters for 10 classes).
+
+    Args:
+      num_classes: number of outputs.
+      **kwargs: further :class:`ResNet` attributes (``dtype``, ``axis_name``, ``num_filters``).
+
+    Returns:
+      An unbound :class:`ResNet`.
+
+    Examples:
+      >>> from resetax import models
+      >>> model = models.resnet18(10)
+      >>> x = jnp.zeros((2, 32, 32, 3))
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), x)
+      >>> sum(p.size for p in jax.tree.leaves(variables["params"]))
+      11173962
+      >>> jax.eval_shape(model.apply, variables, x).shape
+      (2, 10)
+    """
+    return ResNet(stage_sizes=(2, 2, 2, 2), num_classes=num_classes, **kwargs)
+
+
+def resnet34(num_classes: int, **kwargs) -> ResNet:
+    """CIFAR ResNet-34 (21.28M parameters for 10 classes), the paper's CIFAR model.
+
+    Args:
+      num_classes: number of outputs.
+      **kwargs: further :class:`ResNet` attributes (``dtype``, ``axis_name``, ``num_filters``).
+
+    Returns:
+      An unbound :class:`ResNet`.
+
+    Examples:
+      >>> from resetax import models
+      >>> model = models.resnet34(100)
+      >>> shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+      >>> shapes["params"]["Dense_0"]["kernel"].shape
+      (512, 100)
+    """
+    return ResNet(stage_sizes=(3, 4, 6, 3), num_classes=num_classes, **kwargs)
