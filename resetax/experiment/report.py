@@ -1,0 +1,87 @@
+"""Plots and tables of finished runs: curves with reset events, and baseline-vs-resetting."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The evaluation rows of a run's ``metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def plot_run(run_dir: str | os.PathLike) -> Path:
+    """Writes ``curves.png``: validation loss and test accuracy over steps, resets marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    steps = [r["step"] for r in rows]
+    resets = [s for r in rows for s in r["reset_steps"]]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(steps, [r["val_loss"] for r in rows], label="validation loss")
+    ax_loss.plot(steps, [r["train_loss"] for r in rows], label="train loss", alpha=0.6)
+    ax_acc.plot(steps, [100 * r["test_acc"] for r in rows], color="C2", label="test accuracy")
+    for ax in (ax_loss, ax_acc):
+        for s in resets:
+            ax.axvline(s, color="C3", alpha=0.25, lw=0.8)
+        ax.set_xlabel("step")
+        ax.legend(loc="best")
+    ax_loss.set_ylabel("loss")
+    ax_acc.set_ylabel("test accuracy (%)")
+    fig.suptitle(f"{Path(run_dir).name}: {len(resets)} resets (red lines)")
+    fig.tight_layout()
+    out = Path(run_dir) / "curves.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def compare_table(baseline: list[float], resetting: list[float]) -> dict[str, Any]:
+    """Mean ± standard error of two paired samples of test accuracies and of their difference."""
+    baseline, resetting = np.asarray(baseline, float), np.asarray(resetting, float)
+    diff = resetting - baseline
+
+    def stats(x):
+        se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+        return {"mean": float(x.mean()), "se": se}
+
+    return {"n": len(diff), "baseline": stats(baseline), "resetting": stats(resetting),
+            "difference": stats(diff)}
+
+
+def compare_markdown(table: dict[str, Any], title: str) -> str:
+    """Formats :func:`compare_table` as a markdown table (accuracies in %)."""
+    fmt = lambda s: f"{100 * s['mean']:.2f} ± {100 * s['se']:.2f}"  # noqa: E731
+    return (f"### {title} ({table['n']} seeds, test accuracy % of the best-validation model)\n\n"
+            "| baseline | resetting | resetting − baseline (paired) |\n|---|---|---|\n"
+            f"| {fmt(table['baseline'])} | {fmt(table['resetting'])} | "
+            f"{fmt(table['difference'])} |\n")
+
+
+def plot_compare(baseline: list[float], resetting: list[float], path: str | os.PathLike) -> Path:
+    """Paired test accuracies per seed, baseline vs resetting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    for b, r in zip(baseline, resetting, strict=True):
+        ax.plot([0, 1], [100 * b, 100 * r], "o-", color="C0", alpha=0.7)
+    ax.set_xticks([0, 1], ["baseline", "resetting"])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlim(-0.3, 1.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

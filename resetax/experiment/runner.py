@@ -1,0 +1,299 @@
+"""The training loop around the pure steps: devices, run directory, metrics, checkpoints, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from resetax.experiment import steps as steps_lib
+from resetax.experiment.config import Config, validate
+from resetax.experiment.input import load_data, pad_eval_set
+
+CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
+EVAL_BATCH_SIZE = 1000
+
+
+def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
+    """Refuses to touch an existing run unless asked to resume or overwrite it."""
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other; pass at most one.")
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if exists and not (resume or overwrite):
+        raise FileExistsError(
+            f"run directory {str(run_dir)!r} already exists; pass --resume to continue it or "
+            f"--overwrite to replace it."
+        )
+    if resume and not (run_dir / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"nothing to resume: {str(run_dir)!r} holds no {CONFIG_FILE}.")
+    return run_dir
+
+
+def load_config(run_dir: str | os.PathLike) -> Config:
+    """Reads the config a run directory was started with."""
+    fields = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
+    return validate(Config(**fields))
+
+
+def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False,
+          overwrite: bool = False, progress: bool = True, stop_after: int | None = None
+          ) -> dict[str, Any]:
+    """Trains one run and writes its directory; returns the summary.
+
+    Every check (config, run directory, device count, dataset availability) happens before
+    anything is written. With ``resume=True`` the run continues from its last checkpoint and ends
+    identical to an uninterrupted one. ``stop_after`` stops (after a checkpoint) once that many
+    steps are done, as an interruption would.
+    """
+    validate(config)
+    run_dir = check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if resume:
+        saved = load_config(run_dir)
+        if saved != config:
+            changed = [f.name for f in dataclasses.fields(Config)
+                       if getattr(saved, f.name) != getattr(config, f.name)]
+            raise ValueError(f"cannot resume {str(run_dir)!r} with a different config: {changed}.")
+    num_devices = len(_devices(config))
+    if config.batch_size % num_devices:
+        raise ValueError(
+            f"batch_size ({config.batch_size}) must be divisible by the number of devices "
+            f"({num_devices})."
+        )
+    data = load_data(config)
+
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / CONFIG_FILE, dataclasses.asdict(config))
+    experiment = _Experiment(config, data)
+    return experiment.run(run_dir, resume=resume, progress=progress, stop_after=stop_after)
+
+
+class _Experiment:
+    """Builds the model, optimizer and device placement of one config."""
+
+    def __init__(self, config: Config, data):
+        from resetax import losses, models
+
+        self.config, self.data = config, data
+        pmap = config.parallel == "pmap"
+        self.axis_name = "data" if pmap else None
+        self.model = models.get_model(config.model, data.num_classes, axis_name=self.axis_name)
+        self.loss_fn = losses.get_loss(config.loss)
+        self.devices = _devices(config)
+        n = len(self.devices)
+        sample = jnp.asarray(data.train.inputs[:1])
+        params_shape = jax.eval_shape(
+            lambda: steps_lib.init_state(config, _unsynced(self.model), _NoOpt(), sample).params)
+        self.tx = steps_lib.make_optimizer(config, params_shape)
+        self.host_state = steps_lib.init_state(config, _unsynced(self.model), self.tx, sample)
+
+        multiple = n * EVAL_BATCH_SIZE if len(data.val) > n * EVAL_BATCH_SIZE else n
+        val = pad_eval_set(data.val.inputs, data.val.labels, multiple)
+        multiple = n * EVAL_BATCH_SIZE if len(data.test) > n * EVAL_BATCH_SIZE else n
+        test = pad_eval_set(data.test.inputs, data.test.labels, multiple)
+        train = (data.train.inputs, data.train.labels.astype(np.int32))
+        mesh = Mesh(np.array(self.devices), ("data",))
+        self.replicated = NamedSharding(mesh, P())
+        sharded = NamedSharding(mesh, P("data"))
+        if pmap:
+            stack = lambda a: np.broadcast_to(a, (n, *a.shape))  # noqa: E731
+            split = lambda a: a.reshape(n, -1, *a.shape[1:])  # noqa: E731
+            self.device_data = jax.device_put(steps_lib.DeviceData(
+                *map(stack, train), *map(split, val), *map(split, test)), sharded)
+            chunk = steps_lib.make_train_chunk(
+                config, self.model, self.tx, self.loss_fn, len(data.train), axis_name="data",
+                eval_batch_size=EVAL_BATCH_SIZE)
+            self._run = jax.pmap(chunk, axis_name="data", static_broadcasted_argnums=2,
+                                 donate_argnums=0, devices=self.devices)
+        else:
+            self.device_data = steps_lib.DeviceData(
+                *jax.device_put(train, self.replicated), *jax.device_put(val, sharded),
+                *jax.device_put(test, sharded))
+            chunk = steps_lib.make_train_chunk(
+                config, self.model, self.tx, self.loss_fn, len(data.train),
+                batch_sharding=sharded, eval_batch_size=EVAL_BATCH_SIZE)
+            self._run = jax.jit(chunk, static_argnums=2, donate_argnums=0,
+                                out_shardings=self.replicated)
+        self.evaluate = jax.jit(steps_lib.make_evaluate(_unsynced(self.model), None,
+                                                        EVAL_BATCH_SIZE))
+
+    def place(self, host_state):
+        if self.axis_name is not None:  # one copy per device along a leading axis
+            n = len(self.devices)
+            stacked = jax.tree.map(lambda x: np.broadcast_to(x, (n, *np.shape(x))), host_state)
+            return jax.device_put(stacked, NamedSharding(self.replicated.mesh, P("data")))
+        return jax.device_put(host_state, self.replicated)
+
+    def fetch(self, tree):
+        if self.axis_name is not None:
+            tree = jax.tree.map(lambda x: x[0], tree)
+        return jax.tree.map(np.asarray, jax.device_get(tree))
+
+    def run(self, run_dir: Path, *, resume: bool, progress: bool, stop_after: int | None):
+        from resetax.experiment import checkpoint, report
+
+        config = self.config
+        manager = checkpoint.CheckpointManager(run_dir / "checkpoints")
+        host_state, wall_time = self.host_state, 0.0
+        metrics_path = run_dir / METRICS_FILE
+        if resume and manager.latest_step() is not None:
+            host_state, meta = manager.restore(host_state)
+            wall_time = meta["wall_time"]
+            _truncate_metrics(metrics_path, int(host_state.step))
+        elif metrics_path.exists():
+            metrics_path.unlink()
+        state = self.place(host_state)
+        step = int(host_state.step)
+        bar = _progress_bar(config.num_steps, step, progress)
+        window: dict[str, Any] = {}
+        with open(metrics_path, "a") as metrics_file:
+            while step < config.num_steps:
+                if stop_after is not None and step >= stop_after:
+                    break
+                start = time.perf_counter()
+                length = min(config.steps_per_dispatch, config.num_steps - step,
+                             config.checkpoint_every - step % config.checkpoint_every)
+                state, metrics = self._run(state, self.device_data, length)
+                metrics = self.fetch(metrics)
+                wall_time += time.perf_counter() - start
+                for row in _rows(metrics):
+                    line = _window_line(window, row, config)
+                    if line is not None:
+                        metrics_file.write(json.dumps(line) + "\n")
+                        bar.set_postfix(loss=f"{line['train_loss']:.3f}",
+                                        val=f"{line['val_loss']:.3f}",
+                                        resets=line["num_resets"], refresh=False)
+                metrics_file.flush()
+                step += length
+                bar.update(length)
+                if step % config.checkpoint_every == 0 or step == config.num_steps:
+                    manager.save(self.fetch(state), {"wall_time": wall_time})
+        bar.close()
+        if step < config.num_steps:
+            return {"stopped_at": step}
+        final = self.fetch(state)
+        checkpoint.save_best(run_dir / "best", final.best_params, final.best_batch_stats)
+        summary = self.summarize(final, wall_time)
+        _write_json(run_dir / SUMMARY_FILE, summary)
+        report.plot_run(run_dir)
+        return summary
+
+    def summarize(self, final, wall_time: float) -> dict[str, Any]:
+        from resetax import find_resetting_state
+
+        test = self.data.test
+        x, y, w = pad_eval_set(test.inputs, test.labels, 1)
+        _, best_test_acc = self.evaluate(final.best_params, final.best_batch_stats, x, y, w)
+        _, last_test_acc = self.evaluate(final.params, final.batch_stats, x, y, w)
+        vx, vy, vw = pad_eval_set(self.data.val.inputs, self.data.val.labels, 1)
+        best_val_loss, best_val_acc = self.evaluate(
+            final.best_params, final.best_batch_stats, vx, vy, vw)
+        resetting = find_resetting_state(final.opt_state)
+        device = self.devices[0]
+        return {
+            "best_step": int(final.best_step),
+            "best_val_loss": float(best_val_loss),
+            "best_val_acc": float(best_val_acc),
+            "test_acc": float(best_test_acc),
+            "last_test_acc": float(last_test_acc),
+            "num_resets": int(resetting.num_resets),
+            "reset_prob": self.config.reset_prob,
+            "num_steps": int(final.step),
+            "wall_time_s": round(wall_time, 3),
+            "device": f"{len(self.devices)}x {device.platform}:{device.device_kind}",
+            "parallel": self.config.parallel,
+        }
+
+
+def _devices(config: Config) -> list:
+    devices = jax.local_devices()
+    if config.num_devices is not None:
+        if config.num_devices > len(devices):
+            raise ValueError(
+                f"num_devices ({config.num_devices}) exceeds the {len(devices)} local devices.")
+        devices = devices[: config.num_devices]
+    return devices
+
+
+class _NoOpt:
+    """Stands in for the optimizer when only the parameter shapes are needed."""
+
+    def init(self, params):
+        return None
+
+
+def _unsynced(model):
+    """The same model without a BatchNorm axis name, for work outside ``pmap``."""
+    if getattr(model, "axis_name", None) is None:
+        return model
+    return model.clone(axis_name=None)
+
+
+def _rows(metrics: dict[str, np.ndarray]):
+    keys = list(metrics)
+    for i in range(len(metrics["step"])):
+        row = {}
+        for k in keys:
+            v = metrics[k][i]
+            row[k] = bool(v) if v.dtype == np.bool_ else (
+                int(v) if np.issubdtype(v.dtype, np.integer) else float(v))
+        yield row
+
+
+def _window_line(window: dict[str, Any], row: dict[str, Any], config: Config):
+    """Folds one step's metrics into the current evaluation window; returns it once complete.
+
+    A window starts at an evaluation step ``s`` (validation and test metrics at the params step
+    ``s`` starts from) and covers steps ``[s, s + eval_every)``: the mean train loss, the steps
+    that reset, and the resetting status after the window's last update.
+    """
+    if math.isfinite(row["val_loss"]):
+        window.clear()
+        window.update(step=row["step"], val_loss=row["val_loss"], val_acc=row["val_acc"],
+                      test_acc=row["test_acc"], learning_rate=row["learning_rate"],
+                      train_losses=[], reset_steps=[])
+    window["train_losses"].append(row["train_loss"])
+    if row["did_reset"]:
+        window["reset_steps"].append(row["step"])
+    end = row["step"] + 1
+    if end % config.eval_every and end != config.num_steps:
+        return None
+    line = {k: v for k, v in window.items() if k != "train_losses"}
+    line.update(train_loss=float(np.mean(window["train_losses"])), active=row["active"],
+                num_resets=row["num_resets"], distance=row["distance"])
+    return line
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] < step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in lines))
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step",
+                dynamic_ncols=True)

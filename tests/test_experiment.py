@@ -1,0 +1,204 @@
+"""Tests of the trainer: configs, runner, resume, parallel modes, partial resets, CLI errors."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from resetax.experiment import checkpoint, cli, runner, steps
+from resetax.experiment.config import PRESETS, get_config
+
+TINY = dict(dataset="digits", model="mlp", noise="symmetric", noise_rate=0.4, batch_size=32,
+            num_steps=120, eval_every=10, steps_per_dispatch=10, checkpoint_every=60,
+            reset_prob=0.1, patience=20, learning_rate=0.05, momentum=0.9)
+
+
+def tiny(**changes):
+    return get_config("quick", **{**TINY, **changes})
+
+
+def read_lines(run_dir):
+    return (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+
+
+def summary_without_time(run_dir):
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    del summary["wall_time_s"]
+    return summary
+
+
+def final_state_leaves(run_dir, template):
+    manager = checkpoint.CheckpointManager(Path(run_dir) / "checkpoints")
+    state, _ = manager.restore(template)
+    return jax.tree.leaves(state)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    summary = runner.train(tiny(), run_dir, progress=False)
+    return run_dir, summary
+
+
+def test_presets_validate():
+    for name in PRESETS:
+        assert get_config(name).num_steps > 0
+
+
+def test_end_to_end_files_metrics_and_best_model(reference_run):
+    run_dir, summary = reference_run
+    for name in ("config.json", "metrics.jsonl", "summary.json", "curves.png"):
+        assert (run_dir / name).exists(), name
+    rows = [json.loads(line) for line in read_lines(run_dir)]
+    assert [r["step"] for r in rows] == list(range(0, 120, 10))
+    for r in rows:
+        assert 0 <= r["val_acc"] <= 1 and 0 <= r["test_acc"] <= 1 and r["val_loss"] > 0
+        assert np.isfinite(r["train_loss"]) and r["distance"] >= 0
+    assert summary["num_resets"] > 0
+    assert summary["num_resets"] == sum(len(r["reset_steps"]) for r in rows)
+    assert rows[-1]["active"]
+    # Learning happened: the best model is far above chance (10 classes) on clean test labels.
+    assert summary["test_acc"] > 0.5
+    # The reported accuracy is that of the saved best checkpoint, re-evaluated from disk.
+    config = tiny()
+    data = runner.load_data(config)
+    model = runner._unsynced(runner._Experiment(config, data).model)
+    variables = checkpoint.load_best(run_dir / "best")
+    evaluate = steps.make_evaluate(model, None, 1000)
+    x, y, w = runner.pad_eval_set(data.test.inputs, data.test.labels, 1)
+    _, acc = evaluate(variables["params"], variables["batch_stats"], x, y, w)
+    assert float(acc) == pytest.approx(summary["test_acc"], abs=1e-6)
+    best_row = next(r for r in rows if r["step"] == summary["best_step"])
+    assert best_row["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-6)
+
+
+def test_same_seed_twice_identical(reference_run, tmp_path):
+    run_dir, _ = reference_run
+    runner.train(tiny(), tmp_path / "again", progress=False)
+    assert read_lines(tmp_path / "again") == read_lines(run_dir)
+    assert summary_without_time(tmp_path / "again") == summary_without_time(run_dir)
+
+
+def test_stop_and_resume_is_identical(reference_run, tmp_path):
+    run_dir, _ = reference_run
+    out = runner.train(tiny(), tmp_path / "run", progress=False, stop_after=60)
+    assert out == {"stopped_at": 60}
+    assert not (tmp_path / "run" / "summary.json").exists()
+    runner.train(tiny(), tmp_path / "run", progress=False, resume=True)
+    assert read_lines(tmp_path / "run") == read_lines(run_dir)
+    assert summary_without_time(tmp_path / "run") == summary_without_time(run_dir)
+    template = runner._Experiment(tiny(), runner.load_data(tiny())).host_state
+    for a, b in zip(final_state_leaves(tmp_path / "run", template),
+                    final_state_leaves(run_dir, template), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_identical(reference_run, tmp_path):
+    run_dir, _ = reference_run
+    target = tmp_path / "killed"
+    args = [sys.executable, "-m", "resetax.experiment.cli", "train", "--quiet", "--no-baseline",
+            "--run-dir", str(target)]
+    for key, value in TINY.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    args += ["--num-steps", "600", "--checkpoint-every", "60"]
+    proc = subprocess.Popen(args, cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=dict(os.environ))
+    deadline = time.time() + 240
+    checkpoints = target / "checkpoints"
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoints.exists() and len([p for p in checkpoints.iterdir()
+                                         if p.name.isdigit()]) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    config = tiny(num_steps=600)
+    summary = runner.train(config, target, progress=False, resume=True)
+    reference = runner.train(config, tmp_path / "reference", progress=False)
+    assert read_lines(target) == read_lines(tmp_path / "reference")
+    del summary["wall_time_s"], reference["wall_time_s"]
+    assert summary == reference
+
+
+def test_pmap_agrees_with_sharded(reference_run, tmp_path):
+    run_dir, summary = reference_run
+    assert jax.device_count() == 8
+    out = runner.train(tiny(parallel="pmap"), tmp_path / "pmap", progress=False)
+    _assert_close_runs(tmp_path / "pmap", run_dir)
+    assert out["num_resets"] == summary["num_resets"]
+
+
+def test_one_device_agrees_with_eight(reference_run, tmp_path):
+    run_dir, summary = reference_run
+    out = runner.train(tiny(num_devices=1), tmp_path / "one", progress=False)
+    assert out["device"].startswith("1x")
+    _assert_close_runs(tmp_path / "one", run_dir)
+    assert out["num_resets"] == summary["num_resets"]
+
+
+def _assert_close_runs(a, b):
+    rows_a = [json.loads(line) for line in read_lines(a)]
+    rows_b = [json.loads(line) for line in read_lines(b)]
+    assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        assert ra["reset_steps"] == rb["reset_steps"]
+        np.testing.assert_allclose(ra["val_loss"], rb["val_loss"], rtol=1e-4)
+        np.testing.assert_allclose(ra["train_loss"], rb["train_loss"], rtol=1e-4)
+
+
+def test_partial_reset_by_pattern(tmp_path):
+    # Reset at every step once active (patience 0): the matching layer stays at its first value.
+    config = tiny(reset_layers="Dense_1", reset_prob=1.0, patience=0, num_steps=40,
+                  checkpoint_every=40)
+    experiment = runner._Experiment(config, runner.load_data(config))
+    mask = steps.reset_mask(config, experiment.host_state.params)
+    assert sorted(k for k, v in mask.items() if all(jax.tree.leaves(v))) == ["Dense_1"]
+    initial = experiment.host_state.params
+    runner.train(config, tmp_path / "run", progress=False)
+    final = checkpoint.CheckpointManager(tmp_path / "run" / "checkpoints").restore(
+        experiment.host_state)[0].params
+    np.testing.assert_array_equal(final["Dense_1"]["kernel"], initial["Dense_1"]["kernel"])
+    assert np.abs(final["Dense_0"]["kernel"] - initial["Dense_0"]["kernel"]).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--preset", "nope"], "preset"),
+        (["--dataset", "imagenet"], "dataset"),
+        (["--model", "vgg"], "model"),
+        (["--loss", "hinge"], "loss"),
+        (["--noise-rate", "1.5"], "noise_rate"),
+        (["--reset-prob", "-0.1"], "reset_prob"),
+        (["--batch-size", "36"], "divisible by the number of devices"),
+        (["--dataset", "cifar10", "--model", "vcnn", "--data-dir", "{tmp}/tfds"], "tfds build"),
+    ],
+)
+def test_bad_input_fails_before_writing(tmp_path, capsys, flags, message):
+    run_dir = tmp_path / "run"
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    with pytest.raises(SystemExit) if flags[0] == "--preset" else contextlib.nullcontext():
+        code = cli.main(["train", "--quiet", "--run-dir", str(run_dir), *flags])
+        assert code == 2
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert not run_dir.exists()
+
+
+def test_existing_run_dir_is_refused(reference_run, capsys):
+    run_dir, _ = reference_run
+    before = read_lines(run_dir)
+    code = cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--dataset", "digits"])
+    assert code == 2
+    assert "already exists" in capsys.readouterr().err
+    assert read_lines(run_dir) == before
