@@ -101,7 +101,10 @@ def _side_by_side(summaries: dict[str, dict[str, Any]]) -> str:
         cells = []
         for summary in summaries.values():
             v = summary[key]
-            cells.append(f"{100 * v:11.2f}%" if key.endswith("acc") else f"{v:>12}")
+            if key.endswith("acc"):
+                cells.append(f"{100 * v:11.2f}%")
+            else:
+                cells.append(f"{v:12.4f}" if isinstance(v, float) else f"{v:>12}")
         lines.append(f"{key:16}" + "".join(cells))
     return "\n".join(lines)
 
