@@ -156,7 +156,8 @@ def make_evaluate(model: Any, axis_name: str | None, eval_batch_size: int) -> Ca
 
 def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformation,
                      loss_fn: Callable, num_train: int, *, axis_name: str | None = None,
-                     batch_sharding: Any = None, eval_batch_size: int = 1024) -> Callable:
+                     batch_sharding: Any = None, eval_batch_size: int = 1024,
+                     unroll: bool = False) -> Callable:
     """Returns ``run(state, data, num_steps) -> (state, metrics)``: ``num_steps`` fused steps.
 
     ``metrics`` holds one entry per step: ``train_loss``, ``learning_rate``, ``did_reset``,
@@ -164,6 +165,10 @@ def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformatio
     checkpoint), and ``val_loss``, ``val_acc``, ``test_acc`` (NaN except on evaluation steps).
     Evaluation happens before the update of every step divisible by ``eval_every``, at the params
     that step starts from, and its metric is the ``value`` fed to resetting.
+
+    ``unroll=True`` unrolls the fused steps: slower to compile, but on the CPU XLA runs
+    convolutions inside a loop body many times slower than in straight-line code (30x for a
+    ResNet-18 step here), so CPU benchmarks of conv nets unroll.
     """
     from resetax.data import augment_cifar, batch_indices_at_step
 
@@ -249,7 +254,8 @@ def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformatio
         return new_state, metrics
 
     def run(state: TrainState, data: DeviceData, num_steps: int):
-        return jax.lax.scan(lambda s, _: step_fn(s, data), state, length=num_steps)
+        return jax.lax.scan(lambda s, _: step_fn(s, data), state, length=num_steps,
+                            unroll=unroll)
 
     return run
 
