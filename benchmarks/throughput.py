@@ -45,13 +45,13 @@ def measure(model_name, args, mesh, data):
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), sample)["params"])
     tx = steps.make_optimizer(config, params)
     replicated = NamedSharding(mesh, P())
-    state = jax.device_put(steps.init_state(config, model, tx, sample), replicated)
+    # Step 0 evaluates; start at step 1 so that the timed chunks only train.
+    state = steps.init_state(config, model, tx, sample)._replace(step=jnp.ones([], jnp.int32))
+    state = jax.device_put(state, replicated)
     chunk = steps.make_train_chunk(config, model, tx, losses.get_loss("ce"), args.num_train,
                                    batch_sharding=NamedSharding(mesh, P("data")),
                                    eval_batch_size=args.eval_batch_size,
                                    unroll=jax.default_backend() == "cpu")
-    # Step 0 evaluates; start at step 1 so that the timed chunks only train.
-    state = state._replace(step=jnp.ones([], jnp.int32))
     run = jax.jit(chunk, static_argnums=2, donate_argnums=0, out_shardings=replicated)
     state, _ = run(state, data, args.steps)  # compile and warm up
     jax.block_until_ready(state)

@@ -254,8 +254,13 @@ def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformatio
         return new_state, metrics
 
     def run(state: TrainState, data: DeviceData, num_steps: int):
-        return jax.lax.scan(lambda s, _: step_fn(s, data), state, length=num_steps,
-                            unroll=unroll)
+        if not unroll:
+            return jax.lax.scan(lambda s, _: step_fn(s, data), state, length=num_steps)
+        outputs = []
+        for _ in range(num_steps):
+            state, metrics = step_fn(state, data)
+            outputs.append(metrics)
+        return state, jax.tree.map(lambda *m: jnp.stack(m), *outputs)
 
     return run
 
