@@ -20,7 +20,7 @@ from resetax.experiment import report, runner
 from resetax.experiment.config import get_config
 
 TUNING_SEEDS = (100, 101)
-GRID = {"reset_prob": (0.003, 0.01, 0.03), "patience": (200, 400, 800)}
+GRID = {"reset_prob": (0.003, 0.01, 0.03), "patience": (200, 400)}
 
 
 def run(config, root: Path, name: str):

@@ -1,4 +1,4 @@
-"""The theory of stochastic resetting: closed forms and JAX Monte Carlo simulators (PAPER.md §4).
+"""The theory of stochastic resetting: closed forms and JAX Monte Carlo simulators.
 
 ``mfpt`` holds the closed forms (mean first-passage times, optimal reset rates, stationary laws);
 ``simulate`` the jitted simulators that check them and the latent-gradient-bias toy that links

@@ -1,4 +1,4 @@
-r"""Closed forms for first passage under stochastic resetting (PAPER.md §4).
+r"""Closed forms for first passage under stochastic resetting (Bae, Song & Jeong 2025, §4).
 
 A searcher starts at distance :math:`L` from a target, diffuses with coefficient :math:`D`,
 drifts toward the target with velocity :math:`v` (:math:`v < 0`: away from it) and is sent back

@@ -426,7 +426,8 @@ def latent_bias_first_passage_times(
 ) -> jax.Array:
     r"""Time for SGD with stochastic resetting to reach the optimum under latent gradient bias.
 
-    A toy of PAPER.md §2 in :math:`d \ge 2` dimensions: parameters start at :math:`L e_1`, the
+    A toy of the latent gradient bias (Bae, Song & Jeong 2025, §2) in :math:`d \ge 2`
+    dimensions: parameters start at :math:`L e_1`, the
     optimum is the origin, and mini-batch SGD runs on :math:`U(\theta) = (1 - \tau)|\theta| -
     \tau\langle\theta, e_2\rangle` with gradient noise :math:`\sigma\xi/\sqrt{B}`:
 
