@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resetax import losses, models
+from resetax import models
 from resetax.experiment import steps
 from resetax.experiment.config import get_config
 
@@ -48,7 +48,8 @@ def measure(model_name, args, mesh, data):
     # Step 0 evaluates; start at step 1 so that the timed chunks only train.
     state = steps.init_state(config, model, tx, sample)._replace(step=jnp.ones([], jnp.int32))
     state = jax.device_put(state, replicated)
-    chunk = steps.make_train_chunk(config, model, tx, losses.get_loss("ce"), args.num_train,
+    loss_fn, _ = steps.make_loss(config, args.num_train, 10)
+    chunk = steps.make_train_chunk(config, model, tx, loss_fn, args.num_train,
                                    batch_sharding=NamedSharding(mesh, P("data")),
                                    eval_batch_size=args.eval_batch_size,
                                    unroll=jax.default_backend() == "cpu")

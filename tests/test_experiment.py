@@ -202,3 +202,20 @@ def test_existing_run_dir_is_refused(reference_run, capsys):
     assert code == 2
     assert "already exists" in capsys.readouterr().err
     assert read_lines(run_dir) == before
+
+
+def test_elr_loss_trains_and_agrees_across_parallel_modes(tmp_path):
+    config = tiny(loss="elr", num_steps=60, checkpoint_every=60)
+    runs = {}
+    for parallel in ("sharded", "pmap"):
+        run_dir = tmp_path / parallel
+        runner.train(config.replace(parallel=parallel), run_dir, progress=False)
+        experiment = runner._Experiment(config, runner.load_data(config))
+        state, _ = checkpoint.CheckpointManager(run_dir / "checkpoints").restore(
+            experiment.host_state)
+        runs[parallel] = state.loss_state.targets
+    # The first epoch (40 batches of 32 distinct samples) alone gives 1280 samples a target row.
+    seen = (np.abs(runs["sharded"]).sum(1) > 0).sum()
+    assert 40 * 32 <= seen <= len(runner.load_data(config).train)
+    np.testing.assert_allclose(runs["pmap"], runs["sharded"], rtol=1e-4, atol=1e-6)
+    _assert_close_runs(tmp_path / "pmap", tmp_path / "sharded")

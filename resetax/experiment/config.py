@@ -25,7 +25,8 @@ class Config:
       val_fraction: Share of the training data held out for validation, in (0, 1).
       clean_validation: Keep the validation labels clean (the noise hits only the train part).
       model: A name from ``resetax.models.MODELS``.
-      loss: A name from ``resetax.losses.LOSSES``.
+      loss: A name from ``resetax.losses.LOSSES``, or ``elr`` (early-learning regularization
+        with its per-sample targets kept in the train state).
       optimizer: ``sgd`` or ``adam``.
       learning_rate: Peak learning rate.
       momentum: SGD momentum (0: plain SGD).
@@ -146,7 +147,7 @@ def validate(config: Config) -> Config:
     datasets, models = _registries()
     _one_of("dataset", config.dataset, datasets)
     _one_of("model", config.model, models)
-    _one_of("loss", config.loss, tuple(losses.LOSSES))
+    _one_of("loss", config.loss, (*losses.LOSSES, "elr"))
     _one_of("noise", config.noise, ("none", *noise.NOISE_KINDS))
     _one_of("optimizer", config.optimizer, OPTIMIZERS)
     _one_of("schedule", config.schedule, SCHEDULES)

@@ -85,20 +85,21 @@ class _Experiment:
     """Builds the model, optimizer and device placement of one config."""
 
     def __init__(self, config: Config, data):
-        from resetax import losses, models
+        from resetax import models
 
         self.config, self.data = config, data
         pmap = config.parallel == "pmap"
         self.axis_name = "data" if pmap else None
         self.model = models.get_model(config.model, data.num_classes, axis_name=self.axis_name)
-        self.loss_fn = losses.get_loss(config.loss)
+        self.loss_fn, loss_state = steps_lib.make_loss(config, len(data.train), data.num_classes)
         self.devices = _devices(config)
         n = len(self.devices)
         sample = jnp.asarray(data.train.inputs[:1])
         params_shape = jax.eval_shape(
             lambda: steps_lib.init_state(config, _unsynced(self.model), _NoOpt(), sample).params)
         self.tx = steps_lib.make_optimizer(config, params_shape)
-        self.host_state = steps_lib.init_state(config, _unsynced(self.model), self.tx, sample)
+        self.host_state = steps_lib.init_state(config, _unsynced(self.model), self.tx, sample,
+                                               loss_state)
 
         multiple = n * EVAL_BATCH_SIZE if len(data.val) > n * EVAL_BATCH_SIZE else n
         val = pad_eval_set(data.val.inputs, data.val.labels, multiple)

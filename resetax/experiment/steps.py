@@ -33,6 +33,7 @@ class TrainState(NamedTuple):
       best_batch_stats: BatchNorm statistics of the best model.
       best_value: Best validation metric so far, in "lower is better" sign.
       best_step: Step of the best validation measurement.
+      loss_state: State of the loss (ELR's per-sample targets), ``optax.EmptyState()`` if none.
       key: Raw PRNG key data for batches, augmentation and dropout.
     """
 
@@ -45,6 +46,7 @@ class TrainState(NamedTuple):
     best_batch_stats: Any
     best_value: jax.Array
     best_step: jax.Array
+    loss_state: Any
     key: jax.Array
 
 
@@ -101,8 +103,26 @@ def make_optimizer(config: Config, params: Any) -> optax.GradientTransformationE
     )
 
 
+def make_loss(config: Config, num_train: int, num_classes: int) -> tuple[Callable, Any]:
+    """The config's loss as ``fn(logits, labels, indices, loss_state) -> (per-example, state)``.
+
+    Returns the function and its initial state: ELR's per-sample target buffer, or
+    ``optax.EmptyState()`` for the stateless losses.
+    """
+    from resetax import losses
+
+    if config.loss == "elr":
+        return losses.elr_loss, losses.elr_init(num_train, num_classes)
+    per_example = losses.get_loss(config.loss)
+
+    def loss_fn(logits, labels, indices, loss_state):
+        return per_example(logits, labels), loss_state
+
+    return loss_fn, optax.EmptyState()
+
+
 def init_state(config: Config, model: Any, tx: optax.GradientTransformation,
-               sample_input: jax.Array) -> TrainState:
+               sample_input: jax.Array, loss_state: Any = None) -> TrainState:
     """Initializes model variables, optimizer and bookkeeping from the config's seed."""
     key = jax.random.key(config.seed)
     init_key, data_key = jax.random.split(key)
@@ -120,6 +140,7 @@ def init_state(config: Config, model: Any, tx: optax.GradientTransformation,
         best_batch_stats=jax.tree.map(jnp.array, batch_stats),
         best_value=jnp.asarray(jnp.inf, jnp.float32),
         best_step=jnp.asarray(-1, jnp.int32),
+        loss_state=optax.EmptyState() if loss_state is None else loss_state,
         key=jax.random.key_data(data_key),
     )
 
@@ -160,7 +181,8 @@ def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformatio
                      unroll: bool = False) -> Callable:
     """Returns ``run(state, data, num_steps) -> (state, metrics)``: ``num_steps`` fused steps.
 
-    ``metrics`` holds one entry per step: ``train_loss``, ``learning_rate``, ``did_reset``,
+    ``loss_fn`` is the first result of :func:`make_loss`. ``metrics`` holds one entry per step:
+    ``train_loss``, ``learning_rate``, ``did_reset``,
     ``active``, ``num_resets``, ``distance`` (L2 distance of the params to the resetting
     checkpoint), and ``val_loss``, ``val_acc``, ``test_acc`` (NaN except on evaluation steps).
     Evaluation happens before the update of every step divisible by ``eval_every``, at the params
@@ -170,6 +192,7 @@ def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformatio
     convolutions inside a loop body many times slower than in straight-line code (30x for a
     ResNet-18 step here), so CPU benchmarks of conv nets unroll.
     """
+    from resetax import losses
     from resetax.data import augment_cifar, batch_indices_at_step
 
     schedule = learning_rate_schedule(config)
@@ -217,10 +240,19 @@ def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformatio
             logits, updated = model.apply(
                 {"params": params, "batch_stats": state.batch_stats}, x, train=True,
                 mutable=["batch_stats"], rngs={"dropout": dropout_key})
-            return jnp.mean(loss_fn(logits.astype(jnp.float32), y)), updated
+            loss, loss_state = loss_fn(logits.astype(jnp.float32), y, indices, state.loss_state)
+            return jnp.mean(loss), (updated, loss_state)
 
-        (train_loss, updated), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        (train_loss, (updated, loss_state)), grads = jax.value_and_grad(
+            objective, has_aux=True)(state.params)
         grads, train_loss = mean(grads), mean(train_loss)
+        if axis_name is not None and isinstance(loss_state, losses.ELRState):
+            # Each replica updated the rows of its own samples: share them so that the
+            # per-sample buffers stay identical on every replica.
+            rows = jax.lax.all_gather(loss_state.targets[indices], axis_name)
+            all_indices = jax.lax.all_gather(indices, axis_name).reshape(-1)
+            loss_state = losses.ELRState(state.loss_state.targets.at[all_indices].set(
+                rows.reshape(all_indices.shape[0], -1)))
         new_batch_stats = updated.get("batch_stats", {})
         updates, opt_state = tx.update(grads, state.opt_state, state.params, value=value)
         params = resetax.apply_updates(state.params, updates, opt_state)
@@ -240,6 +272,7 @@ def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformatio
             best_batch_stats=keep(state.batch_stats, state.best_batch_stats),
             best_value=jnp.where(improved, value, state.best_value),
             best_step=jnp.where(improved, state.step, state.best_step),
+            loss_state=loss_state,
             key=state.key,
         )
         distance = optax.tree.norm(jax.tree.map(
