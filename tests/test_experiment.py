@@ -219,3 +219,18 @@ def test_elr_loss_trains_and_agrees_across_parallel_modes(tmp_path):
     assert 40 * 32 <= seen <= len(runner.load_data(config).train)
     np.testing.assert_allclose(runs["pmap"], runs["sharded"], rtol=1e-4, atol=1e-6)
     _assert_close_runs(tmp_path / "pmap", tmp_path / "sharded")
+
+
+def test_cli_quick_trains_baseline_and_resetting_side_by_side(tmp_path, capsys):
+    run_dir = tmp_path / "quick"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    assert cli.main(["train", "--quiet", "--run-dir", str(run_dir), *flags]) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "resetting" in out and "test_acc" in out
+    baseline = json.loads((run_dir / "baseline" / "summary.json").read_text())
+    resetting = json.loads((run_dir / "resetting" / "summary.json").read_text())
+    assert baseline["num_resets"] == 0 and baseline["reset_prob"] == 0.0
+    assert resetting["num_resets"] > 0
+    # Resuming a finished pair reuses both runs and prints the same table.
+    assert cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--resume"]) == 0
+    assert f"{100 * resetting['test_acc']:11.2f}%" in capsys.readouterr().out

@@ -40,6 +40,11 @@ def _train(args) -> int:
     if args.baseline:
         summaries = {}
         runner.check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
+        if not args.resume:
+            runner.check_devices(config)  # fail before anything is written
+            runner.load_data(config)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            runner.write_config(run_dir, config)
         for name, cfg in (("baseline", config.replace(reset_prob=0.0)), ("resetting", config)):
             print(f"== {name} (reset_prob={cfg.reset_prob})", flush=True)
             summaries[name] = _run_part(cfg, run_dir / name, args)

@@ -47,6 +47,21 @@ def load_config(run_dir: str | os.PathLike) -> Config:
     return validate(Config(**fields))
 
 
+def check_devices(config: Config) -> None:
+    """Checks that the devices can run the config: the batch must split evenly over them."""
+    num_devices = len(_devices(config))
+    if config.batch_size % num_devices:
+        raise ValueError(
+            f"batch_size ({config.batch_size}) must be divisible by the number of devices "
+            f"({num_devices})."
+        )
+
+
+def write_config(run_dir: Path, config: Config) -> None:
+    """Writes ``config.json``, from which a run is resumed."""
+    _write_json(Path(run_dir) / CONFIG_FILE, dataclasses.asdict(config))
+
+
 def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False,
           overwrite: bool = False, progress: bool = True, stop_after: int | None = None
           ) -> dict[str, Any]:
@@ -65,18 +80,13 @@ def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False,
             changed = [f.name for f in dataclasses.fields(Config)
                        if getattr(saved, f.name) != getattr(config, f.name)]
             raise ValueError(f"cannot resume {str(run_dir)!r} with a different config: {changed}.")
-    num_devices = len(_devices(config))
-    if config.batch_size % num_devices:
-        raise ValueError(
-            f"batch_size ({config.batch_size}) must be divisible by the number of devices "
-            f"({num_devices})."
-        )
+    check_devices(config)
     data = load_data(config)
 
     if overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / CONFIG_FILE, dataclasses.asdict(config))
+    write_config(run_dir, config)
     experiment = _Experiment(config, data)
     return experiment.run(run_dir, resume=resume, progress=progress, stop_after=stop_after)
 
