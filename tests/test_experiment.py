@@ -234,3 +234,20 @@ def test_cli_quick_trains_baseline_and_resetting_side_by_side(tmp_path, capsys):
     # Resuming a finished pair reuses both runs and prints the same table.
     assert cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--resume"]) == 0
     assert f"{100 * resetting['test_acc']:11.2f}%" in capsys.readouterr().out
+
+
+def test_compare_writes_paired_table(tmp_path, capsys):
+    run_dir = tmp_path / "compare"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "num_steps"]
+    code = cli.main(["compare", "--quiet", "--seeds", "2", "--run-dir", str(run_dir),
+                     "--num-steps", "60", "--checkpoint-every", "60", *flags])
+    assert code == 0
+    assert "resetting − baseline" in capsys.readouterr().out
+    table = json.loads((run_dir / "compare.json").read_text())
+    assert len(table["baseline"]) == len(table["resetting"]) == 2
+    diffs = np.subtract(table["resetting"], table["baseline"])
+    assert table["difference"]["mean"] == pytest.approx(diffs.mean())
+    assert table["difference"]["se"] == pytest.approx(diffs.std(ddof=1) / np.sqrt(2))
+    for name in ("baseline-seed0", "resetting-seed1"):
+        assert json.loads((run_dir / name / "config.json").read_text())["seed"] == int(name[-1])
+    assert (run_dir / "compare.md").exists() and (run_dir / "compare.png").exists()
