@@ -266,7 +266,8 @@ def _decompose(apply_fn, loss_fn, params, inputs, labels, is_noisy, chunk_size, 
     total, correct, wrong = (jax.tree.map(lambda g, k=k: g[k], grads) for k in range(3))
     squares = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(grads)[0]:
-        t, c, w = (leaf[k].reshape(-1).astype(jnp.float32) for k in range(3))
+        t, c, w = (leaf[k].reshape(-1).astype(jnp.result_type(leaf, jnp.float32))
+                   for k in range(3))
         dots = jnp.stack([t @ t, c @ c, w @ w, c @ w, t @ w, t @ c])
         name = layer_fn(path)
         squares[name] = squares[name] + dots if name in squares else dots
@@ -470,21 +471,22 @@ def gradient_statistics(
 @functools.partial(jax.jit, static_argnums=(0, 1, 5))
 def _gradient_statistics(apply_fn, loss_fn, params, inputs, labels, chunk_size):
     n = _num_samples(inputs)
-    weights = jnp.full((n, 1), 1.0 / n, jnp.float32)
+    dtype = jnp.result_type(*jax.tree.leaves(params), jnp.float32)
+    weights = jnp.full((n, 1), 1.0 / n, dtype)
     mean = jax.tree.map(
         lambda g: g[0], _weighted_grads(apply_fn, loss_fn, params, inputs, labels, weights,
                                         chunk_size))
     norm = optax.tree.norm(mean)
     direction = jax.tree.map(lambda g: g / jnp.where(norm > 0, norm, 1), mean)
-    inputs, labels, valid = _chunked(inputs, labels, jnp.ones((n,), jnp.float32), chunk_size)
+    inputs, labels, valid = _chunked(inputs, labels, jnp.ones((n,), dtype), chunk_size)
 
     def body(sums, chunk):
         x, y, w = chunk
         _, slope = jax.jvp(lambda p: loss_fn(apply_fn(p, x), y), (params,), (direction,))
-        dev = (slope.astype(jnp.float32) - norm) * w
+        dev = (slope.astype(dtype) - norm) * w
         return (sums[0] + dev.sum(), sums[1] + (dev * dev).sum()), None
 
-    zero = jnp.zeros((), jnp.float32)
+    zero = jnp.zeros((), dtype)
     (first, second), _ = jax.lax.scan(body, (zero, zero), (inputs, labels, valid))
     # Shifted two-pass variance: the shift |g| is the exact mean in mathematics, the first
     # moment corrects its rounding.
@@ -715,8 +717,8 @@ def _weighted_grads(apply_fn, loss_fn, params, inputs, labels, weights, chunk_si
 
     def body(acc, chunk):
         x, y, w = chunk
-        _, vjp = jax.vjp(lambda p: loss_fn(apply_fn(p, x), y), params)
-        (grads,) = jax.vmap(vjp, in_axes=1)(w.astype(jnp.float32))
+        loss, vjp = jax.vjp(lambda p: loss_fn(apply_fn(p, x), y), params)
+        (grads,) = jax.vmap(vjp, in_axes=1)(w.astype(loss.dtype))
         return jax.tree.map(jnp.add, acc, grads), None
 
     zeros = jax.tree.map(lambda p: jnp.zeros((num, *jnp.shape(p)), jnp.result_type(p)), params)
@@ -729,16 +731,19 @@ def _chunked(inputs, labels, weights, chunk_size):
     with weight 0, so padding never feeds a model inputs it has not seen."""
     n = weights.shape[0]
     num_chunks = -(-n // chunk_size)
+    padded = num_chunks * chunk_size != n
     index = jnp.arange(num_chunks * chunk_size) % n
-    pad = (jnp.arange(num_chunks * chunk_size) < n).reshape((-1,) + (1,) * (weights.ndim - 1))
 
     def split(x):
         x = jnp.asarray(x)
-        x = x if num_chunks * chunk_size == n else x[index]
+        x = x[index] if padded else x
         return x.reshape(num_chunks, chunk_size, *x.shape[1:])
 
-    weights = jnp.where(pad, weights[index], 0) if num_chunks * chunk_size != n else weights
-    return jax.tree.map(split, inputs), split(labels), split(weights)
+    if padded:
+        real = jnp.arange(num_chunks * chunk_size) < n
+        weights = jnp.where(real.reshape((-1,) + (1,) * (weights.ndim - 1)), weights[index], 0)
+    weights = weights.reshape(num_chunks, chunk_size, *weights.shape[1:])
+    return jax.tree.map(split, inputs), split(labels), weights
 
 
 def _num_samples(inputs) -> int:
