@@ -211,7 +211,8 @@ def decompose_gradients(
     backward passes per chunk), so their sum checks the arithmetic. Norms and the cosines
     :math:`\cos_{cw}, \cos_{tw}, \cos_{tc}` are reported per layer (see :func:`layer_name`) and
     for all parameters together. The samples are processed ``chunk_size`` at a time in a
-    ``lax.scan``; the last chunk is filled with repeated samples of weight 0.
+    ``lax.scan`` (sliced in place; when ``chunk_size`` does not divide :math:`n`, the last
+    chunk is the last ``chunk_size`` samples, those seen before weighted 0).
 
     Args:
       apply_fn: ``apply_fn(params, x) -> logits`` for a chunk ``x`` of inputs. Close over the rest
@@ -245,9 +246,8 @@ def decompose_gradients(
 
     .. warning::
       With a model whose output depends on the whole batch (BatchNorm with ``train=True``), the
-      chunk is the batch that normalizes: chunked and unchunked results then differ, and so do
-      padded last chunks. Use ``train=False`` for whole-set measurements, or a ``chunk_size``
-      that divides :math:`n`.
+      chunk is the batch that normalizes: chunked and unchunked results then differ. Use
+      ``train=False`` for whole-set measurements, or a ``chunk_size`` that divides :math:`n`.
     """
     n = _num_samples(inputs)
     _check_leading("labels", labels, n)
@@ -478,16 +478,15 @@ def _gradient_statistics(apply_fn, loss_fn, params, inputs, labels, chunk_size):
                                         chunk_size))
     norm = optax.tree.norm(mean)
     direction = jax.tree.map(lambda g: g / jnp.where(norm > 0, norm, 1), mean)
-    inputs, labels, valid = _chunked(inputs, labels, jnp.ones((n,), dtype), chunk_size)
 
-    def body(sums, chunk):
-        x, y, w = chunk
+    def body(sums, x, y, w):
         _, slope = jax.jvp(lambda p: loss_fn(apply_fn(p, x), y), (params,), (direction,))
         dev = (slope.astype(dtype) - norm) * w
-        return (sums[0] + dev.sum(), sums[1] + (dev * dev).sum()), None
+        return sums[0] + dev.sum(), sums[1] + (dev * dev).sum()
 
     zero = jnp.zeros((), dtype)
-    (first, second), _ = jax.lax.scan(body, (zero, zero), (inputs, labels, valid))
+    first, second = _scan_chunks(body, (zero, zero), inputs, labels, jnp.ones((n,), dtype),
+                                 chunk_size)
     # Shifted two-pass variance: the shift |g| is the exact mean in mathematics, the first
     # moment corrects its rounding.
     variance = jnp.maximum(second / n - (first / n) ** 2, 0)
@@ -712,38 +711,38 @@ def _stats(dots):
 
 def _weighted_grads(apply_fn, loss_fn, params, inputs, labels, weights, chunk_size):
     """Gradients of sum_i weights[i, k] * loss_i for each column k, stacked on a leading axis."""
-    num = weights.shape[1]
-    inputs, labels, weights = _chunked(inputs, labels, weights, chunk_size)
 
-    def body(acc, chunk):
-        x, y, w = chunk
+    def body(acc, x, y, w):
         loss, vjp = jax.vjp(lambda p: loss_fn(apply_fn(p, x), y), params)
         (grads,) = jax.vmap(vjp, in_axes=1)(w.astype(loss.dtype))
-        return jax.tree.map(jnp.add, acc, grads), None
+        return jax.tree.map(jnp.add, acc, grads)
 
+    num = weights.shape[1]
     zeros = jax.tree.map(lambda p: jnp.zeros((num, *jnp.shape(p)), jnp.result_type(p)), params)
-    grads, _ = jax.lax.scan(body, zeros, (inputs, labels, weights))
-    return grads
+    return _scan_chunks(body, zeros, inputs, labels, weights, chunk_size)
 
 
-def _chunked(inputs, labels, weights, chunk_size):
-    """Reshapes to ``[num_chunks, chunk_size, ...]``; the last chunk repeats the first samples
-    with weight 0, so padding never feeds a model inputs it has not seen."""
+def _scan_chunks(body, init, inputs, labels, weights, chunk_size):
+    """Folds ``body(carry, x, y, w)`` over consecutive chunks of ``chunk_size`` samples.
+
+    The chunks are sliced in place (no copy of the set). When ``chunk_size`` does not divide
+    :math:`n` the last chunk is the last ``chunk_size`` samples, and its samples already seen in
+    the previous chunk get weight 0: every chunk holds real samples only.
+    """
     n = weights.shape[0]
     num_chunks = -(-n // chunk_size)
-    padded = num_chunks * chunk_size != n
-    index = jnp.arange(num_chunks * chunk_size) % n
 
-    def split(x):
-        x = jnp.asarray(x)
-        x = x[index] if padded else x
-        return x.reshape(num_chunks, chunk_size, *x.shape[1:])
+    def step(carry, i):
+        start = jnp.minimum(i * chunk_size, n - chunk_size)
+        take = functools.partial(jax.lax.dynamic_slice_in_dim, start_index=start,
+                                 slice_size=chunk_size)
+        fresh = start + jnp.arange(chunk_size) >= i * chunk_size
+        w = take(weights)
+        w = jnp.where(fresh.reshape((-1,) + (1,) * (w.ndim - 1)), w, 0)
+        return body(carry, jax.tree.map(take, inputs), take(labels), w), None
 
-    if padded:
-        real = jnp.arange(num_chunks * chunk_size) < n
-        weights = jnp.where(real.reshape((-1,) + (1,) * (weights.ndim - 1)), weights[index], 0)
-    weights = weights.reshape(num_chunks, chunk_size, *weights.shape[1:])
-    return jax.tree.map(split, inputs), split(labels), weights
+    carry, _ = jax.lax.scan(step, init, jnp.arange(num_chunks))
+    return carry
 
 
 def _num_samples(inputs) -> int:
@@ -798,7 +797,8 @@ def _check_range(name, value, num_classes):
 
 def _check_label_range(apply_fn, params, inputs, labels, chunk_size):
     """Class labels (int ``[n]`` with logits ``[chunk, C]``) must lie in ``[0, C)``."""
-    if jnp.ndim(labels) != 1 or not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+    if (isinstance(labels, jax.core.Tracer) or jnp.ndim(labels) != 1
+            or not jnp.issubdtype(jnp.result_type(labels), jnp.integer)):
         return
     chunk = jax.tree.map(lambda x: jax.ShapeDtypeStruct((chunk_size, *jnp.shape(x)[1:]),
                                                         jnp.result_type(x)), inputs)
