@@ -22,9 +22,9 @@ from resetax import theory
 
 __all__ = [
     "CheckpointDistance",
+    "GradientAlignment",
     "GradientDecomposition",
     "GradientStatistics",
-    "GradientStats",
     "MemorizationFractions",
     "PecletEstimate",
     "decompose_gradients",
@@ -43,7 +43,7 @@ LossFn = Callable[[jax.Array, Any], jax.Array]
 KeyPath = Sequence[Any]
 
 
-class GradientStats(NamedTuple):
+class GradientAlignment(NamedTuple):
     """Norms and cosines of the total, correct-label and wrong-label gradients.
 
     A cosine with a zero vector (e.g. the wrong part when no sample is noisy) is defined as 0.
@@ -72,15 +72,15 @@ class GradientDecomposition(NamedTuple):
       total: Gradient of the mean loss over all :math:`n` samples (a tree like ``params``).
       correct: Gradient of the sum of the losses of the clean samples, divided by :math:`n`.
       wrong: Gradient of the sum of the losses of the noisy samples, divided by :math:`n`.
-      overall: :class:`GradientStats` of the whole parameter vector.
-      layers: ``{layer: GradientStats}`` per layer, the layers named by ``layer_fn``.
+      overall: :class:`GradientAlignment` of the whole parameter vector.
+      layers: ``{layer: GradientAlignment}`` per layer, the layers named by ``layer_fn``.
     """
 
     total: Params
     correct: Params
     wrong: Params
-    overall: GradientStats
-    layers: dict[str, GradientStats]
+    overall: GradientAlignment
+    layers: dict[str, GradientAlignment]
 
 
 class MemorizationFractions(NamedTuple):
@@ -260,7 +260,7 @@ def decompose_gradients(
 @functools.partial(jax.jit, static_argnums=(0, 1, 6, 7))
 def _decompose(apply_fn, loss_fn, params, inputs, labels, is_noisy, chunk_size, layer_fn):
     n = _num_samples(inputs)
-    noisy = is_noisy.astype(jnp.float32)
+    noisy = is_noisy.astype(jnp.result_type(*jax.tree.leaves(params), jnp.float32))
     weights = jnp.stack([jnp.ones_like(noisy), 1 - noisy, noisy], axis=1) / n
     grads = _weighted_grads(apply_fn, loss_fn, params, inputs, labels, weights, chunk_size)
     total, correct, wrong = (jax.tree.map(lambda g, k=k: g[k], grads) for k in range(3))
@@ -705,7 +705,7 @@ def _stats(dots):
         denom = norms[a] * norms[b]
         return jnp.clip(dot / jnp.where(denom > 0, denom, 1), -1, 1)
 
-    return GradientStats(norms[0], norms[1], norms[2], cos(cw, 1, 2), cos(tw, 0, 2),
+    return GradientAlignment(norms[0], norms[1], norms[2], cos(cw, 1, 2), cos(tw, 0, 2),
                          cos(tc, 0, 1))
 
 
