@@ -135,10 +135,27 @@ def _parser() -> argparse.ArgumentParser:
                              help="also train the reset_prob=0 baseline (default: quick preset)")
         else:
             sub.add_argument("--seeds", type=int, default=3, help="number of paired seeds")
+        docs = _field_docs()
         for field in dataclasses.fields(config_lib.Config):
             sub.add_argument(f"--{field.name.replace('_', '-')}", dest=f"cfg_{field.name}",
-                             type=_parser_for(field), default=None, metavar="VALUE")
+                             type=_parser_for(field), default=None, metavar="VALUE",
+                             help=docs.get(field.name, "").replace("``", "").replace("%", "%%"))
     return parser
+
+
+def _field_docs() -> dict[str, str]:
+    """The ``Attributes:`` entries of the Config docstring, as flag help."""
+    docs: dict[str, str] = {}
+    name = None
+    for line in (config_lib.Config.__doc__ or "").split("Attributes:")[-1].splitlines():
+        text = line.strip()
+        head, sep, rest = text.partition(": ")
+        if sep and line.startswith("      ") and not line.startswith("        "):
+            name = head
+            docs[name] = rest
+        elif name and text:
+            docs[name] += " " + text
+    return docs
 
 
 def _parser_for(field: dataclasses.Field):
