@@ -251,3 +251,23 @@ def test_compare_writes_paired_table(tmp_path, capsys):
     for name in ("baseline-seed0", "resetting-seed1"):
         assert json.loads((run_dir / name / "config.json").read_text())["seed"] == int(name[-1])
     assert (run_dir / "compare.md").exists() and (run_dir / "compare.png").exists()
+
+
+def test_diagnostics_logged_and_plotted(tmp_path):
+    config = tiny(diagnostics_every=20, num_steps=60, checkpoint_every=60)
+    runner.train(config, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in read_lines(tmp_path / "run")]
+    with_diag = [r for r in rows if "grad_cos_cw" in r]
+    assert [r["step"] for r in with_diag] == [0, 20, 40]
+    for r in with_diag:
+        for key in ("grad_cos_cw", "grad_cos_tw", "grad_cos_tc"):
+            assert -1 <= r[key] <= 1
+        assert r["grad_norm_wrong"] > 0 and r["grad_norm_correct"] > 0
+        assert r["mem_clean_correct"] + r["mem_clean_wrong"] == pytest.approx(1, abs=1e-5)
+        assert (r["mem_noisy_true"] + r["mem_noisy_memorized"] + r["mem_noisy_neither"]
+                == pytest.approx(1, abs=1e-5))
+    # Early learning: the net first fits the clean pattern, also on the wrongly-labelled samples.
+    first, last = with_diag[0], with_diag[-1]
+    assert last["mem_clean_correct"] > first["mem_clean_correct"] + 0.2
+    assert last["mem_noisy_true"] > first["mem_noisy_true"] + 0.2
+    assert (tmp_path / "run" / "curves.png").exists()

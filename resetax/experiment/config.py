@@ -48,6 +48,9 @@ class Config:
       parallel: ``sharded`` (jit over a Mesh) or ``pmap``.
       num_devices: How many of the local devices to use; None: all.
       checkpoint_every: Steps between resumable checkpoints (and one at the end).
+      diagnostics_every: Steps between latent-gradient-bias diagnostics (a multiple of
+        ``eval_every``; needs clean labels): gradient cosines and norms of the correct and wrong
+        parts, memorization fractions. None: off.
       data_dir: TFDS data directory for the datasets that need one.
     """
 
@@ -80,6 +83,7 @@ class Config:
     parallel: str = "sharded"
     num_devices: int | None = None
     checkpoint_every: int = 1000
+    diagnostics_every: int | None = None
     data_dir: str | None = None
 
     def replace(self, **changes: Any) -> Config:
@@ -176,6 +180,12 @@ def validate(config: Config) -> Config:
         isinstance(config.patience, int) and config.patience >= 0
     ):
         raise ValueError(f"patience must be None or an integer >= 0, got {config.patience!r}.")
+    if config.diagnostics_every is not None:
+        _positive_int("diagnostics_every", config.diagnostics_every)
+        if config.diagnostics_every % config.eval_every:
+            raise ValueError(
+                f"diagnostics_every ({config.diagnostics_every}) must be a multiple of eval_every "
+                f"({config.eval_every}).")
     for name in ("num_per_class", "num_devices"):
         if getattr(config, name) is not None:
             _positive_int(name, getattr(config, name))

@@ -27,11 +27,19 @@ def plot_run(run_dir: str | os.PathLike) -> Path:
     rows = read_metrics(run_dir)
     steps = [r["step"] for r in rows]
     resets = [s for r in rows for s in r["reset_steps"]]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    diag = [r for r in rows if "grad_cos_cw" in r]
+    if diag:
+        fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+        (ax_loss, ax_acc), (ax_grad, ax_mem) = axes
+        _plot_diagnostics(ax_grad, ax_mem, diag)
+        panels = axes.ravel()
+    else:
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+        panels = (ax_loss, ax_acc)
     ax_loss.plot(steps, [r["val_loss"] for r in rows], label="validation loss")
     ax_loss.plot(steps, [r["train_loss"] for r in rows], label="train loss", alpha=0.6)
     ax_acc.plot(steps, [100 * r["test_acc"] for r in rows], color="C2", label="test accuracy")
-    for ax in (ax_loss, ax_acc):
+    for ax in panels:
         for s in resets:
             ax.axvline(s, color="C3", alpha=0.25, lw=0.8)
         ax.set_xlabel("step")
@@ -44,6 +52,21 @@ def plot_run(run_dir: str | os.PathLike) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _plot_diagnostics(ax_grad, ax_mem, rows) -> None:
+    """The paper's panels: gradient cosines and the wrong/correct drift ratio; memorization."""
+    steps = [r["step"] for r in rows]
+    for key, label in (("cos_cw", "cos(correct, wrong)"), ("cos_tw", "cos(total, wrong)"),
+                       ("cos_tc", "cos(total, correct)")):
+        ax_grad.plot(steps, [r[f"grad_{key}"] for r in rows], label=label)
+    ax_grad.plot(steps, [r["grad_norm_wrong"] / max(r["grad_norm_correct"], 1e-12)
+                         for r in rows], "k--", label="|wrong| / |correct|")
+    ax_grad.set_ylabel("gradient alignment")
+    for key, label in (("noisy_memorized", "noisy: memorized"), ("noisy_true", "noisy: true label"),
+                       ("clean_correct", "clean: correct")):
+        ax_mem.plot(steps, [r[f"mem_{key}"] for r in rows], label=label)
+    ax_mem.set_ylabel("fraction of training samples")
 
 
 def compare_table(baseline: list[float], resetting: list[float]) -> dict[str, Any]:

@@ -14,15 +14,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resetax.experiment import steps as steps_lib
 from resetax.experiment.config import Config, validate
-from resetax.experiment.input import load_data, pad_eval_set
+from resetax.experiment.input import load_data, pad_eval_set, preprocess
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
 EVAL_BATCH_SIZE = 1000
+DIAGNOSTICS_SAMPLES = 4096  # training samples the diagnostics look at (the first ones)
 
 
 def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
@@ -138,6 +140,7 @@ class _Experiment:
                 batch_sharding=sharded, eval_batch_size=EVAL_BATCH_SIZE)
             self._run = jax.jit(chunk, static_argnums=2, donate_argnums=0,
                                 out_shardings=self.replicated)
+        self._diagnose = None
         self.evaluate = jax.jit(steps_lib.make_evaluate(_unsynced(self.model), None,
                                                         EVAL_BATCH_SIZE))
 
@@ -177,6 +180,11 @@ class _Experiment:
                 start = time.perf_counter()
                 length = min(config.steps_per_dispatch, config.num_steps - step,
                              config.checkpoint_every - step % config.checkpoint_every)
+                if config.diagnostics_every:
+                    every = config.diagnostics_every
+                    length = min(length, every - step % every)
+                    if step % every == 0:
+                        window["diagnostics"] = self.diagnose(state)
                 state, metrics = self._run(state, self.device_data, length)
                 metrics = self.fetch(metrics)
                 wall_time += time.perf_counter() - start
@@ -201,6 +209,41 @@ class _Experiment:
         _write_json(run_dir / SUMMARY_FILE, summary)
         report.plot_run(run_dir)
         return summary
+
+    def diagnose(self, state) -> dict[str, float]:
+        """Latent-gradient-bias diagnostics at the current params, on the training set."""
+        from resetax import diagnostics
+
+        if self._diagnose is None:
+            train = self.data.train
+            if train.clean_labels is None:
+                raise ValueError("diagnostics_every needs a dataset with known clean labels.")
+            model = _unsynced(self.model)
+            n = min(len(train), DIAGNOSTICS_SAMPLES)
+            x = jnp.asarray(train.inputs[:n])
+            noisy, clean = jnp.asarray(train.labels[:n]), jnp.asarray(train.clean_labels[:n])
+
+            def run(params, batch_stats):
+                def apply_fn(p, xb):
+                    return model.apply({"params": p, "batch_stats": batch_stats}, preprocess(xb),
+                                       train=False)
+
+                loss = lambda logits, y: optax.softmax_cross_entropy_with_integer_labels(  # noqa: E731
+                    logits, y)
+                parts = diagnostics.decompose_gradients(
+                    apply_fn, loss, params, x, noisy, noisy != clean,
+                    chunk_size=min(n, EVAL_BATCH_SIZE))
+                logits = jax.lax.map(lambda xb: apply_fn(params, xb[None])[0], x,
+                                     batch_size=min(n, EVAL_BATCH_SIZE))
+                return parts.overall, diagnostics.memorization_fractions(logits, noisy, clean)
+
+            self._diagnose = jax.jit(run)
+        host = self.fetch(state) if self.axis_name is not None else state
+        alignment, memorization = self._diagnose(host.params, host.batch_stats)
+        out = {f"grad_{k}": float(v) for k, v in alignment._asdict().items()}
+        out.update({f"mem_{k}": float(v) for k, v in memorization._asdict().items()
+                    if not k.startswith("num_")})
+        return out
 
     def summarize(self, final, wall_time: float) -> dict[str, Any]:
         from resetax import find_resetting_state
@@ -272,7 +315,10 @@ def _window_line(window: dict[str, Any], row: dict[str, Any], config: Config):
     that reset, and the resetting status after the window's last update.
     """
     if math.isfinite(row["val_loss"]):
+        diagnostics = window.pop("diagnostics", None)
         window.clear()
+        if diagnostics is not None and row["step"] % (config.diagnostics_every or 1) == 0:
+            window.update(diagnostics)
         window.update(step=row["step"], val_loss=row["val_loss"], val_acc=row["val_acc"],
                       test_acc=row["test_acc"], learning_rate=row["learning_rate"],
                       train_losses=[], reset_steps=[])
