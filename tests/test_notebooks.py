@@ -12,7 +12,7 @@ nbclient = pytest.importorskip("nbclient")
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Notebook -> seconds it may take on the small settings.
-BUDGETS = {"quickstart.ipynb": 60, "theory.ipynb": 60}
+BUDGETS = {"quickstart.ipynb": 60, "theory.ipynb": 60, "noisy_labels.ipynb": 60}
 
 
 @pytest.mark.parametrize("name", sorted(BUDGETS))
