@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -154,6 +155,78 @@ def _assert_close_runs(a, b):
         assert ra["reset_steps"] == rb["reset_steps"]
         np.testing.assert_allclose(ra["val_loss"], rb["val_loss"], rtol=1e-4)
         np.testing.assert_allclose(ra["train_loss"], rb["train_loss"], rtol=1e-4)
+
+
+TWO_PROCESS_SCRIPT = """
+import json, sys
+from resetax.experiment import distributed, runner
+from resetax.experiment.config import get_config
+
+assert distributed.initialize()
+config = get_config("quick", **json.loads(sys.argv[2]))
+assert runner.train(config, sys.argv[1], progress=False, stop_after=60) == {"stopped_at": 60}
+runner.train(config, sys.argv[1], progress=False, resume=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_one_and_resume(reference_run, tmp_path):
+    # Two processes of 4 CPU devices each train over one 8-device mesh through jax.distributed,
+    # stop after a checkpoint and resume: the same run as one process with 8 devices.
+    run_dir, summary = reference_run
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    target = tmp_path / "two"
+    config = dict(TINY, diagnostics_every=60)
+    procs = []
+    for pid in range(2):
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                   JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(pid))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", TWO_PROCESS_SCRIPT, str(target), json.dumps(config)],
+            cwd=Path(__file__).parents[1], env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE))
+    deadline = time.time() + 300
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+        if any(p.poll() not in (None, 0) for p in procs):
+            break
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    errors = [p.stderr.read().decode()[-3000:] for p in procs]
+    assert [p.wait() for p in procs] == [0, 0], errors
+    _assert_close_runs(target, run_dir)
+    two = json.loads((target / "summary.json").read_text())
+    assert two["num_processes"] == 2 and two["device"].startswith("8x")
+    assert two["num_resets"] == summary["num_resets"]
+    assert two["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-6)
+    rows = [json.loads(line) for line in read_lines(target)]
+    assert [r["step"] for r in rows if "grad_cos_cw" in r] == [0, 60]
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"JAX_COORDINATOR_ADDRESS": "nohost"}, "JAX_COORDINATOR_ADDRESS must be host:port"),
+        ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, "need JAX_COORDINATOR_ADDRESS"),
+        ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"},
+         "JAX_PROCESS_ID must be an integer in [0, 2)"),
+        ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"},
+         "JAX_NUM_PROCESSES must be a positive integer"),
+        ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_PROCESS_ID": "0"}, "set both"),
+    ],
+)
+def test_bad_multiprocess_environment_fails_before_writing(tmp_path, capsys, monkeypatch, env,
+                                                           message):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--dataset", "digits"]) == 2
+    assert message in capsys.readouterr().err
+    assert not run_dir.exists()
 
 
 def test_partial_reset_by_pattern(tmp_path):

@@ -34,6 +34,7 @@ def _train(args) -> int:
     from resetax.experiment import runner
 
     config = _config_from_args(args)
+    _start_processes(args)
     run_dir = Path(args.run_dir or _default_run_dir(args.preset))
     if args.resume and not _overrides(args) and (run_dir / runner.CONFIG_FILE).exists():
         config = runner.load_config(run_dir)
@@ -43,47 +44,49 @@ def _train(args) -> int:
         if not args.resume:
             runner.check_devices(config)  # fail before anything is written
             runner.load_data(config)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            runner.write_config(run_dir, config)
+            runner.prepare_run_dir(run_dir, config, overwrite=False)
         for name, cfg in (("baseline", config.replace(reset_prob=0.0)), ("resetting", config)):
-            print(f"== {name} (reset_prob={cfg.reset_prob})", flush=True)
+            _print(f"== {name} (reset_prob={cfg.reset_prob})")
             summaries[name] = _run_part(cfg, run_dir / name, args)
-        print(_side_by_side(summaries))
-        print(f"run directory: {run_dir}")
+        _print(_side_by_side(summaries))
+        _print(f"run directory: {run_dir}")
         return 0
     summary = runner.train(config, run_dir, resume=args.resume, overwrite=args.overwrite,
                            progress=not args.quiet)
-    print(json.dumps(summary, indent=2))
-    print(f"run directory: {run_dir}")
+    _print(json.dumps(summary, indent=2))
+    _print(f"run directory: {run_dir}")
     return 0
 
 
 def _compare(args) -> int:
-    from resetax.experiment import report, runner
+    from resetax.experiment import distributed, report, runner
 
     config = _config_from_args(args)
     if config.reset_prob == 0:
         raise ValueError("reset_prob must be > 0 for compare (the baseline uses 0).")
     if args.seeds < 2:
         raise ValueError(f"seeds must be >= 2 for a standard error, got {args.seeds}.")
+    _start_processes(args)
     run_dir = Path(args.run_dir or _default_run_dir(f"compare-{args.preset}"))
     runner.check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
     accuracy: dict[str, list[float]] = {"baseline": [], "resetting": []}
     for seed in range(config.seed, config.seed + args.seeds):
         for name, reset_prob in (("baseline", 0.0), ("resetting", config.reset_prob)):
             sub = run_dir / f"{name}-seed{seed}"
-            print(f"== {name}, seed {seed}", flush=True)
+            _print(f"== {name}, seed {seed}")
             summary = _run_part(config.replace(seed=seed, reset_prob=reset_prob), sub, args)
             accuracy[name].append(summary["test_acc"])
     table = report.compare_table(accuracy["baseline"], accuracy["resetting"])
     markdown = report.compare_markdown(
         table, f"{args.preset}: noise {config.noise} {config.noise_rate}, "
                f"reset_prob {config.reset_prob}")
-    print(markdown)
-    (run_dir / "compare.md").write_text(markdown)
-    (run_dir / "compare.json").write_text(json.dumps(dict(table, **accuracy), indent=2) + "\n")
-    report.plot_compare(accuracy["baseline"], accuracy["resetting"], run_dir / "compare.png")
-    print(f"run directory: {run_dir}")
+    _print(markdown)
+    if distributed.is_primary():
+        (run_dir / "compare.md").write_text(markdown)
+        (run_dir / "compare.json").write_text(
+            json.dumps(dict(table, **accuracy), indent=2) + "\n")
+        report.plot_compare(accuracy["baseline"], accuracy["resetting"], run_dir / "compare.png")
+    _print(f"run directory: {run_dir}")
     return 0
 
 
@@ -96,6 +99,21 @@ def _run_part(config: config_lib.Config, run_dir: Path, args) -> dict[str, Any]:
     resume = args.resume and (run_dir / runner.CONFIG_FILE).exists()
     return runner.train(config, run_dir, resume=resume, overwrite=args.overwrite,
                         progress=not args.quiet)
+
+
+def _start_processes(args) -> None:
+    """Joins the other processes of a multi-process run (see ``resetax.experiment.distributed``)."""
+    from resetax.experiment import distributed
+
+    distributed.initialize(auto_detect=args.distributed)
+
+
+def _print(text: str) -> None:
+    """Prints on process 0 only, so that a multi-process run reports once."""
+    from resetax.experiment import distributed
+
+    if distributed.is_primary():
+        print(text, flush=True)
 
 
 def _side_by_side(summaries: dict[str, dict[str, Any]]) -> str:
@@ -130,6 +148,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--resume", action="store_true", help="continue an interrupted run")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing run")
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
+        sub.add_argument("--distributed", action="store_true",
+                         help="join a multi-process run that JAX detects from the cluster "
+                              "(SLURM, Open MPI, Kubernetes, Cloud TPU); without it, one starts "
+                              "when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
+                              "JAX_PROCESS_ID are set")
         if name == "train":
             sub.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None,
                              help="also train the reset_prob=0 baseline (default: quick preset)")

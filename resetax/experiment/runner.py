@@ -18,6 +18,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from resetax.experiment import distributed
 from resetax.experiment import steps as steps_lib
 from resetax.experiment.config import Config, validate
 from resetax.experiment.input import load_data, pad_eval_set, preprocess
@@ -51,6 +52,9 @@ def load_config(run_dir: str | os.PathLike) -> Config:
 
 def check_devices(config: Config) -> None:
     """Checks that the devices can run the config: the batch must split evenly over them."""
+    if jax.process_count() > 1 and config.parallel == "pmap":
+        raise ValueError("parallel='pmap' runs on one host; multi-process runs need the "
+                         "default parallel='sharded'.")
     num_devices = len(_devices(config))
     if config.batch_size % num_devices:
         raise ValueError(
@@ -62,6 +66,21 @@ def check_devices(config: Config) -> None:
 def write_config(run_dir: Path, config: Config) -> None:
     """Writes ``config.json``, from which a run is resumed."""
     _write_json(Path(run_dir) / CONFIG_FILE, dataclasses.asdict(config))
+
+
+def prepare_run_dir(run_dir: Path, config: Config, *, overwrite: bool) -> None:
+    """Creates the run directory and its ``config.json``, once every process has checked it.
+
+    In a multi-process run, process 0 writes (the run directory must be on a filesystem all
+    hosts share) and the others wait for it.
+    """
+    distributed.barrier("resetax: run directory checked")
+    if distributed.is_primary():
+        if overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run_dir, config)
+    distributed.barrier("resetax: run directory prepared")
 
 
 def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False,
@@ -84,11 +103,7 @@ def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False,
             raise ValueError(f"cannot resume {str(run_dir)!r} with a different config: {changed}.")
     check_devices(config)
     data = load_data(config)
-
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir, config)
+    prepare_run_dir(run_dir, config, overwrite=overwrite)
     experiment = _Experiment(config, data)
     return experiment.run(run_dir, resume=resume, progress=progress, stop_after=stop_after)
 
@@ -162,18 +177,20 @@ class _Experiment:
         config = self.config
         manager = checkpoint.CheckpointManager(run_dir / "checkpoints")
         host_state, wall_time = self.host_state, 0.0
+        primary = distributed.is_primary()  # the one process that writes files
         metrics_path = run_dir / METRICS_FILE
         if resume and manager.latest_step() is not None:
             host_state, meta = manager.restore(host_state)
             wall_time = meta["wall_time"]
-            _truncate_metrics(metrics_path, int(host_state.step))
-        elif metrics_path.exists():
+            if primary:
+                _truncate_metrics(metrics_path, int(host_state.step))
+        elif primary and metrics_path.exists():
             metrics_path.unlink()
         state = self.place(host_state)
         step = int(host_state.step)
-        bar = _progress_bar(config.num_steps, step, progress)
+        bar = _progress_bar(config.num_steps, step, progress and primary)
         window: dict[str, Any] = {}
-        with open(metrics_path, "a") as metrics_file:
+        with open(metrics_path if primary else os.devnull, "a") as metrics_file:
             while step < config.num_steps:
                 if stop_after is not None and step >= stop_after:
                     break
@@ -206,8 +223,9 @@ class _Experiment:
         final = self.fetch(state)
         checkpoint.save_best(run_dir / "best", final.best_params, final.best_batch_stats)
         summary = self.summarize(final, wall_time)
-        _write_json(run_dir / SUMMARY_FILE, summary)
-        report.plot_run(run_dir)
+        if primary:
+            _write_json(run_dir / SUMMARY_FILE, summary)
+            report.plot_run(run_dir)
         return summary
 
     def diagnose(self, state) -> dict[str, float]:
@@ -238,7 +256,7 @@ class _Experiment:
                 return parts.overall, diagnostics.memorization_fractions(logits, noisy, clean)
 
             self._diagnose = jax.jit(run)
-        host = self.fetch(state) if self.axis_name is not None else state
+        host = self.fetch(state)  # computed by each process on its own first device
         alignment, memorization = self._diagnose(host.params, host.batch_stats)
         out = {f"grad_{k}": float(v) for k, v in alignment._asdict().items()}
         out.update({f"mem_{k}": float(v) for k, v in memorization._asdict().items()
@@ -268,11 +286,19 @@ class _Experiment:
             "num_steps": int(final.step),
             "wall_time_s": round(wall_time, 3),
             "device": f"{len(self.devices)}x {device.platform}:{device.device_kind}",
+            "num_processes": jax.process_count(),
             "parallel": self.config.parallel,
         }
 
 
 def _devices(config: Config) -> list:
+    if jax.process_count() > 1:  # every device of every process
+        devices = jax.devices()
+        if config.num_devices not in (None, len(devices)):
+            raise ValueError(
+                f"num_devices ({config.num_devices}) must be None in a multi-process run, "
+                f"which uses all {len(devices)} devices of its {jax.process_count()} processes.")
+        return devices
     devices = jax.local_devices()
     if config.num_devices is not None:
         if config.num_devices > len(devices):
