@@ -164,6 +164,12 @@ from resetax.experiment.config import get_config
 
 assert distributed.initialize()
 config = get_config("quick", **json.loads(sys.argv[2]))
+for field, bad in (("parallel", "pmap"), ("num_devices", 4)):
+    try:
+        runner.check_devices(config.replace(**{field: bad}))
+        raise AssertionError(f"{field}={bad} accepted in a multi-process run")
+    except ValueError as err:
+        assert field in str(err), err
 assert runner.train(config, sys.argv[1], progress=False, stop_after=60) == {"stopped_at": 60}
 runner.train(config, sys.argv[1], progress=False, resume=True)
 """
