@@ -20,6 +20,8 @@ import numpy as np
 from resetax.experiment import runner, steps
 from resetax.experiment.config import get_config
 
+CHECK_STEPS = 20
+
 
 def experiment(seed: int):
     config = get_config("quick", seed=seed, num_devices=1)
@@ -63,11 +65,15 @@ def main():
             jax.block_until_ready(fn())
             best = min(best, time.perf_counter() - start)
         timings[name] = best
-    # Same results either way (to float tolerance: batched kernels may sum in another order).
-    for i, state in enumerate(sequential()):
-        batched = jax.tree.map(lambda x, i=i: x[i], vmapped().params)
-        for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(batched), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    # Same results either way, to float tolerance: batched kernels may sum in another order, and
+    # SGD amplifies such rounding differences over many steps, so compare after a few steps.
+    check = functools.partial(chunk, num_steps=CHECK_STEPS)
+    batched = jax.jit(jax.vmap(check, in_axes=(axes, 0), out_axes=(axes, 0)))(
+        stacked, stack(datas))[0].params
+    for i, (state, data) in enumerate(zip(states, datas, strict=True)):
+        alone = jax.jit(check)(state, data)[0].params
+        for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(batched), strict=True):
+            np.testing.assert_allclose(a, b[i], rtol=1e-4, atol=1e-5)
     seq, vm = timings["sequential"], timings["vmap"]
     device = jax.devices()[0]
     print(f"device: {device.platform}:{device.device_kind}, jax {jax.__version__}")
