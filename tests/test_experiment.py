@@ -102,33 +102,70 @@ def test_stop_and_resume_is_identical(reference_run, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume_is_identical(reference_run, tmp_path):
-    run_dir, _ = reference_run
-    target = tmp_path / "killed"
+@pytest.fixture(scope="module")
+def long_reference(tmp_path_factory):
+    """An uninterrupted 600-step run, for the interruptions of a CLI subprocess."""
+    run_dir = tmp_path_factory.mktemp("long") / "run"
+    summary = runner.train(tiny(num_steps=600), run_dir, progress=False)
+    del summary["wall_time_s"]
+    return run_dir, summary
+
+
+def start_cli_run(target, checkpoint_every):
     args = [sys.executable, "-m", "resetax.experiment.cli", "train", "--quiet", "--no-baseline",
             "--run-dir", str(target)]
     for key, value in TINY.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
-    args += ["--num-steps", "600", "--checkpoint-every", "60"]
-    proc = subprocess.Popen(args, cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL,
+    args += ["--num-steps", "600", "--checkpoint-every", str(checkpoint_every)]
+    return subprocess.Popen(args, cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=dict(os.environ))
-    deadline = time.time() + 240
-    checkpoints = target / "checkpoints"
-    while time.time() < deadline and proc.poll() is None:
-        if checkpoints.exists() and len([p for p in checkpoints.iterdir()
-                                         if p.name.isdigit()]) >= 2:
-            break
+
+
+def wait_for(proc, ready, seconds=240):
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read().decode()
+
+
+def resume_and_compare(target, long_reference):
+    reference_dir, reference = long_reference
+    config = runner.load_config(target)  # checkpoint_every may differ from the reference's
+    summary = runner.train(config, target, progress=False, resume=True)
+    assert read_lines(target) == read_lines(reference_dir)
+    del summary["wall_time_s"]
+    assert summary == reference
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_identical(long_reference, tmp_path):
+    target = tmp_path / "killed"
+    proc = start_cli_run(target, checkpoint_every=60)
+    checkpoints = target / "checkpoints"
+    wait_for(proc, lambda: checkpoints.exists() and len(
+        [p for p in checkpoints.iterdir() if p.name.isdigit()]) >= 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    config = tiny(num_steps=600)
-    summary = runner.train(config, target, progress=False, resume=True)
-    reference = runner.train(config, tmp_path / "reference", progress=False)
-    assert read_lines(target) == read_lines(tmp_path / "reference")
-    del summary["wall_time_s"], reference["wall_time_s"]
-    assert summary == reference
+    resume_and_compare(target, long_reference)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_the_window_end_then_resume_is_identical(long_reference, tmp_path):
+    # No periodic checkpoint before the end: what resumes is the one SIGTERM wrote.
+    target = tmp_path / "terminated"
+    proc = start_cli_run(target, checkpoint_every=600)
+    metrics = target / "metrics.jsonl"
+    wait_for(proc, lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode()
+    assert "stopped by SIGTERM" in err.decode() and "--resume" in err.decode()
+    saved = [int(p.name) for p in (target / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(saved) == 1 and 0 < saved[0] < 600 and saved[0] % TINY["eval_every"] == 0
+    lines = read_lines(target)
+    assert json.loads(lines[-1])["step"] == saved[0] - TINY["eval_every"]
+    assert not (target / "summary.json").exists()
+    resume_and_compare(target, long_reference)
 
 
 def test_pmap_agrees_with_sharded(reference_run, tmp_path):
@@ -159,11 +196,15 @@ def _assert_close_runs(a, b):
 
 TWO_PROCESS_SCRIPT = """
 import json, sys
+import jax
 from resetax.experiment import distributed, runner
 from resetax.experiment.config import get_config
 
 assert distributed.initialize()
 config = get_config("quick", **json.loads(sys.argv[2]))
+stop = runner._StopRequest()  # a SIGTERM on one process stops both
+stop.requested = jax.process_index() == 1
+assert stop.agreed()
 for field, bad in (("parallel", "pmap"), ("num_devices", 4)):
     try:
         runner.check_devices(config.replace(**{field: bad}))

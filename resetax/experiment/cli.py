@@ -48,11 +48,15 @@ def _train(args) -> int:
         for name, cfg in (("baseline", config.replace(reset_prob=0.0)), ("resetting", config)):
             _print(f"== {name} (reset_prob={cfg.reset_prob})")
             summaries[name] = _run_part(cfg, run_dir / name, args)
+            if "stopped_at" in summaries[name]:
+                return _stopped(summaries[name], run_dir)
         _print(_side_by_side(summaries))
         _print(f"run directory: {run_dir}")
         return 0
     summary = runner.train(config, run_dir, resume=args.resume, overwrite=args.overwrite,
                            progress=not args.quiet)
+    if "stopped_at" in summary:
+        return _stopped(summary, run_dir)
     _print(json.dumps(summary, indent=2))
     _print(f"run directory: {run_dir}")
     return 0
@@ -75,6 +79,8 @@ def _compare(args) -> int:
             sub = run_dir / f"{name}-seed{seed}"
             _print(f"== {name}, seed {seed}")
             summary = _run_part(config.replace(seed=seed, reset_prob=reset_prob), sub, args)
+            if "stopped_at" in summary:
+                return _stopped(summary, run_dir)
             accuracy[name].append(summary["test_acc"])
     table = report.compare_table(accuracy["baseline"], accuracy["resetting"])
     markdown = report.compare_markdown(
@@ -99,6 +105,17 @@ def _run_part(config: config_lib.Config, run_dir: Path, args) -> dict[str, Any]:
     resume = args.resume and (run_dir / runner.CONFIG_FILE).exists()
     return runner.train(config, run_dir, resume=resume, overwrite=args.overwrite,
                         progress=not args.quiet)
+
+
+def _stopped(result: dict[str, Any], run_dir: Path) -> int:
+    """Reports a run stopped by SIGTERM; exits as a terminated process does (128 + 15)."""
+    from resetax.experiment import distributed
+
+    if distributed.is_primary():
+        print(f"resetax: stopped by {result.get('signal', 'request')} at step "
+              f"{result['stopped_at']}, after a checkpoint in {run_dir}; run the same command "
+              f"with --run-dir {run_dir} --resume to continue.", file=sys.stderr, flush=True)
+    return 128 + 15
 
 
 def _start_processes(args) -> None:

@@ -7,6 +7,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -91,7 +93,9 @@ def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False,
     Every check (config, run directory, device count, dataset availability) happens before
     anything is written. With ``resume=True`` the run continues from its last checkpoint and ends
     identical to an uninterrupted one. ``stop_after`` stops (after a checkpoint) once that many
-    steps are done, as an interruption would.
+    steps are done, as an interruption would. A SIGTERM stops the run at the end of the current
+    evaluation window, after a checkpoint; the result is then
+    ``{"stopped_at": step, "signal": "SIGTERM"}``.
     """
     validate(config)
     run_dir = check_run_dir(run_dir, resume=resume, overwrite=overwrite)
@@ -176,12 +180,12 @@ class _Experiment:
 
         config = self.config
         manager = checkpoint.CheckpointManager(run_dir / "checkpoints")
-        host_state, wall_time = self.host_state, 0.0
+        host_state, wall_time, saved_step = self.host_state, 0.0, None
         primary = distributed.is_primary()  # the one process that writes files
         metrics_path = run_dir / METRICS_FILE
         if resume and manager.latest_step() is not None:
             host_state, meta = manager.restore(host_state)
-            wall_time = meta["wall_time"]
+            wall_time, saved_step = meta["wall_time"], int(host_state.step)
             if primary:
                 _truncate_metrics(metrics_path, int(host_state.step))
         elif primary and metrics_path.exists():
@@ -190,13 +194,21 @@ class _Experiment:
         step = int(host_state.step)
         bar = _progress_bar(config.num_steps, step, progress and primary)
         window: dict[str, Any] = {}
-        with open(metrics_path if primary else os.devnull, "a") as metrics_file:
+        signalled = _StopRequest()
+        with signalled, open(metrics_path if primary else os.devnull, "a") as metrics_file:
             while step < config.num_steps:
                 if stop_after is not None and step >= stop_after:
+                    break
+                stopping = signalled.agreed()  # the same decision on every process
+                if stopping and step % config.eval_every == 0:
+                    if saved_step != step:
+                        manager.save(self.fetch(state), {"wall_time": wall_time})
                     break
                 start = time.perf_counter()
                 length = min(config.steps_per_dispatch, config.num_steps - step,
                              config.checkpoint_every - step % config.checkpoint_every)
+                if stopping:  # run on to the end of the evaluation window only
+                    length = min(length, config.eval_every - step % config.eval_every)
                 if config.diagnostics_every:
                     every = config.diagnostics_every
                     length = min(length, every - step % every)
@@ -217,9 +229,10 @@ class _Experiment:
                 bar.update(length)
                 if step % config.checkpoint_every == 0 or step == config.num_steps:
                     manager.save(self.fetch(state), {"wall_time": wall_time})
+                    saved_step = step
         bar.close()
         if step < config.num_steps:
-            return {"stopped_at": step}
+            return {"stopped_at": step, **({"signal": "SIGTERM"} if signalled.requested else {})}
         final = self.fetch(state)
         checkpoint.save_best(run_dir / "best", final.best_params, final.best_batch_stats)
         summary = self.summarize(final, wall_time)
@@ -306,6 +319,51 @@ def _devices(config: Config) -> list:
                 f"num_devices ({config.num_devices}) exceeds the {len(devices)} local devices.")
         devices = devices[: config.num_devices]
     return devices
+
+
+class _StopRequest:
+    """Turns a SIGTERM (preemption, ``kill``, a scheduler's time limit) into a clean stop.
+
+    The run goes on to the end of its evaluation window, saves a checkpoint there and returns, so
+    ``--resume`` loses nothing. A second SIGTERM terminates at once (the run then resumes from its
+    last periodic checkpoint). Outside the main thread no handler can be installed and SIGTERM
+    keeps its default action.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._installed:
+            signal.signal(signal.SIGTERM, _handler_or_default(self._previous))
+            self._installed = False
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            signal.signal(signal.SIGTERM, _handler_or_default(self._previous))
+            signal.raise_signal(signal.SIGTERM)
+        self.requested = True
+
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop (a collective in a multi-process run)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.array(self.requested, np.int32))
+        return bool(np.max(flags))
+
+
+def _handler_or_default(handler):
+    return signal.SIG_DFL if handler is None else handler
 
 
 class _NoOpt:
