@@ -55,6 +55,16 @@ class GradientAlignment(NamedTuple):
       cos_cw: Cosine between the correct and the wrong parts.
       cos_tw: Cosine between the total gradient and the wrong part.
       cos_tc: Cosine between the total gradient and the correct part.
+
+    Examples:
+      >>> apply_fn = lambda p, x: x @ p["w"]
+      >>> loss_fn = resetax.losses.get_loss("ce")
+      >>> x, params = jnp.eye(2), {"w": jnp.zeros((2, 2))}
+      >>> out = resetax.diagnostics.decompose_gradients(  # sample 1 labelled 0 but is class 1
+      ...     apply_fn, loss_fn, params, x, jnp.array([0, 0]), jnp.array([False, True]))
+      >>> a = out.overall
+      >>> print(round(float(a.norm_correct), 4), round(float(a.norm_wrong), 4), float(a.cos_cw))
+      0.3536 0.3536 0.0
     """
 
     norm_total: jax.Array
@@ -74,6 +84,16 @@ class GradientDecomposition(NamedTuple):
       wrong: Gradient of the sum of the losses of the noisy samples, divided by :math:`n`.
       overall: :class:`GradientAlignment` of the whole parameter vector.
       layers: ``{layer: GradientAlignment}`` per layer, the layers named by ``layer_fn``.
+
+    Examples:
+      >>> apply_fn = lambda p, x: x @ p["Dense_0"]["kernel"]
+      >>> loss_fn = resetax.losses.get_loss("ce")
+      >>> params = {"Dense_0": {"kernel": jnp.zeros((2, 2))}}
+      >>> out = resetax.diagnostics.decompose_gradients(
+      ...     apply_fn, loss_fn, params, jnp.eye(2), jnp.array([0, 0]), jnp.array([False, True]))
+      >>> total = out.correct["Dense_0"]["kernel"] + out.wrong["Dense_0"]["kernel"]
+      >>> bool(jnp.allclose(total, out.total["Dense_0"]["kernel"])), list(out.layers)
+      (True, ['Dense_0'])
     """
 
     total: Params
@@ -97,6 +117,13 @@ class MemorizationFractions(NamedTuple):
       noisy_neither: Noisy samples predicted as a third class.
       num_clean: Number of clean samples (``int32``).
       num_noisy: Number of noisy samples (``int32``).
+
+    Examples:
+      >>> logits = jax.nn.one_hot(jnp.array([0, 2, 1]), 3)  # predicts 0, 2, 1
+      >>> f = resetax.diagnostics.memorization_fractions(
+      ...     logits, jnp.array([0, 2, 2]), jnp.array([0, 1, 1]))  # samples 1 and 2 are noisy
+      >>> print(float(f.clean_correct), float(f.noisy_memorized), float(f.noisy_true))
+      1.0 0.5 0.5
     """
 
     clean_correct: jax.Array
@@ -114,6 +141,12 @@ class CheckpointDistance(NamedTuple):
     Attributes:
       overall: L2 distance over all leaves the checkpoint holds.
       layers: ``{layer: distance}`` for each layer with at least one such leaf.
+
+    Examples:
+      >>> d = resetax.diagnostics.distance_to_checkpoint(
+      ...     {"a": {"w": jnp.array([3.0, 4.0])}}, {"a": {"w": jnp.zeros(2)}})
+      >>> print(float(d.overall), {k: float(v) for k, v in d.layers.items()})
+      5.0 {'a': 5.0}
     """
 
     overall: jax.Array
@@ -128,6 +161,13 @@ class GradientStatistics(NamedTuple):
       mean_norm: :math:`\\lVert g\\rVert_2`.
       projected_variance: :math:`u^\\top\\Sigma u` with :math:`u = g/\\lVert g\\rVert` and
         :math:`\\Sigma` the per-sample gradient covariance over the set (0 when :math:`g = 0`).
+
+    Examples:
+      >>> a = jnp.array([[1.0], [3.0]])  # per-sample gradients w - a_i at w = 0: -1 and -3
+      >>> apply_fn, loss_fn = lambda w, x: w - x, lambda z, y: 0.5 * jnp.sum(z**2, axis=-1)
+      >>> s = resetax.diagnostics.gradient_statistics(apply_fn, loss_fn, jnp.zeros(1), a, a[:, 0])
+      >>> print(s.mean, float(s.mean_norm))
+      [-2.] 2.0
     """
 
     mean: Params
@@ -147,6 +187,12 @@ class PecletEstimate(NamedTuple):
       reset_rate: Optimal reset rate :math:`\\gamma^*` per unit time
         (:func:`resetax.theory.optimal_reset_rate`), 0 when :math:`\\mathrm{Pe} \\ge 1`.
       reset_prob: Suggested reset probability per step, :math:`1 - e^{-\\gamma^*\\Delta t}`.
+
+    Examples:
+      >>> x = jnp.array([0.0, 1.0, 0.0, 1.0, 0.0])[:, None]  # no drift toward the target
+      >>> est = resetax.diagnostics.estimate_peclet_from_trajectory(x, target=jnp.ones(1))
+      >>> print(float(est.drift), float(est.distance), float(est.peclet))
+      0.0 1.0 0.0
     """
 
     peclet: jax.Array

@@ -382,6 +382,12 @@ class ELRState(NamedTuple):
       targets: ``[num_samples, C]`` running average of each training sample's predicted class
         probabilities, indexed by the sample's position in the training set; all zeros at the
         start.
+
+    Examples:
+      >>> from resetax import losses
+      >>> state = losses.elr_init(num_samples=4, num_classes=3)
+      >>> state.targets.shape, float(state.targets.sum())
+      ((4, 3), 0.0)
     """
 
     targets: jax.Array

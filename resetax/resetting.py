@@ -53,6 +53,16 @@ class ResettingState(NamedTuple):
         non-parameter model state is snapshotted at the same moments
         (see :func:`reset_model_state`).
       num_resets: Number of resets so far (``int32``).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import resetax
+      >>> tx = resetax.stochastic_resetting(optax.sgd(0.1), reset_prob=0.5, key=0)
+      >>> state = tx.init({"w": jnp.ones(2)})
+      >>> state = resetax.find_resetting_state(state)
+      >>> print(state.checkpoint["w"], int(state.num_resets), bool(state.active))
+      [1. 1.] 0 True
     """
 
     count: jax.Array
@@ -74,6 +84,14 @@ class ModelStateCheckpoint(NamedTuple):
     Attributes:
       model_state: The model state taken at the moments the parameters were copied into
         :attr:`ResettingState.checkpoint`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import resetax
+      >>> stats = {"mean": jnp.zeros(2)}
+      >>> snapshot = resetax.init_model_state_checkpoint(stats)
+      >>> isinstance(snapshot, resetax.ModelStateCheckpoint), snapshot.model_state["mean"]
+      (True, Array([0., 0.], dtype=float32))
     """
 
     model_state: Any

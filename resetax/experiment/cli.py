@@ -20,7 +20,21 @@ from resetax.experiment import config as config_lib
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``resetax`` command."""
+    """Entry point of the ``resetax`` command; returns its exit status.
+
+    ``argv`` defaults to ``sys.argv[1:]``. Bad input is reported on stderr with status 2, before
+    anything is written; a run stopped by SIGTERM returns 143.
+
+    Example:
+      >>> import contextlib, io, tempfile
+      >>> from resetax.experiment import cli
+      >>> run_dir = tempfile.mkdtemp() + "/run"
+      >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+      ...     cli.main(["train", "--run-dir", run_dir, "--noise-rate", "1.5"])
+      2
+      >>> print(err.getvalue().strip())
+      resetax: error: noise_rate must be in [0.0, 1.0], got 1.5.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     try:

@@ -52,6 +52,14 @@ class Config:
         ``eval_every``; needs clean labels): gradient cosines and norms of the correct and wrong
         parts, memorization fractions. None: off.
       data_dir: TFDS data directory for the datasets that need one.
+
+    Example:
+      >>> from resetax.experiment.config import Config
+      >>> config = Config(noise_rate=0.6)  # the dataclass defaults, without a preset
+      >>> config.dataset, config.model, config.noise_rate
+      ('mnist1d', 'cnn1d', 0.6)
+      >>> config.replace(reset_prob=0.0).reset_prob  # a validated copy
+      0.0
     """
 
     dataset: str = "mnist1d"
@@ -147,7 +155,21 @@ def get_config(preset: str = "quick", **overrides: Any) -> Config:
 
 
 def validate(config: Config) -> Config:
-    """Checks every field, raising ValueError that names the field and the accepted values."""
+    """Checks every field, raising ValueError that names the field and the accepted values.
+
+    Returns:
+      The config itself, when it is valid.
+
+    Example:
+      >>> import dataclasses
+      >>> from resetax.experiment.config import Config, validate
+      >>> validate(Config()).batch_size
+      32
+      >>> validate(dataclasses.replace(Config(), reset_prob=-0.1))
+      Traceback (most recent call last):
+      ...
+      ValueError: reset_prob must be in [0.0, 1.0], got -0.1.
+    """
     from resetax import losses, noise
 
     datasets, models = _registries()

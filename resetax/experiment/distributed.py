@@ -58,14 +58,27 @@ def initialize(*, auto_detect: bool = False, environ: Mapping[str, str] | None =
 
 
 def is_primary() -> bool:
-    """Whether this is process 0, the one that writes the run's files."""
+    """Whether this is process 0, the one that writes the run's files.
+
+    Example:
+      >>> from resetax.experiment import distributed
+      >>> distributed.is_primary()  # always, in a single-process run
+      True
+    """
     import jax
 
     return jax.process_index() == 0
 
 
 def barrier(name: str) -> None:
-    """Waits until every process gets here (a no-op in a single-process run)."""
+    """Waits until every process gets here (a no-op in a single-process run).
+
+    Every process must call it with the same ``name``, in the same order.
+
+    Example:
+      >>> from resetax.experiment import distributed
+      >>> distributed.barrier("checkpoint written")  # returns at once with one process
+    """
     import jax
 
     if jax.process_count() > 1:

@@ -31,7 +31,25 @@ DIAGNOSTICS_SAMPLES = 4096  # training samples the diagnostics look at (the firs
 
 
 def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
-    """Refuses to touch an existing run unless asked to resume or overwrite it."""
+    """Refuses to touch an existing run unless asked to resume or overwrite it.
+
+    Returns:
+      ``run_dir`` as a ``Path``. Nothing is created.
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import runner
+      >>> root = Path(tempfile.mkdtemp())
+      >>> runner.check_run_dir(root / "new", resume=False, overwrite=False).name
+      'new'
+      >>> (root / "old").mkdir(); (root / "old" / "metrics.jsonl").write_text("")
+      0
+      >>> runner.check_run_dir(root / "old", resume=False, overwrite=False)
+      Traceback (most recent call last):
+      ...
+      FileExistsError: run directory '...old' already exists; pass --resume to continue it or ...
+    """
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other; pass at most one.")
@@ -47,13 +65,34 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
 
 
 def load_config(run_dir: str | os.PathLike) -> Config:
-    """Reads the config a run directory was started with."""
+    """Reads the config a run directory was started with (its ``config.json``).
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import runner
+      >>> from resetax.experiment.config import get_config
+      >>> run_dir = Path(tempfile.mkdtemp())
+      >>> runner.write_config(run_dir, get_config("quick", noise_rate=0.6))
+      >>> runner.load_config(run_dir) == get_config("quick", noise_rate=0.6)
+      True
+    """
     fields = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
     return validate(Config(**fields))
 
 
 def check_devices(config: Config) -> None:
-    """Checks that the devices can run the config: the batch must split evenly over them."""
+    """Checks that the devices can run the config: the batch must split evenly over them.
+
+    Example:
+      >>> from resetax.experiment import runner
+      >>> from resetax.experiment.config import get_config
+      >>> runner.check_devices(get_config("quick", num_devices=1))  # fine: returns None
+      >>> runner.check_devices(get_config("quick", batch_size=33, num_devices=2))
+      Traceback (most recent call last):
+      ...
+      ValueError: batch_size (33) must be divisible by the number of devices (2).
+    """
     if jax.process_count() > 1 and config.parallel == "pmap":
         raise ValueError("parallel='pmap' runs on one host; multi-process runs need the "
                          "default parallel='sharded'.")
@@ -66,7 +105,18 @@ def check_devices(config: Config) -> None:
 
 
 def write_config(run_dir: Path, config: Config) -> None:
-    """Writes ``config.json``, from which a run is resumed."""
+    """Writes ``config.json``, from which a run is resumed (see :func:`load_config`).
+
+    Example:
+      >>> import json, tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import runner
+      >>> from resetax.experiment.config import get_config
+      >>> run_dir = Path(tempfile.mkdtemp())
+      >>> runner.write_config(run_dir, get_config("quick"))
+      >>> json.loads((run_dir / "config.json").read_text())["dataset"]
+      'mnist1d'
+    """
     _write_json(Path(run_dir) / CONFIG_FILE, dataclasses.asdict(config))
 
 
@@ -75,6 +125,16 @@ def prepare_run_dir(run_dir: Path, config: Config, *, overwrite: bool) -> None:
 
     In a multi-process run, process 0 writes (the run directory must be on a filesystem all
     hosts share) and the others wait for it.
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import runner
+      >>> from resetax.experiment.config import get_config
+      >>> run_dir = Path(tempfile.mkdtemp()) / "run"
+      >>> runner.prepare_run_dir(run_dir, get_config("quick"), overwrite=False)
+      >>> sorted(p.name for p in run_dir.iterdir())
+      ['config.json']
     """
     distributed.barrier("resetax: run directory checked")
     if distributed.is_primary():
@@ -96,6 +156,23 @@ def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False,
     steps are done, as an interruption would. A SIGTERM stops the run at the end of the current
     evaluation window, after a checkpoint; the result is then
     ``{"stopped_at": step, "signal": "SIGTERM"}``.
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import runner
+      >>> from resetax.experiment.config import get_config
+      >>> config = get_config("quick", dataset="digits", model="mlp", num_steps=40,
+      ...                     eval_every=10, steps_per_dispatch=10, checkpoint_every=20,
+      ...                     reset_prob=0.1, patience=0)
+      >>> run_dir = Path(tempfile.mkdtemp()) / "run"
+      >>> runner.train(config, run_dir, progress=False, stop_after=20)  # as if interrupted
+      {'stopped_at': 20}
+      >>> summary = runner.train(config, run_dir, progress=False, resume=True)
+      >>> summary["num_steps"], summary["num_resets"] > 0, 0 <= summary["test_acc"] <= 1
+      (40, True, True)
+      >>> sorted(p.name for p in run_dir.iterdir())
+      ['best', 'checkpoints', 'config.json', 'curves.png', 'metrics.jsonl', 'summary.json']
     """
     validate(config)
     run_dir = check_run_dir(run_dir, resume=resume, overwrite=overwrite)

@@ -25,6 +25,14 @@ def batch_norm(train: bool, dtype: Any, axis_name: str | None) -> nn.BatchNorm:
 
     Returns:
       An unbound ``flax.linen.BatchNorm``.
+
+    Examples:
+      >>> from resetax.models.resnet import batch_norm
+      >>> bn = batch_norm(train=True, dtype=jnp.float32, axis_name=None)
+      >>> y, updates = bn.apply(bn.init(jax.random.key(0), jnp.ones((4, 2))),
+      ...                       jnp.arange(8.0).reshape(4, 2), mutable=["batch_stats"])
+      >>> print(y.mean(0).round(4), updates["batch_stats"]["mean"])  # 0.9 * 0 + 0.1 * mean
+      [0. 0.] [0.3 0.4]
     """
     return nn.BatchNorm(
         use_running_average=not train,
@@ -43,6 +51,14 @@ class BasicBlock(nn.Module):
       strides: stride of the first convolution and of the projection.
       dtype: computation dtype.
       axis_name: BatchNorm's cross-replica axis, or ``None``.
+
+    Examples:
+      >>> from resetax.models.resnet import BasicBlock
+      >>> block = BasicBlock(features=8, strides=2)  # projection shortcut: 4 -> 8 channels
+      >>> x = jnp.ones((1, 6, 6, 4))
+      >>> variables = block.init(jax.random.key(0), x, train=False)
+      >>> block.apply(variables, x, train=False).shape
+      (1, 3, 3, 8)
     """
 
     features: int
@@ -79,6 +95,14 @@ class ResNet(nn.Module):
       dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32 and the logits
         are returned as float32.
       axis_name: BatchNorm's cross-replica axis under ``pmap``, or ``None``.
+
+    Examples:
+      >>> from resetax.models.resnet import ResNet
+      >>> model = ResNet(stage_sizes=(1, 1), num_classes=10, num_filters=4)  # a tiny ResNet
+      >>> x = jnp.zeros((2, 8, 8, 3))
+      >>> variables = jax.jit(model.init)(jax.random.key(0), x)
+      >>> model.apply(variables, x).shape, sorted(variables)
+      ((2, 10), ['batch_stats', 'params'])
 
     References:
       He, Zhang, Ren & Sun, `Deep Residual Learning for Image Recognition
