@@ -20,6 +20,18 @@ class ExperimentData(NamedTuple):
       val: Validation split held out from the training data.
       test: The clean test split.
       num_classes: Number of classes.
+
+    Example:
+      >>> import numpy as np
+      >>> from resetax import data
+      >>> from resetax.experiment.input import ExperimentData
+      >>> def split(n):
+      ...     labels = np.arange(n, dtype=np.int32) % 2
+      ...     return data.Dataset(np.zeros((n, 3), np.float32), labels, labels, np.arange(n), 2)
+      >>> experiment = ExperimentData(train=split(8), val=split(2), test=split(4), num_classes=2)
+      >>> train, val, test, num_classes = experiment  # a NamedTuple: unpacks in field order
+      >>> len(train), len(val), len(test), num_classes
+      (8, 2, 4, 2)
     """
 
     train: Any
@@ -33,6 +45,25 @@ def load_data(config: Config) -> ExperimentData:
 
     The noise hits the training data before the validation split, so the validation set is as
     noisy as the training set unless ``clean_validation`` is set (the paper's two settings).
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.input import load_data
+      >>> config = get_config("quick", dataset="digits", model="mlp", noise_rate=0.4)
+      >>> data = load_data(config)  # scikit-learn's 8x8 digits, bundled: no download
+      >>> data.num_classes, len(data.train), len(data.val), len(data.test)
+      (10, 1294, 144, 359)
+      >>> data.train.inputs.shape[1:], data.train.inputs.dtype
+      ((8, 8, 1), dtype('float32'))
+      >>> round(float(data.train.is_noisy.mean()), 2), bool(data.val.is_noisy.any())
+      (0.39, False)
+      >>> noisy_val = load_data(config.replace(clean_validation=False)).val
+      >>> round(float(noisy_val.is_noisy.mean()), 2)  # as noisy as the training split
+      0.41
+
+      The noise flipped 40% of the training labels to another class before the split (0.39 and
+      0.41 of its two parts); the quick preset gives the validation part its true labels back.
+      The test split is always clean.
     """
     from resetax import data, noise
 
@@ -56,7 +87,17 @@ def load_data(config: Config) -> ExperimentData:
 
 
 def preprocess(x: jax.Array) -> jax.Array:
-    """Maps stored inputs to model inputs: uint8 images are normalized, floats pass through."""
+    """Maps stored inputs to model inputs: uint8 images are normalized, floats pass through.
+
+    Example:
+      >>> from resetax.experiment.input import preprocess
+      >>> images = jnp.full((2, 32, 32, 3), 255, jnp.uint8)  # white CIFAR images
+      >>> x = preprocess(images)  # (x / 255 - mean) / std with CIFAR-10's channel statistics
+      >>> x.dtype, x.shape, x[0, 0, 0].round(2).tolist()
+      (dtype('float32'), (2, 32, 32, 3), [2.06, 2.13, 2.12])
+      >>> preprocess(jnp.array([0.5, -1.0], jnp.float16))  # features are only cast to float32
+      Array([ 0.5, -1. ], dtype=float32)
+    """
     if x.dtype == jnp.uint8:
         from resetax.data import normalize
 
@@ -65,7 +106,20 @@ def preprocess(x: jax.Array) -> jax.Array:
 
 
 def pad_eval_set(inputs: np.ndarray, labels: np.ndarray, multiple: int):
-    """Pads an eval set to a multiple of ``multiple`` examples; padding has weight 0."""
+    """Pads an eval set to a multiple of ``multiple`` examples; padding has weight 0.
+
+    Returns ``(inputs, labels, weight)``; the padding repeats the first example.
+
+    Example:
+      >>> import numpy as np
+      >>> from resetax.experiment.input import pad_eval_set
+      >>> inputs = np.arange(10.0).reshape(5, 2)
+      >>> x, y, weight = pad_eval_set(inputs, np.array([3, 1, 4, 1, 5]), multiple=4)
+      >>> x.shape, y.tolist(), weight.tolist()
+      ((8, 2), [3, 1, 4, 1, 5, 3, 3, 3], [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+      >>> bool(np.average(x[:, 0], weights=weight) == inputs[:, 0].mean())  # padding: no weight
+      True
+    """
     n = len(inputs)
     padded = -(-n // multiple) * multiple
     weight = np.zeros(padded, np.float32)

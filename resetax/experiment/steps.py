@@ -35,6 +35,24 @@ class TrainState(NamedTuple):
       best_step: Step of the best validation measurement.
       loss_state: State of the loss (ELR's per-sample targets), ``optax.EmptyState()`` if none.
       key: Raw PRNG key data for batches, augmentation and dropout.
+
+    Example:
+      >>> from resetax import models
+      >>> from resetax.experiment import steps
+      >>> from resetax.experiment.config import get_config
+      >>> config = get_config("quick", dataset="digits", model="mlp")
+      >>> model = models.get_model("mlp", 10, hidden_sizes=(16,))
+      >>> sample = jnp.zeros((1, 8, 8, 1))
+      >>> tx = steps.make_optimizer(config, jax.eval_shape(model.init, jax.random.key(0),
+      ...                                                  sample)["params"])
+      >>> state = steps.init_state(config, model, tx, sample)
+      >>> int(state.step), int(state.best_step), float(state.best_value)  # nothing measured yet
+      (0, -1, inf)
+      >>> type(state.opt_state).__name__, sorted(state.batch_stats)
+      ('ResettingState', ['BatchNorm_0'])
+      >>> host = jax.device_get(state)  # one pytree: fetch, checkpoint and restore it whole
+      >>> type(host).__name__, host.key.shape, host.key.dtype
+      ('TrainState', (2,), dtype('uint32'))
     """
 
     step: jax.Array
@@ -54,6 +72,20 @@ class DeviceData(NamedTuple):
     """Arrays that live on the devices for the whole run.
 
     ``*_weight`` is 1 for real examples and 0 for the padding that makes eval sets divide evenly.
+
+    Example:
+      >>> import numpy as np
+      >>> from resetax.experiment.input import pad_eval_set
+      >>> from resetax.experiment.steps import DeviceData
+      >>> rng = np.random.default_rng(0)
+      >>> x, y = rng.normal(size=(10, 4)).astype(np.float32), rng.integers(0, 3, 10, np.int32)
+      >>> val = pad_eval_set(x[:3], y[:3], multiple=4)  # 3 examples and 1 of padding
+      >>> test = pad_eval_set(x[3:], y[3:], multiple=4)  # 7 examples and 1 of padding
+      >>> data = jax.device_put(DeviceData(x, y, *val, *test))  # placed once, for the whole run
+      >>> data.train_x.shape, data.val_x.shape, data.test_x.shape
+      ((10, 4), (4, 4), (8, 4))
+      >>> float(data.val_weight.sum()), float(data.test_weight.sum())  # the real examples
+      (3.0, 7.0)
     """
 
     train_x: jax.Array
@@ -67,14 +99,41 @@ class DeviceData(NamedTuple):
 
 
 def learning_rate_schedule(config: Config) -> optax.Schedule:
-    """The learning-rate schedule of a config."""
+    """The learning-rate schedule of a config.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.steps import learning_rate_schedule
+      >>> config = get_config("quick", schedule="cosine", learning_rate=0.1, num_steps=100)
+      >>> schedule = learning_rate_schedule(config)
+      >>> float(schedule(0)), float(schedule(50)), float(schedule(100))
+      (0.1, 0.05, 0.0)
+      >>> float(learning_rate_schedule(config.replace(schedule="constant"))(100))
+      0.1
+    """
     if config.schedule == "cosine":
         return optax.cosine_decay_schedule(config.learning_rate, config.num_steps)
     return optax.constant_schedule(config.learning_rate)
 
 
 def reset_mask(config: Config, params: Any) -> Any:
-    """Bool tree over ``params``: True for the leaves whose ``/``-joined path matches."""
+    """Bool tree over ``params``: True for the leaves whose ``/``-joined path matches.
+
+    The pattern is ``config.reset_layers``, searched anywhere in the path; ``None`` when it is
+    unset (all layers reset).
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.steps import reset_mask
+      >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)},
+      ...           "Dense_1": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+      >>> reset_mask(get_config("quick", reset_layers="Dense_1"), params)  # the last layer
+      {'Dense_0': {'bias': False, 'kernel': False}, 'Dense_1': {'bias': True, 'kernel': True}}
+      >>> reset_mask(get_config("quick", reset_layers="kernel$"), params)  # weights, not biases
+      {'Dense_0': {'bias': False, 'kernel': True}, 'Dense_1': {'bias': False, 'kernel': True}}
+      >>> reset_mask(get_config("quick"), params) is None
+      True
+    """
     if config.reset_layers is None:
         return None
     pattern = re.compile(config.reset_layers)
@@ -83,7 +142,30 @@ def reset_mask(config: Config, params: Any) -> Any:
 
 
 def make_optimizer(config: Config, params: Any) -> optax.GradientTransformationExtraArgs:
-    """The inner optimizer wrapped in stochastic resetting, as the config describes."""
+    """The inner optimizer wrapped in stochastic resetting, as the config describes.
+
+    ``params`` (or a tree of their shapes) is only used to build the :func:`reset_mask`. The
+    transformation's ``update`` takes the validation metric as ``value``, lower is better.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.steps import make_optimizer
+      >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2))},
+      ...           "Dense_1": {"kernel": jnp.ones((2, 2))}}
+      >>> config = get_config("quick", reset_prob=1.0, patience=None, reset_layers="Dense_1")
+      >>> tx = make_optimizer(config, params)
+      >>> opt_state = tx.init(params)
+      >>> grads = jax.tree.map(jnp.ones_like, params)
+      >>> updates, opt_state = tx.update(grads, opt_state, params, value=1.0)
+      >>> params = resetax.apply_updates(params, updates, opt_state)
+      >>> float(params["Dense_0"]["kernel"][0, 0]), float(params["Dense_1"]["kernel"][0, 0])
+      (0.95, 1.0)
+      >>> int(resetax.find_resetting_state(opt_state).num_resets)
+      1
+
+      The quick preset's SGD (learning rate 0.05) moved ``Dense_0``; resetting, on from the
+      start (``patience=None``) with ``reset_prob=1``, sent ``Dense_1`` back to its checkpoint.
+    """
     schedule = learning_rate_schedule(config)
     if config.optimizer == "adam":
         inner = optax.adam(schedule)
@@ -108,6 +190,20 @@ def make_loss(config: Config, num_train: int, num_classes: int) -> tuple[Callabl
 
     Returns the function and its initial state: ELR's per-sample target buffer, or
     ``optax.EmptyState()`` for the stateless losses.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.steps import make_loss
+      >>> loss_fn, loss_state = make_loss(get_config("quick", loss="ce"), 100, num_classes=10)
+      >>> loss_state
+      EmptyState()
+      >>> logits, labels, indices = jnp.zeros((2, 10)), jnp.array([3, 7]), jnp.array([0, 1])
+      >>> per_example, loss_state = loss_fn(logits, labels, indices, loss_state)
+      >>> per_example  # log(10): uniform predictions
+      Array([2.3025851, 2.3025851], dtype=float32)
+      >>> _, elr_state = make_loss(get_config("quick", loss="elr"), 100, num_classes=10)
+      >>> elr_state.targets.shape  # one target distribution per training example
+      (100, 10)
     """
     from resetax import losses
 
@@ -123,7 +219,32 @@ def make_loss(config: Config, num_train: int, num_classes: int) -> tuple[Callabl
 
 def init_state(config: Config, model: Any, tx: optax.GradientTransformation,
                sample_input: jax.Array, loss_state: Any = None) -> TrainState:
-    """Initializes model variables, optimizer and bookkeeping from the config's seed."""
+    """Initializes model variables, optimizer and bookkeeping from the config's seed.
+
+    ``sample_input`` is one stored example with its batch axis, e.g. ``train.inputs[:1]``;
+    ``loss_state`` is the second result of :func:`make_loss`.
+
+    Example:
+      >>> from resetax import models
+      >>> from resetax.experiment import steps
+      >>> from resetax.experiment.config import get_config
+      >>> config = get_config("quick", dataset="digits", model="mlp")
+      >>> model = models.get_model("mlp", 10, hidden_sizes=(16,))
+      >>> sample = jnp.zeros((1, 8, 8, 1))
+      >>> tx = steps.make_optimizer(config, jax.eval_shape(model.init, jax.random.key(0),
+      ...                                                  sample)["params"])
+      >>> state = steps.init_state(config, model, tx, sample)
+      >>> jax.tree.map(jnp.shape, state.params)
+      {'BatchNorm_0': {'bias': (16,), 'scale': (16,)},
+       'Dense_0': {'bias': (16,), 'kernel': (64, 16)},
+       'Dense_1': {'bias': (10,), 'kernel': (16, 10)}}
+      >>> kernel = lambda s: s.params["Dense_0"]["kernel"]
+      >>> bool(jnp.array_equal(kernel(steps.init_state(config, model, tx, sample)), kernel(state)))
+      True
+      >>> other = steps.init_state(config.replace(seed=1), model, tx, sample)
+      >>> bool(jnp.array_equal(kernel(other), kernel(state)))  # another seed, another init
+      False
+    """
     key = jax.random.key(config.seed)
     init_key, data_key = jax.random.split(key)
     variables = model.init({"params": init_key, "dropout": init_key}, preprocess(sample_input),
@@ -150,6 +271,24 @@ def make_evaluate(model: Any, axis_name: str | None, eval_batch_size: int) -> Ca
 
     The set is processed in chunks of ``eval_batch_size`` (per replica under pmap) with
     ``lax.map``; padded examples carry weight 0.
+
+    Example:
+      >>> from resetax import models
+      >>> from resetax.experiment.input import pad_eval_set
+      >>> from resetax.experiment.steps import make_evaluate
+      >>> model = models.get_model("mlp", 3, hidden_sizes=(8,))
+      >>> x = jax.random.normal(jax.random.key(0), (6, 4))
+      >>> variables = model.init(jax.random.key(1), x)
+      >>> logits = model.apply(variables, x)
+      >>> y = (jnp.argmax(logits, -1) + (jnp.arange(6) < 3)) % 3  # the first 3 are wrong
+      >>> evaluate = jax.jit(make_evaluate(model, axis_name=None, eval_batch_size=4))
+      >>> loss, accuracy = evaluate(variables["params"], variables["batch_stats"],
+      ...                           *pad_eval_set(x, y, 4))  # 2 chunks of 4, 2 padded
+      >>> float(accuracy)  # the padding (a copy of a wrong one) has no weight
+      0.5
+      >>> expected = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      >>> bool(jnp.isclose(loss, expected))
+      True
     """
 
     def evaluate(params, batch_stats, x, y, weight):
@@ -191,6 +330,42 @@ def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformatio
     ``unroll=True`` unrolls the fused steps: slower to compile, but on the CPU XLA runs
     convolutions inside a loop body many times slower than in straight-line code (30x for a
     ResNet-18 step here), so CPU benchmarks of conv nets unroll.
+
+    Example:
+      >>> import numpy as np
+      >>> from resetax import models
+      >>> from resetax.experiment import steps
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.input import load_data, pad_eval_set
+      >>> config = get_config("quick", dataset="digits", model="mlp", batch_size=32,
+      ...                     num_steps=20, eval_every=10, steps_per_dispatch=10,
+      ...                     checkpoint_every=20)
+      >>> data = load_data(config)
+      >>> model = models.get_model(config.model, data.num_classes, hidden_sizes=(32,))
+      >>> sample = jnp.asarray(data.train.inputs[:1])
+      >>> tx = steps.make_optimizer(config, jax.eval_shape(model.init, jax.random.key(0),
+      ...                                                  sample)["params"])
+      >>> loss_fn, loss_state = steps.make_loss(config, len(data.train), data.num_classes)
+      >>> state = steps.init_state(config, model, tx, sample, loss_state)
+      >>> device_data = steps.DeviceData(data.train.inputs, data.train.labels,
+      ...                                *pad_eval_set(data.val.inputs, data.val.labels, 1),
+      ...                                *pad_eval_set(data.test.inputs, data.test.labels, 1))
+      >>> run = jax.jit(steps.make_train_chunk(config, model, tx, loss_fn, len(data.train)),
+      ...               static_argnums=2)  # num_steps is static
+      >>> state, metrics = run(state, device_data, 10)
+      >>> int(state.step), metrics["step"].tolist()
+      (10, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+      >>> sorted(metrics)
+      ['active', 'did_reset', 'distance', 'learning_rate', 'num_resets', 'step', 'test_acc',
+       'train_loss', 'val_acc', 'val_loss']
+      >>> np.isfinite(metrics["val_loss"]).tolist()  # eval_every=10: evaluated at step 0 only
+      [True, False, False, False, False, False, False, False, False, False]
+      >>> first_val_loss = metrics["val_loss"][0]
+      >>> state, metrics = run(state, device_data, 10)  # the next chunk, without recompiling
+      >>> int(state.step), int(metrics["step"][0])
+      (20, 10)
+      >>> bool(metrics["val_loss"][0] < first_val_loss), int(state.best_step)  # a new best
+      (True, 10)
     """
     from resetax import losses
     from resetax.data import augment_cifar, batch_indices_at_step
