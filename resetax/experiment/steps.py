@@ -1,8 +1,9 @@
-"""Pure train and eval steps: state in, state and metrics out, several steps per dispatch.
+"""Pure train and eval steps: state in, state and metrics out.
 
-The same functions run on one device, jitted over a ``Mesh`` (sharded) or under ``jax.pmap``:
-``axis_name`` is None except under pmap, where gradients, BatchNorm statistics and metrics are
-averaged across replicas and each replica takes its slice of the global batch.
+One step body serves every placement. Jitted over a ``Mesh`` (the default), it sees the global
+batch and XLA partitions it; under ``jax.pmap`` it sees one replica's slice. Everything that
+differs between the two is in :class:`Replicas`: with ``axis_name=None`` its collectives are
+identities.
 """
 
 from __future__ import annotations
@@ -217,6 +218,26 @@ def make_loss(config: Config, num_train: int, num_classes: int) -> tuple[Callabl
     return loss_fn, optax.EmptyState()
 
 
+def init_variables(config: Config, model: Any, sample_input: jax.Array) -> dict[str, Any]:
+    """The model's initial variables (``params``, ``batch_stats``...) from the config's seed.
+
+    ``sample_input`` is one stored example with its batch axis, e.g. ``train.inputs[:1]``.
+
+    Example:
+      >>> from resetax import models
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.steps import init_variables
+      >>> model = models.get_model("mlp", 10, hidden_sizes=(16,))
+      >>> config = get_config("quick")
+      >>> shapes = jax.eval_shape(lambda x: init_variables(config, model, x), jnp.zeros((1, 4)))
+      >>> sorted(shapes), shapes["params"]["Dense_0"]["kernel"].shape  # nothing computed
+      (['batch_stats', 'params'], (4, 16))
+    """
+    init_key, _ = jax.random.split(jax.random.key(config.seed))
+    return model.init({"params": init_key, "dropout": init_key}, preprocess(sample_input),
+                      train=False)
+
+
 def init_state(config: Config, model: Any, tx: optax.GradientTransformation,
                sample_input: jax.Array, loss_state: Any = None) -> TrainState:
     """Initializes model variables, optimizer and bookkeeping from the config's seed.
@@ -245,10 +266,8 @@ def init_state(config: Config, model: Any, tx: optax.GradientTransformation,
       >>> bool(jnp.array_equal(kernel(other), kernel(state)))  # another seed, another init
       False
     """
-    key = jax.random.key(config.seed)
-    init_key, data_key = jax.random.split(key)
-    variables = model.init({"params": init_key, "dropout": init_key}, preprocess(sample_input),
-                           train=False)
+    _, data_key = jax.random.split(jax.random.key(config.seed))
+    variables = init_variables(config, model, sample_input)
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     return TrainState(
@@ -266,70 +285,280 @@ def init_state(config: Config, model: Any, tx: optax.GradientTransformation,
     )
 
 
-def make_evaluate(model: Any, axis_name: str | None, eval_batch_size: int) -> Callable:
+class Replicas(NamedTuple):
+    """The collectives of one step: pmap's, or identities when the step sees the global batch.
+
+    Jitted over a ``Mesh``, a step computes on the global batch and XLA inserts the
+    communication; under ``jax.pmap`` (``axis_name`` set) each replica takes its slice of the
+    global batch and averages gradients and metrics across replicas explicitly.
+
+    Example:
+      >>> from resetax.experiment.steps import Replicas
+      >>> indices = jnp.arange(8)
+      >>> Replicas(None).local_batch(indices).tolist()  # the global batch
+      [0, 1, 2, 3, 4, 5, 6, 7]
+      >>> replicated = jnp.stack([indices, indices])  # every replica knows the global batch
+      >>> jax.pmap(Replicas("data").local_batch, axis_name="data",
+      ...          devices=jax.devices()[:2])(replicated).tolist()  # one half per replica
+      [[0, 1, 2, 3], [4, 5, 6, 7]]
+    """
+
+    axis_name: str | None
+
+    def local_batch(self, indices: jax.Array) -> jax.Array:
+        """This replica's slice of the global batch's indices."""
+        if self.axis_name is None:
+            return indices
+        per_replica = indices.shape[0] // jax.lax.psum(1, self.axis_name)
+        start = jax.lax.axis_index(self.axis_name) * per_replica
+        return jax.lax.dynamic_slice(indices, (start,), (per_replica,))
+
+    def local_key(self, key: jax.Array) -> jax.Array:
+        """A key of this replica's own, for randomness over its slice (augmentation, dropout)."""
+        if self.axis_name is None:
+            return key
+        return jax.random.fold_in(key, jax.lax.axis_index(self.axis_name))
+
+    def mean(self, tree: Any) -> Any:
+        """The mean over replicas (gradients, losses)."""
+        return tree if self.axis_name is None else jax.lax.pmean(tree, self.axis_name)
+
+    def sum(self, tree: Any) -> Any:
+        """The sum over replicas (evaluation counts)."""
+        return tree if self.axis_name is None else jax.lax.psum(tree, self.axis_name)
+
+    def share_loss_state(self, new: Any, old: Any, indices: jax.Array) -> Any:
+        """Gives every replica the per-sample loss rows (ELR targets) the others updated."""
+        if self.axis_name is None or not isinstance(new, resetax.losses.ELRState):
+            return new
+        rows = jax.lax.all_gather(new.targets[indices], self.axis_name)
+        all_indices = jax.lax.all_gather(indices, self.axis_name).reshape(-1)
+        return resetax.losses.ELRState(
+            old.targets.at[all_indices].set(rows.reshape(all_indices.shape[0], -1)))
+
+
+GLOBAL_BATCH = Replicas(None)  # the step sees the global batch: jit over a Mesh, or one device
+
+
+class Evaluation(NamedTuple):
+    """Validation loss and accuracy and test accuracy at one step's params (NaN: not measured)."""
+
+    val_loss: jax.Array
+    val_acc: jax.Array
+    test_acc: jax.Array
+
+    @classmethod
+    def missing(cls) -> Evaluation:
+        """No measurement at this step: every field NaN."""
+        nan = jnp.full([], jnp.nan, jnp.float32)
+        return cls(nan, nan, nan)
+
+
+def make_evaluate(model: Any, eval_batch_size: int, replicas: Replicas = GLOBAL_BATCH
+                  ) -> Callable:
     """Returns ``evaluate(params, batch_stats, x, y, weight) -> (mean loss, accuracy)``.
 
-    The set is processed in chunks of ``eval_batch_size`` (per replica under pmap) with
-    ``lax.map``; padded examples carry weight 0.
+    Every example counts exactly once, with its weight (0 for padding), whatever the set's size:
+    the set is processed in chunks of ``eval_batch_size`` with ``lax.map`` and the remainder in
+    one smaller chunk. Under pmap each replica evaluates its part and the sums are combined.
 
     Example:
       >>> from resetax import models
       >>> from resetax.experiment.input import pad_eval_set
       >>> from resetax.experiment.steps import make_evaluate
       >>> model = models.get_model("mlp", 3, hidden_sizes=(8,))
-      >>> x = jax.random.normal(jax.random.key(0), (6, 4))
+      >>> x = jax.random.normal(jax.random.key(0), (7, 4))
       >>> variables = model.init(jax.random.key(1), x)
       >>> logits = model.apply(variables, x)
-      >>> y = (jnp.argmax(logits, -1) + (jnp.arange(6) < 3)) % 3  # the first 3 are wrong
-      >>> evaluate = jax.jit(make_evaluate(model, axis_name=None, eval_batch_size=4))
+      >>> y = (jnp.argmax(logits, -1) + (jnp.arange(7) < 3)) % 3  # the first 3 are wrong
+      >>> evaluate = jax.jit(make_evaluate(model, eval_batch_size=4))
       >>> loss, accuracy = evaluate(variables["params"], variables["batch_stats"],
-      ...                           *pad_eval_set(x, y, 4))  # 2 chunks of 4, 2 padded
-      >>> float(accuracy)  # the padding (a copy of a wrong one) has no weight
-      0.5
+      ...                           x, y, jnp.ones(7))  # a chunk of 4, then one of 3
+      >>> float(accuracy)  # 4 right out of 7
+      0.5714...
       >>> expected = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
       >>> bool(jnp.isclose(loss, expected))
       True
+      >>> _, padded = evaluate(variables["params"], variables["batch_stats"],
+      ...                      *pad_eval_set(x, y, 4))  # padding (a copy of a wrong one): no weight
+      >>> float(padded) == float(accuracy)
+      True
     """
+
+    def sums(params, batch_stats, x, y, weight):
+        logits = model.apply({"params": params, "batch_stats": batch_stats}, preprocess(x),
+                             train=False)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+        correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+        return jnp.stack([jnp.sum(loss * weight), jnp.sum(correct * weight), jnp.sum(weight)])
 
     def evaluate(params, batch_stats, x, y, weight):
         n = x.shape[0]
         chunk = min(eval_batch_size, n)
-        num_chunks = n // chunk
-
-        def one(args):
-            xc, yc, wc = args
-            logits = model.apply({"params": params, "batch_stats": batch_stats}, preprocess(xc),
-                                 train=False)
-            loss = optax.softmax_cross_entropy_with_integer_labels(
-                logits.astype(jnp.float32), yc)
-            correct = (jnp.argmax(logits, -1) == yc).astype(jnp.float32)
-            return jnp.stack([jnp.sum(loss * wc), jnp.sum(correct * wc), jnp.sum(wc)])
-
-        split = lambda a: a[: num_chunks * chunk].reshape(num_chunks, chunk, *a.shape[1:])  # noqa: E731
-        sums = jax.lax.map(one, (split(x), split(y), split(weight))).sum(0)
-        if axis_name is not None:
-            sums = jax.lax.psum(sums, axis_name)
-        return sums[0] / sums[2], sums[1] / sums[2]
+        full = n // chunk * chunk
+        split = lambda a: a[:full].reshape(full // chunk, chunk, *a.shape[1:])  # noqa: E731
+        total = jax.lax.map(lambda args: sums(params, batch_stats, *args),
+                            (split(x), split(y), split(weight))).sum(0)
+        if full < n:  # the remainder, as one smaller chunk
+            total = total + sums(params, batch_stats, x[full:], y[full:], weight[full:])
+        total = replicas.sum(total)
+        return total[0] / total[2], total[1] / total[2]
 
     return evaluate
 
 
+def make_eval_step(config: Config, model: Any, eval_batch_size: int,
+                   replicas: Replicas = GLOBAL_BATCH) -> Callable:
+    """Returns ``eval_step(state, data) -> Evaluation`` at the state's params.
+
+    The test accuracy is measured only with ``config.eval_test`` (NaN otherwise).
+
+    Example:
+      >>> from resetax import models
+      >>> from resetax.experiment import steps
+      >>> from resetax.experiment.config import get_config
+      >>> config = get_config("quick", dataset="digits", model="mlp", eval_test=False)
+      >>> model = models.get_model("mlp", 3, hidden_sizes=(8,))
+      >>> state = steps.init_state(config, model, optax.sgd(0.1), jnp.zeros((1, 4)))
+      >>> x, y, w = jnp.ones((5, 4)), jnp.zeros(5, jnp.int32), jnp.ones(5)
+      >>> data = steps.DeviceData(x, y, x, y, w, x, y, w)
+      >>> evaluation = steps.make_eval_step(config, model, 100)(state, data)
+      >>> sorted(evaluation._asdict()), bool(jnp.isnan(evaluation.test_acc))
+      (['test_acc', 'val_acc', 'val_loss'], True)
+    """
+    evaluate = make_evaluate(model, eval_batch_size, replicas)
+
+    def eval_step(state: TrainState, data: DeviceData) -> Evaluation:
+        val_loss, val_acc = evaluate(state.params, state.batch_stats, data.val_x, data.val_y,
+                                     data.val_weight)
+        test_acc = Evaluation.missing().test_acc
+        if config.eval_test:
+            _, test_acc = evaluate(state.params, state.batch_stats, data.test_x, data.test_y,
+                                   data.test_weight)
+        return Evaluation(val_loss, val_acc, test_acc)
+
+    return eval_step
+
+
+def track_best(state: TrainState, value: jax.Array) -> dict[str, Any]:
+    """The best-model fields of the state after a validation ``value`` (lower is better).
+
+    ``value`` was measured at ``state.params``; a NaN (no measurement) changes nothing.
+
+    Example:
+      >>> from resetax.experiment.steps import TrainState, track_best
+      >>> state = TrainState(step=jnp.int32(5), params={"w": jnp.ones(2)}, batch_stats={},
+      ...                    opt_state=None, model_checkpoint=None,
+      ...                    best_params={"w": jnp.zeros(2)}, best_batch_stats={},
+      ...                    best_value=jnp.float32(1.0), best_step=jnp.int32(0),
+      ...                    loss_state=None, key=None)
+      >>> best = track_best(state, jnp.float32(0.5))  # better: the params at step 5
+      >>> best["best_params"]["w"].tolist(), float(best["best_value"]), int(best["best_step"])
+      ([1.0, 1.0], 0.5, 5)
+      >>> int(track_best(state, jnp.float32(jnp.nan))["best_step"])  # no measurement
+      0
+    """
+    improved = jnp.isfinite(value) & (value < state.best_value)
+    return dict(
+        best_params=optax.tree.where(improved, state.params, state.best_params),
+        best_batch_stats=optax.tree.where(improved, state.batch_stats, state.best_batch_stats),
+        best_value=jnp.where(improved, value, state.best_value),
+        best_step=jnp.where(improved, state.step, state.best_step),
+    )
+
+
+def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation,
+                    loss_fn: Callable, num_train: int, *, replicas: Replicas = GLOBAL_BATCH,
+                    batch_sharding: Any = None) -> Callable:
+    """Returns ``train_step(state, data, evaluation) -> (state, metrics)``: one update.
+
+    ``evaluation`` was measured at ``state.params`` (:func:`make_eval_step`), or is
+    :meth:`Evaluation.missing` on steps without a measurement; its validation loss (or negated
+    accuracy, with ``select_by="accuracy"``) is the ``value`` fed to resetting. ``loss_fn`` is
+    the first result of :func:`make_loss`. ``metrics`` holds ``step``, ``train_loss``,
+    ``learning_rate``, ``did_reset``, ``active``, ``num_resets``, ``distance`` (L2 distance of the
+    new params to the resetting checkpoint) and the evaluation's fields.
+
+    Example:
+      >>> from resetax import models
+      >>> from resetax.experiment import steps
+      >>> from resetax.experiment.config import get_config
+      >>> config = get_config("quick", dataset="digits", model="mlp", batch_size=4)
+      >>> model = models.get_model("mlp", 3, hidden_sizes=(8,))
+      >>> params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4)))["params"]
+      >>> tx = steps.make_optimizer(config, params)
+      >>> loss_fn, loss_state = steps.make_loss(config, 10, 3)
+      >>> state = steps.init_state(config, model, tx, jnp.zeros((1, 4)), loss_state)
+      >>> x, y, w = jax.random.normal(jax.random.key(1), (10, 4)), jnp.arange(10) % 3, jnp.ones(10)
+      >>> data = steps.DeviceData(x, y, x, y, w, x, y, w)
+      >>> train_step = jax.jit(steps.make_train_step(config, model, tx, loss_fn, 10))
+      >>> state, metrics = train_step(state, data, steps.Evaluation.missing())
+      >>> int(state.step), int(metrics["step"]), sorted(metrics)[:4]
+      (1, 0, ['active', 'did_reset', 'distance', 'learning_rate'])
+    """
+    from resetax.data import augment_cifar, batch_indices_at_step
+    from resetax.diagnostics import distance_to_checkpoint
+
+    schedule = learning_rate_schedule(config)
+
+    def sample_batch(state: TrainState, data: DeviceData):
+        data_key = jax.random.wrap_key_data(state.key)
+        aug_key, dropout_key = jax.random.split(jax.random.fold_in(data_key, state.step))
+        indices = replicas.local_batch(
+            batch_indices_at_step(data_key, state.step, num_train, config.batch_size))
+        x, y = data.train_x[indices], data.train_y[indices]
+        if batch_sharding is not None:
+            x, y = jax.lax.with_sharding_constraint((x, y), batch_sharding)
+        if config.augment:
+            x = augment_cifar(replicas.local_key(aug_key), x)
+        return preprocess(x), y, indices, replicas.local_key(dropout_key)
+
+    def train_step(state: TrainState, data: DeviceData, evaluation: Evaluation):
+        x, y, indices, dropout_key = sample_batch(state, data)
+        value = evaluation.val_loss if config.select_by == "loss" else -evaluation.val_acc
+
+        def objective(params):
+            logits, updated = model.apply(
+                {"params": params, "batch_stats": state.batch_stats}, x, train=True,
+                mutable=["batch_stats"], rngs={"dropout": dropout_key})
+            loss, loss_state = loss_fn(logits.astype(jnp.float32), y, indices, state.loss_state)
+            return jnp.mean(loss), (updated.get("batch_stats", {}), loss_state)
+
+        (train_loss, (new_batch_stats, loss_state)), grads = jax.value_and_grad(
+            objective, has_aux=True)(state.params)
+        grads, train_loss = replicas.mean((grads, train_loss))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, value=value)
+        params = resetax.apply_updates(state.params, updates, opt_state)
+        batch_stats, model_checkpoint = resetax.reset_model_state(
+            state.batch_stats, new_batch_stats, state.model_checkpoint, opt_state)
+        new_state = state._replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+            model_checkpoint=model_checkpoint,
+            loss_state=replicas.share_loss_state(loss_state, state.loss_state, indices),
+            **track_best(state, value))
+        resetting = resetax.find_resetting_state(opt_state)
+        metrics = dict(
+            step=state.step, train_loss=train_loss, learning_rate=schedule(state.step),
+            did_reset=resetting.did_reset, active=resetting.active,
+            num_resets=resetting.num_resets,
+            distance=distance_to_checkpoint(params, resetting.checkpoint).overall,
+            **evaluation._asdict())
+        return new_state, metrics
+
+    return train_step
+
+
 def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformation,
-                     loss_fn: Callable, num_train: int, *, axis_name: str | None = None,
+                     loss_fn: Callable, num_train: int, *, replicas: Replicas = GLOBAL_BATCH,
                      batch_sharding: Any = None, eval_batch_size: int = 1024,
                      unroll: bool = False) -> Callable:
     """Returns ``run(state, data, num_steps) -> (state, metrics)``: ``num_steps`` fused steps.
 
-    ``loss_fn`` is the first result of :func:`make_loss`. ``metrics`` holds one entry per step:
-    ``train_loss``, ``learning_rate``, ``did_reset``,
-    ``active``, ``num_resets``, ``distance`` (L2 distance of the params to the resetting
-    checkpoint), and ``val_loss``, ``val_acc``, ``test_acc`` (NaN except on evaluation steps).
-    Evaluation happens before the update of every step divisible by ``eval_every``, at the params
-    that step starts from, and its metric is the ``value`` fed to resetting.
-
-    ``unroll=True`` unrolls the fused steps: slower to compile, but on the CPU XLA runs
-    convolutions inside a loop body many times slower than in straight-line code (30x for a
-    ResNet-18 step here), so CPU benchmarks of conv nets unroll.
+    Each step is :func:`make_train_step`'s, preceded by :func:`make_eval_step`'s measurement on
+    the steps divisible by ``eval_every``. ``metrics`` stacks the steps' metrics along a leading
+    axis (NaN evaluation fields on the steps without one). The steps are a ``lax.scan``;
+    ``unroll=True`` writes them out instead: slower to compile, but XLA:CPU runs convolutions
+    inside a loop body several times slower than in straight-line code.
 
     Example:
       >>> import numpy as np
@@ -367,106 +596,21 @@ def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformatio
       >>> bool(metrics["val_loss"][0] < first_val_loss), int(state.best_step)  # a new best
       (True, 10)
     """
-    from resetax import losses
-    from resetax.data import augment_cifar, batch_indices_at_step
+    train_step = make_train_step(config, model, tx, loss_fn, num_train, replicas=replicas,
+                                 batch_sharding=batch_sharding)
+    eval_step = make_eval_step(config, model, eval_batch_size, replicas)
 
-    schedule = learning_rate_schedule(config)
-    evaluate = make_evaluate(model, axis_name, eval_batch_size)
-    nan = jnp.asarray(jnp.nan, jnp.float32)
-
-    def mean(x):
-        return x if axis_name is None else jax.lax.pmean(x, axis_name)
-
-    def batch_indices(data_key, step):
-        indices = batch_indices_at_step(data_key, step, num_train, config.batch_size)
-        if axis_name is not None:  # each replica takes its slice of the global batch
-            per_replica = config.batch_size // jax.lax.psum(1, axis_name)
-            indices = jax.lax.dynamic_slice(
-                indices, (jax.lax.axis_index(axis_name) * per_replica,), (per_replica,))
-        return indices
-
-    def step_fn(state: TrainState, data: DeviceData):
-        data_key = jax.random.wrap_key_data(state.key)
-        aug_key, dropout_key = jax.random.split(jax.random.fold_in(data_key, state.step))
-        indices = batch_indices(data_key, state.step)
-        x, y = data.train_x[indices], data.train_y[indices]
-        if batch_sharding is not None:
-            x, y = jax.lax.with_sharding_constraint((x, y), batch_sharding)
-        if axis_name is not None:
-            aug_key = jax.random.fold_in(aug_key, jax.lax.axis_index(axis_name))
-            dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
-        if config.augment:
-            x = augment_cifar(aug_key, x)
-        x = preprocess(x)
-
-        def compute_eval(_):
-            val_loss, val_acc = evaluate(state.params, state.batch_stats, data.val_x, data.val_y,
-                                         data.val_weight)
-            _, test_acc = evaluate(state.params, state.batch_stats, data.test_x, data.test_y,
-                                   data.test_weight)
-            return val_loss, val_acc, test_acc
-
-        is_eval = state.step % config.eval_every == 0
-        val_loss, val_acc, test_acc = jax.lax.cond(
-            is_eval, compute_eval, lambda _: (nan, nan, nan), None)
-        value = val_loss if config.select_by == "loss" else -val_acc
-
-        def objective(params):
-            logits, updated = model.apply(
-                {"params": params, "batch_stats": state.batch_stats}, x, train=True,
-                mutable=["batch_stats"], rngs={"dropout": dropout_key})
-            loss, loss_state = loss_fn(logits.astype(jnp.float32), y, indices, state.loss_state)
-            return jnp.mean(loss), (updated, loss_state)
-
-        (train_loss, (updated, loss_state)), grads = jax.value_and_grad(
-            objective, has_aux=True)(state.params)
-        grads, train_loss = mean(grads), mean(train_loss)
-        if axis_name is not None and isinstance(loss_state, losses.ELRState):
-            # Each replica updated the rows of its own samples: share them so that the
-            # per-sample buffers stay identical on every replica.
-            rows = jax.lax.all_gather(loss_state.targets[indices], axis_name)
-            all_indices = jax.lax.all_gather(indices, axis_name).reshape(-1)
-            loss_state = losses.ELRState(state.loss_state.targets.at[all_indices].set(
-                rows.reshape(all_indices.shape[0], -1)))
-        new_batch_stats = updated.get("batch_stats", {})
-        updates, opt_state = tx.update(grads, state.opt_state, state.params, value=value)
-        params = resetax.apply_updates(state.params, updates, opt_state)
-        batch_stats, model_checkpoint = resetax.reset_model_state(
-            state.batch_stats, new_batch_stats, state.model_checkpoint, opt_state)
-        resetting = resetax.find_resetting_state(opt_state)
-
-        improved = jnp.isfinite(value) & (value < state.best_value)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(improved, a, b), new, old)  # noqa: E731
-        new_state = TrainState(
-            step=state.step + 1,
-            params=params,
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-            model_checkpoint=model_checkpoint,
-            best_params=keep(state.params, state.best_params),
-            best_batch_stats=keep(state.batch_stats, state.best_batch_stats),
-            best_value=jnp.where(improved, value, state.best_value),
-            best_step=jnp.where(improved, state.step, state.best_step),
-            loss_state=loss_state,
-            key=state.key,
-        )
-        distance = optax.tree.norm(jax.tree.map(
-            lambda c, p: p - c if not isinstance(c, optax.MaskedNode) else jnp.zeros([]),
-            resetting.checkpoint, params, is_leaf=lambda c: isinstance(c, optax.MaskedNode)))
-        metrics = dict(
-            step=state.step, train_loss=train_loss, learning_rate=schedule(state.step),
-            did_reset=resetting.did_reset, active=resetting.active,
-            num_resets=resetting.num_resets, distance=distance,
-            val_loss=val_loss, val_acc=val_acc, test_acc=test_acc,
-        )
-        return new_state, metrics
+    def step(state: TrainState, data: DeviceData):
+        evaluation = jax.lax.cond(state.step % config.eval_every == 0, eval_step,
+                                  lambda *_: Evaluation.missing(), state, data)
+        return train_step(state, data, evaluation)
 
     def run(state: TrainState, data: DeviceData, num_steps: int):
         if not unroll:
-            return jax.lax.scan(lambda s, _: step_fn(s, data), state, length=num_steps)
+            return jax.lax.scan(lambda s, _: step(s, data), state, length=num_steps)
         outputs = []
         for _ in range(num_steps):
-            state, metrics = step_fn(state, data)
+            state, metrics = step(state, data)
             outputs.append(metrics)
         return state, jax.tree.map(lambda *m: jnp.stack(m), *outputs)
 
