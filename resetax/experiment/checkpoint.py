@@ -15,20 +15,25 @@ import numpy as np
 
 
 class CheckpointManager:
-    """Saves and restores a pytree of host arrays plus JSON metadata, keyed by training step.
+    """Saves and restores the train state plus JSON metadata, keyed by training step.
 
-    The tree is stored as its flat list of leaves; ``restore`` rebuilds it from a template of the
-    same structure, so any pytree (NamedTuples, optax states, ``MaskedNode``) round-trips.
+    The state is stored as the named pytree it is (Orbax's standard format): a checkpoint can be
+    read by field name with plain Orbax, e.g.
+    ``ocp.StandardCheckpointer().restore(f"{run_dir}/checkpoints/{step}/state")["params"]``.
+    ``restore`` rebuilds the exact pytree types (NamedTuples, optax states, ``MaskedNode``) from
+    a template of the same structure.
 
     Example:
       >>> import collections
       >>> import tempfile
       >>> import numpy as np
+      >>> import orbax.checkpoint as ocp
       >>> from resetax.experiment.checkpoint import CheckpointManager
       >>> State = collections.namedtuple("State", ["step", "params", "opt_state"])
       >>> params = {"w": np.arange(3, dtype=np.float32)}
       >>> state = State(np.int32(10), params, optax.adam(0.1).init(params))
-      >>> manager = CheckpointManager(tempfile.mkdtemp())
+      >>> directory = tempfile.mkdtemp()
+      >>> manager = CheckpointManager(directory)
       >>> manager.latest_step() is None  # nothing saved yet: a fresh run
       True
       >>> manager.save(state, {"wall_time": 1.5})
@@ -40,6 +45,9 @@ class CheckpointManager:
       (10, [0.0, 1.0, 2.0], {'wall_time': 1.5})
       >>> type(restored.opt_state[0]).__name__  # the optax state keeps its type
       'ScaleByAdamState'
+      >>> raw = ocp.StandardCheckpointer().restore(f"{directory}/10/state")  # plain Orbax
+      >>> sorted(raw), raw["params"]["w"].tolist()
+      (['opt_state', 'params', 'step'], [0.0, 1.0, 2.0])
     """
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
@@ -52,28 +60,55 @@ class CheckpointManager:
         )
 
     def latest_step(self) -> int | None:
+        """The step of the newest complete checkpoint, or None."""
         return self._manager.latest_step()
 
     def save(self, state: Any, meta: dict[str, Any]) -> None:
+        """Writes ``state`` (host arrays; its ``step`` field names the checkpoint) and ``meta``."""
         ocp = self._ocp
-        leaves = {f"{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
         self._manager.save(
             int(state.step),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(leaves),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(_host(state)),
                                     meta=ocp.args.JsonSave(meta)),
         )
         self._manager.wait_until_finished()
 
     def restore(self, template: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Reads the checkpoint at ``step`` (default: the latest) into ``template``'s structure.
+
+        Checkpoints of resetax 0.1.0, which stored the state's leaves under keys "00000",
+        "00001"..., still load.
+        """
         ocp = self._ocp
         step = self.latest_step() if step is None else step
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_host(template)),
+                                              meta=ocp.args.JsonRestore()))
+        except (ValueError, KeyError) as err:
+            legacy = self._restore_legacy(template, step)
+            if legacy is None:
+                raise err
+            return legacy
+        leaves = jax.tree.leaves(jax.tree.map(np.asarray, restored.state))
+        return jax.tree.unflatten(jax.tree.structure(template), leaves), restored.meta
+
+    def _restore_legacy(self, template: Any, step: int) -> tuple[Any, dict[str, Any]] | None:
+        ocp = self._ocp
         leaves, treedef = jax.tree.flatten(template)
         target = {f"{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                          meta=ocp.args.JsonRestore()))
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                              meta=ocp.args.JsonRestore()))
+        except (ValueError, KeyError):
+            return None
         state = treedef.unflatten([np.asarray(restored.state[k]) for k in sorted(target)])
         return state, restored.meta
+
+
+def _host(tree: Any) -> Any:
+    return jax.tree.map(np.asarray, tree)
 
 
 def save_best(directory: str | os.PathLike, params: Any, batch_stats: Any) -> None:
