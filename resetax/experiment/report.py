@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -10,26 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from resetax.experiment.workdir import read_metrics
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The evaluation rows of a run's ``metrics.jsonl``.
-
-    Example:
-      >>> import json
-      >>> import tempfile
-      >>> from pathlib import Path
-      >>> from resetax.experiment.report import read_metrics
-      >>> run_dir = Path(tempfile.mkdtemp())
-      >>> rows = [{"step": 0, "val_loss": 2.3, "reset_steps": []},
-      ...         {"step": 10, "val_loss": 1.9, "reset_steps": [12, 17]}]
-      >>> _ = (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in rows))
-      >>> read_metrics(run_dir) == rows
-      True
-      >>> [r["step"] for r in read_metrics(run_dir)]
-      [0, 10]
-    """
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+__all__ = ["compare_markdown", "compare_table", "plot_compare", "plot_run", "read_metrics"]
 
 
 def plot_run(run_dir: str | os.PathLike) -> Path:
@@ -69,16 +51,18 @@ def plot_run(run_dir: str | os.PathLike) -> Path:
     else:
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
         panels = (ax_loss, ax_acc)
-    ax_loss.plot(steps, [r["val_loss"] for r in rows], label="validation loss")
-    ax_loss.plot(steps, [r["train_loss"] for r in rows], label="train loss", alpha=0.6)
-    ax_acc.plot(steps, [100 * r["test_acc"] for r in rows], color="C2", label="test accuracy")
+    ax_loss.plot(steps, _column(rows, "val_loss"), label="validation loss")
+    ax_loss.plot(steps, _column(rows, "train_loss"), label="train loss", alpha=0.6)
+    ax_acc.plot(steps, 100 * _column(rows, "val_acc"), color="C1", label="validation accuracy")
+    if np.isfinite(_column(rows, "test_acc")).any():  # measured only with eval_test
+        ax_acc.plot(steps, 100 * _column(rows, "test_acc"), color="C2", label="test accuracy")
     for ax in panels:
         for s in resets:
             ax.axvline(s, color="C3", alpha=0.25, lw=0.8)
         ax.set_xlabel("step")
         ax.legend(loc="best")
     ax_loss.set_ylabel("loss")
-    ax_acc.set_ylabel("test accuracy (%)")
+    ax_acc.set_ylabel("accuracy (%)")
     fig.suptitle(f"{Path(run_dir).name}: {len(resets)} resets (red lines)")
     fig.tight_layout()
     out = Path(run_dir) / "curves.png"
@@ -87,18 +71,24 @@ def plot_run(run_dir: str | os.PathLike) -> Path:
     return out
 
 
+def _column(rows: list[dict[str, Any]], key: str) -> np.ndarray:
+    """One metric over the rows, NaN where it is missing or was not finite (``null``)."""
+    return np.array([np.nan if r.get(key) is None else r[key] for r in rows], float)
+
+
 def _plot_diagnostics(ax_grad, ax_mem, rows) -> None:
     """The paper's panels: gradient cosines and the wrong/correct drift ratio; memorization."""
     steps = [r["step"] for r in rows]
     for key, label in (("cos_cw", "cos(correct, wrong)"), ("cos_tw", "cos(total, wrong)"),
                        ("cos_tc", "cos(total, correct)")):
-        ax_grad.plot(steps, [r[f"grad_{key}"] for r in rows], label=label)
-    ax_grad.plot(steps, [r["grad_norm_wrong"] / max(r["grad_norm_correct"], 1e-12)
-                         for r in rows], "k--", label="|wrong| / |correct|")
+        ax_grad.plot(steps, _column(rows, f"grad_{key}"), label=label)
+    ratio = _column(rows, "grad_norm_wrong") / np.maximum(_column(rows, "grad_norm_correct"),
+                                                          1e-12)
+    ax_grad.plot(steps, ratio, "k--", label="|wrong| / |correct|")
     ax_grad.set_ylabel("gradient alignment")
     for key, label in (("noisy_memorized", "noisy: memorized"), ("noisy_true", "noisy: true label"),
                        ("clean_correct", "clean: correct")):
-        ax_mem.plot(steps, [r[f"mem_{key}"] for r in rows], label=label)
+        ax_mem.plot(steps, _column(rows, f"mem_{key}"), label=label)
     ax_mem.set_ylabel("fraction of training samples")
 
 

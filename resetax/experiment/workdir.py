@@ -1,0 +1,212 @@
+"""The run directory: its checks, its ``config.json`` and its ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from resetax.experiment import distributed
+from resetax.experiment.config import Config, validate
+
+CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
+
+
+def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
+    """Refuses to touch an existing run unless asked to resume or overwrite it.
+
+    Returns:
+      ``run_dir`` as a ``Path``. Nothing is created.
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import workdir
+      >>> root = Path(tempfile.mkdtemp())
+      >>> workdir.check_run_dir(root / "new", resume=False, overwrite=False).name
+      'new'
+      >>> (root / "old").mkdir(); (root / "old" / "metrics.jsonl").write_text("")
+      0
+      >>> workdir.check_run_dir(root / "old", resume=False, overwrite=False)
+      Traceback (most recent call last):
+      ...
+      FileExistsError: run directory '...old' already exists; pass --resume to continue it or ...
+    """
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other; pass at most one.")
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if exists and not (resume or overwrite):
+        raise FileExistsError(
+            f"run directory {str(run_dir)!r} already exists; pass --resume to continue it or "
+            f"--overwrite to replace it."
+        )
+    if resume and not (run_dir / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"nothing to resume: {str(run_dir)!r} holds no {CONFIG_FILE}.")
+    return run_dir
+
+
+def load_config(run_dir: str | os.PathLike) -> Config:
+    """Reads the config a run directory was started with (its ``config.json``).
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import workdir
+      >>> from resetax.experiment.config import get_config
+      >>> run_dir = Path(tempfile.mkdtemp())
+      >>> workdir.write_config(run_dir, get_config("quick", noise_rate=0.6))
+      >>> workdir.load_config(run_dir) == get_config("quick", noise_rate=0.6)
+      True
+    """
+    fields = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
+    return validate(Config(**fields))
+
+
+def write_config(run_dir: str | os.PathLike, config: Config) -> None:
+    """Writes ``config.json``, from which a run is resumed (see :func:`load_config`).
+
+    Example:
+      >>> import json, tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import workdir
+      >>> from resetax.experiment.config import get_config
+      >>> run_dir = Path(tempfile.mkdtemp())
+      >>> workdir.write_config(run_dir, get_config("quick"))
+      >>> saved = json.loads((run_dir / "config.json").read_text())
+      >>> saved["dataset"], saved["baseline"]  # the quick preset trains a pair
+      ('mnist1d', True)
+    """
+    write_json(Path(run_dir) / CONFIG_FILE, dataclasses.asdict(config))
+
+
+def prepare_run_dir(run_dir: Path, config: Config, *, overwrite: bool) -> None:
+    """Creates the run directory and its ``config.json``, once every process has checked it.
+
+    In a multi-process run, process 0 writes (the run directory must be on a filesystem all
+    hosts share) and the others wait for it.
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import workdir
+      >>> from resetax.experiment.config import get_config
+      >>> run_dir = Path(tempfile.mkdtemp()) / "run"
+      >>> workdir.prepare_run_dir(run_dir, get_config("quick"), overwrite=False)
+      >>> sorted(p.name for p in run_dir.iterdir())
+      ['config.json']
+    """
+    distributed.barrier("resetax: run directory checked")
+    if distributed.is_primary():
+        if overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run_dir, config)
+    distributed.barrier("resetax: run directory prepared")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Writes ``obj`` as strict JSON (non-finite numbers as ``null``), atomically.
+
+    Example:
+      >>> import json, tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment.workdir import write_json
+      >>> path = Path(tempfile.mkdtemp()) / "summary.json"
+      >>> write_json(path, {"loss": float("nan"), "acc": 0.5})
+      >>> json.loads(path.read_text())
+      {'loss': None, 'acc': 0.5}
+    """
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one strict-JSON line per evaluation window, appended as the run goes.
+
+    Non-finite numbers (a diverged loss) are written as ``null``, so that every line is valid
+    JSON. Opened for a run that starts at ``step``, it first drops the lines of steps at or after
+    it (written after the checkpoint a resumed run starts from). In a multi-process run only
+    process 0 writes; the others write nothing.
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment.workdir import MetricsLog, read_metrics
+      >>> run_dir = Path(tempfile.mkdtemp())
+      >>> with MetricsLog(run_dir, step=0) as log:
+      ...     log.write([{"step": 0, "val_loss": 2.3}, {"step": 20, "val_loss": float("inf")}])
+      >>> print((run_dir / "metrics.jsonl").read_text().strip())
+      {"step": 0, "val_loss": 2.3}
+      {"step": 20, "val_loss": null}
+      >>> with MetricsLog(run_dir, step=20) as log:  # resumed from the checkpoint at step 20
+      ...     log.write([{"step": 20, "val_loss": 1.9}])
+      >>> [line["val_loss"] for line in read_metrics(run_dir)]
+      [2.3, 1.9]
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, step: int):
+        self.path = Path(run_dir) / METRICS_FILE
+        self._file: Any = None
+        self._start = step
+
+    def __enter__(self) -> MetricsLog:
+        if distributed.is_primary():
+            kept = [line for line in read_metrics(self.path.parent) if line["step"] < self._start]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(_json_line(line) for line in kept))
+            os.replace(tmp, self.path)
+            self._file = open(self.path, "a")
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def write(self, lines: list[dict[str, Any]]) -> None:
+        """Appends ``lines`` and flushes them to disk."""
+        if self._file is not None:
+            self._file.write("".join(_json_line(line) for line in lines))
+            self._file.flush()
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The evaluation rows of a run's ``metrics.jsonl`` (none if it does not exist yet).
+
+    Example:
+      >>> import json
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment.workdir import read_metrics
+      >>> run_dir = Path(tempfile.mkdtemp())
+      >>> read_metrics(run_dir)
+      []
+      >>> rows = [{"step": 0, "val_loss": 2.3, "reset_steps": []},
+      ...         {"step": 10, "val_loss": None, "reset_steps": [12, 17]}]
+      >>> _ = (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in rows))
+      >>> read_metrics(run_dir) == rows
+      True
+    """
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def _json_line(obj: Any) -> str:
+    return json.dumps(_finite(obj), allow_nan=False) + "\n"
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
