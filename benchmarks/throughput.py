@@ -61,7 +61,7 @@ def measure(model_name, args, mesh, data):
     jax.block_until_ready(state)
     train_rate = args.steps * args.batch_size / (time.perf_counter() - start)
 
-    evaluate = jax.jit(steps.make_evaluate(model, None, args.eval_batch_size))
+    evaluate = jax.jit(steps.make_evaluate(model, args.eval_batch_size))
     jax.block_until_ready(evaluate(state.params, state.batch_stats, data.val_x, data.val_y,
                                    data.val_weight))
     start = time.perf_counter()

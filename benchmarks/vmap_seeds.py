@@ -25,7 +25,7 @@ CHECK_STEPS = 20
 
 def experiment(seed: int):
     config = get_config("quick", seed=seed, num_devices=1)
-    exp = runner._Experiment(config, runner.load_data(config))
+    exp = runner.setup(config, runner.load_data(config))
     return exp, jax.device_get(exp.device_data)
 
 
@@ -35,17 +35,15 @@ def main():
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
     exps = [experiment(seed) for seed in range(args.seeds)]
-    exp0 = exps[0][0]
     # The train split has the same size for every seed, so one chunk function serves all.
-    chunk = steps.make_train_chunk(exp0.config, exp0.model, exp0.tx, exp0.loss_fn,
-                                   len(exp0.data.train), eval_batch_size=runner.EVAL_BATCH_SIZE)
+    chunk = exps[0][0].train_chunk
     run = functools.partial(chunk, num_steps=args.steps)
     one = jax.jit(run)
     # The step counter is shared, not batched: evaluation stays a real lax.cond under vmap
     # instead of becoming a select that would evaluate at every step.
     axes = steps.TrainState(**{f: None if f == "step" else 0 for f in steps.TrainState._fields})
     many = jax.jit(jax.vmap(run, in_axes=(axes, 0), out_axes=(axes, 0)))
-    states = [exp.host_state for exp, _ in exps]
+    states = [exp.init_state for exp, _ in exps]
     datas = [data for _, data in exps]
     stack = lambda trees: jax.tree.map(lambda *x: np.stack(x), *trees)  # noqa: E731
     stacked = stack(states)._replace(step=states[0].step)

@@ -1,6 +1,5 @@
 """Tests of the trainer: configs, runner, resume, parallel modes, partial resets, CLI errors."""
 
-import contextlib
 import json
 import os
 import signal
@@ -14,8 +13,9 @@ import jax
 import numpy as np
 import pytest
 
-from resetax.experiment import checkpoint, cli, runner, steps
-from resetax.experiment.config import PRESETS, get_config
+from resetax.experiment import checkpoint, cli, runner, steps, workdir
+from resetax.experiment.config import PRESETS, Config, get_config
+from resetax.experiment.input import ExperimentData, load_data, preprocess
 
 TINY = dict(dataset="digits", model="mlp", noise="symmetric", noise_rate=0.4, batch_size=32,
             num_steps=120, eval_every=10, steps_per_dispatch=10, checkpoint_every=60,
@@ -50,8 +50,16 @@ def reference_run(tmp_path_factory):
 
 
 def test_presets_validate():
-    for name in PRESETS:
-        assert get_config(name).num_steps > 0
+    for name, overrides in PRESETS.items():
+        config = get_config(name)
+        assert {k: getattr(config, k) for k in overrides} == overrides, name
+        # Windows line up with checkpoints and dispatches, and patience spans whole windows.
+        assert config.checkpoint_every % config.eval_every == 0, name
+        assert config.patience is None or config.patience % config.eval_every == 0, name
+        assert config.patience is None or config.patience < config.num_steps, name
+        assert 0 < config.reset_prob <= 0.1 and config.batch_size <= 256, name
+    assert get_config("quick").baseline and not get_config("setting2-cifar10").baseline
+    assert not get_config("setting2-cifar10").eval_test and get_config("setting1").eval_test
 
 
 def test_end_to_end_files_metrics_and_best_model(reference_run):
@@ -70,12 +78,11 @@ def test_end_to_end_files_metrics_and_best_model(reference_run):
     assert summary["test_acc"] > 0.5
     # The reported accuracy is that of the saved best checkpoint, re-evaluated from disk.
     config = tiny()
-    data = runner.load_data(config)
-    model = runner._unsynced(runner._Experiment(config, data).model)
+    data = load_data(config)
+    model = runner.setup(config, data).model
     variables = checkpoint.load_best(run_dir / "best")
-    evaluate = steps.make_evaluate(model, None, 1000)
-    x, y, w = runner.pad_eval_set(data.test.inputs, data.test.labels, 1)
-    _, acc = evaluate(variables["params"], variables["batch_stats"], x, y, w)
+    logits = model.apply(variables, preprocess(data.test.inputs), train=False)
+    acc = np.mean(np.argmax(logits, -1) == data.test.labels)
     assert float(acc) == pytest.approx(summary["test_acc"], abs=1e-6)
     best_row = next(r for r in rows if r["step"] == summary["best_step"])
     assert best_row["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-6)
@@ -96,7 +103,7 @@ def test_stop_and_resume_is_identical(reference_run, tmp_path):
     runner.train(tiny(), tmp_path / "run", progress=False, resume=True)
     assert read_lines(tmp_path / "run") == read_lines(run_dir)
     assert summary_without_time(tmp_path / "run") == summary_without_time(run_dir)
-    template = runner._Experiment(tiny(), runner.load_data(tiny())).host_state
+    template = runner.setup(tiny(), load_data(tiny())).init_state
     for a, b in zip(final_state_leaves(tmp_path / "run", template),
                     final_state_leaves(run_dir, template), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -130,7 +137,7 @@ def wait_for(proc, ready, seconds=240):
 
 def resume_and_compare(target, long_reference):
     reference_dir, reference = long_reference
-    config = runner.load_config(target)  # checkpoint_every may differ from the reference's
+    config = workdir.load_config(target)  # checkpoint_every may differ from the reference's
     summary = runner.train(config, target, progress=False, resume=True)
     assert read_lines(target) == read_lines(reference_dir)
     del summary["wall_time_s"]
@@ -202,7 +209,7 @@ from resetax.experiment.config import get_config
 
 assert distributed.initialize()
 config = get_config("quick", **json.loads(sys.argv[2]))
-stop = runner._StopRequest()  # a SIGTERM on one process stops both
+stop = runner.StopRequest()  # a SIGTERM on one process stops both
 stop.requested = jax.process_index() == 1
 assert stop.agreed()
 for field, bad in (("parallel", "pmap"), ("num_devices", 4)):
@@ -280,13 +287,13 @@ def test_partial_reset_by_pattern(tmp_path):
     # Reset at every step once active (patience 0): the matching layer stays at its first value.
     config = tiny(reset_layers="Dense_1", reset_prob=1.0, patience=0, num_steps=40,
                   checkpoint_every=40)
-    experiment = runner._Experiment(config, runner.load_data(config))
-    mask = steps.reset_mask(config, experiment.host_state.params)
+    experiment = runner.setup(config, load_data(config))
+    mask = steps.reset_mask(config, experiment.init_state.params)
     assert sorted(k for k, v in mask.items() if all(jax.tree.leaves(v))) == ["Dense_1"]
-    initial = experiment.host_state.params
+    initial = experiment.init_state.params
     runner.train(config, tmp_path / "run", progress=False)
     final = checkpoint.CheckpointManager(tmp_path / "run" / "checkpoints").restore(
-        experiment.host_state)[0].params
+        experiment.init_state)[0].params
     np.testing.assert_array_equal(final["Dense_1"]["kernel"], initial["Dense_1"]["kernel"])
     assert np.abs(final["Dense_0"]["kernel"] - initial["Dense_0"]["kernel"]).max() > 1e-3
 
@@ -307,9 +314,11 @@ def test_partial_reset_by_pattern(tmp_path):
 def test_bad_input_fails_before_writing(tmp_path, capsys, flags, message):
     run_dir = tmp_path / "run"
     flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
-    with pytest.raises(SystemExit) if flags[0] == "--preset" else contextlib.nullcontext():
+    try:  # argparse rejects a bad choice (--preset) itself, by exiting with status 2
         code = cli.main(["train", "--quiet", "--run-dir", str(run_dir), *flags])
-        assert code == 2
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
     captured = capsys.readouterr()
     assert message in captured.err
     assert not run_dir.exists()
@@ -330,13 +339,13 @@ def test_elr_loss_trains_and_agrees_across_parallel_modes(tmp_path):
     for parallel in ("sharded", "pmap"):
         run_dir = tmp_path / parallel
         runner.train(config.replace(parallel=parallel), run_dir, progress=False)
-        experiment = runner._Experiment(config, runner.load_data(config))
+        experiment = runner.setup(config, load_data(config))
         state, _ = checkpoint.CheckpointManager(run_dir / "checkpoints").restore(
-            experiment.host_state)
+            experiment.init_state)
         runs[parallel] = state.loss_state.targets
     # The first epoch (40 batches of 32 distinct samples) alone gives 1280 samples a target row.
     seen = (np.abs(runs["sharded"]).sum(1) > 0).sum()
-    assert 40 * 32 <= seen <= len(runner.load_data(config).train)
+    assert 40 * 32 <= seen <= len(load_data(config).train)
     np.testing.assert_allclose(runs["pmap"], runs["sharded"], rtol=1e-4, atol=1e-6)
     _assert_close_runs(tmp_path / "pmap", tmp_path / "sharded")
 
@@ -391,3 +400,127 @@ def test_diagnostics_logged_and_plotted(tmp_path):
     assert last["mem_clean_correct"] > first["mem_clean_correct"] + 0.2
     assert last["mem_noisy_true"] > first["mem_noisy_true"] + 0.2
     assert (tmp_path / "run" / "curves.png").exists()
+
+
+@pytest.mark.parametrize("num_devices", [1, 8])
+@pytest.mark.parametrize("parallel", ["sharded", "pmap"])
+def test_evaluation_counts_every_example_once(num_devices, parallel):
+    # Sizes below, at and above the eval batch (1000) and 1000 x devices, primes included.
+    from resetax import data as data_lib
+    from resetax import models
+
+    model = models.get_model("mlp", 3, hidden_sizes=(8,))
+    rng = np.random.default_rng(0)
+    variables = model.init(jax.random.key(0), np.zeros((1, 5), np.float32))
+    placement = runner.Placement(tuple(jax.devices()[:num_devices]), pmap=parallel == "pmap")
+    eval_step = steps.make_eval_step(tiny(eval_test=True), model, runner.EVAL_BATCH_SIZE,
+                                     steps.Replicas(placement.axis_name))
+    compiled = jax.pmap(eval_step, axis_name="data") if placement.pmap else jax.jit(eval_step)
+    state = placement.place_state(steps.TrainState(
+        step=0, params=variables["params"], batch_stats=variables["batch_stats"],
+        opt_state=(), model_checkpoint=(), best_params=(), best_batch_stats=(), best_value=0.0,
+        best_step=0, loss_state=(), key=0))
+    for n in (1, 7, 997, 1000, 1001, 1500, 2003, 8009):
+        x = rng.normal(size=(n, 5)).astype(np.float32)
+        y = rng.integers(0, 3, n).astype(np.int32)
+        split = data_lib.Dataset(x, y, y, np.arange(n), 3)
+        device_data = placement.place_data(ExperimentData(split, split, split, 3))
+        evaluation = placement.fetch(compiled(state, device_data))
+        logits = np.asarray(model.apply(variables, x, train=False), np.float64)
+        log_probs = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1,
+                                    keepdims=True)) - logits.max(1, keepdims=True)
+        expected_loss = -log_probs[np.arange(n), y].mean()
+        expected_acc = (logits.argmax(1) == y).mean()
+        assert float(evaluation.val_acc) == pytest.approx(expected_acc, abs=1e-6), n
+        assert float(evaluation.test_acc) == pytest.approx(expected_acc, abs=1e-6), n
+        assert float(evaluation.val_loss) == pytest.approx(expected_loss, rel=1e-5), n
+        # The summary's evaluation runs on the unpadded set outside any placement.
+        loss, acc = jax.jit(steps.make_evaluate(model, runner.EVAL_BATCH_SIZE))(
+            variables["params"], variables["batch_stats"], x, y, np.ones(n, np.float32))
+        assert float(acc) == pytest.approx(expected_acc, abs=1e-6), n
+        assert float(loss) == pytest.approx(expected_loss, rel=1e-5), n
+
+
+def test_help_comes_from_field_metadata(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert ">>>" not in text
+    for field in ("data_dir", "reset_prob", "eval_test", "baseline"):
+        assert Config.help(field).split(".")[0] in text, field
+    assert "[default: 0.05; quick: 0.05]" in text  # learning_rate
+    assert "[default: false; quick: true]" in text  # baseline, the quick preset's pair
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--preset", "setting1", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "[default: 0.05; setting1: 0.01]" in text
+
+
+def test_bool_flags_and_no_mutation():
+    parser = cli._parser()
+    for flags, expected in ((["--no-baseline"], False), (["--baseline"], True),
+                            (["--baseline", "false"], False), ([], True)):
+        args = parser.parse_args(["train", *flags])
+        before = dict(vars(args))
+        assert cli._config_from_args(args).baseline is expected, flags
+        assert vars(args) == before
+
+
+def test_resume_needs_only_the_run_dir_and_keeps_the_run_mode(reference_run, tmp_path, capsys):
+    # A single run (no baseline), interrupted, resumed from --run-dir alone: still a single run.
+    run_dir, _ = reference_run
+    target = tmp_path / "single"
+    assert runner.train(tiny(baseline=False), target, progress=False, stop_after=60) == {
+        "stopped_at": 60}
+    assert cli.main(["train", "--quiet", "--run-dir", str(target), "--resume"]) == 0
+    assert not (target / "baseline").exists()
+    assert read_lines(target) == read_lines(run_dir)
+    assert summary_without_time(target) == summary_without_time(run_dir)
+
+
+@pytest.mark.parametrize("flags", [["--noise-rate", "0.6"], ["--preset", "setting1"],
+                                   ["--baseline"]])
+def test_resume_refuses_a_changed_config(tmp_path, capsys, flags):
+    target = tmp_path / "run"
+    runner.train(tiny(baseline=False), target, progress=False, stop_after=10)
+    before = sorted(p.name for p in target.rglob("*"))
+    code = cli.main(["train", "--quiet", "--run-dir", str(target), "--resume", *flags])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--resume continues" in err and "would change it" in err
+    name = {"--noise-rate": "noise_rate", "--preset": "dataset", "--baseline": "baseline"}
+    assert name[flags[0]] in err
+    assert sorted(p.name for p in target.rglob("*")) == before
+
+
+def test_checkpoints_read_by_field_name_with_plain_orbax(reference_run):
+    import orbax.checkpoint as ocp
+
+    run_dir, summary = reference_run
+    raw = ocp.StandardCheckpointer().restore(run_dir / "checkpoints" / "120" / "state")
+    assert set(raw) == set(steps.TrainState._fields)
+    assert int(raw["step"]) == 120 and int(raw["best_step"]) == summary["best_step"]
+    assert int(raw["opt_state"]["num_resets"]) == summary["num_resets"]
+    best = checkpoint.load_best(run_dir / "best")
+    for a, b in zip(jax.tree.leaves(raw["best_params"]), jax.tree.leaves(best["params"]),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoints_of_the_first_release_still_load(tmp_path):
+    # resetax 0.1.0 stored the state's leaves under keys "00000", "00001"...
+    import orbax.checkpoint as ocp
+
+    template = runner.setup(tiny(), load_data(tiny())).init_state
+    state = jax.tree.map(lambda x: np.asarray(x) + 1, template)._replace(step=np.int32(40))
+    legacy = ocp.CheckpointManager(tmp_path, options=ocp.CheckpointManagerOptions(create=True))
+    leaves = {f"{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}
+    legacy.save(40, args=ocp.args.Composite(state=ocp.args.StandardSave(leaves),
+                                            meta=ocp.args.JsonSave({"wall_time": 3.0})))
+    legacy.wait_until_finished()
+    restored, meta = checkpoint.CheckpointManager(tmp_path).restore(template)
+    assert meta == {"wall_time": 3.0}
+    assert jax.tree.structure(restored) == jax.tree.structure(template)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)

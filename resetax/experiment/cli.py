@@ -18,6 +18,8 @@ from typing import Any
 
 from resetax.experiment import config as config_lib
 
+DEFAULT_PRESET = "quick"
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``resetax`` command; returns its exit status.
@@ -35,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
       >>> print(err.getvalue().strip())
       resetax: error: noise_rate must be in [0.0, 1.0], got 1.5.
     """
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(_preset_in(argv))
     args = parser.parse_args(argv)
     try:
         return args.command(args)
@@ -45,39 +48,42 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
-    from resetax.experiment import runner
+    from resetax.experiment import runner, workdir
 
-    config = _config_from_args(args)
+    run_dir = Path(args.run_dir or _default_run_dir(args.preset or DEFAULT_PRESET))
+    config = _resumed_config(args, run_dir) if args.resume else _config_from_args(args)
     _start_processes(args)
-    run_dir = Path(args.run_dir or _default_run_dir(args.preset))
-    if args.resume and not _overrides(args) and (run_dir / runner.CONFIG_FILE).exists():
-        config = runner.load_config(run_dir)
-    if args.baseline:
-        summaries = {}
-        runner.check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
-        if not args.resume:
-            runner.check_devices(config)  # fail before anything is written
-            runner.load_data(config)
-            runner.prepare_run_dir(run_dir, config, overwrite=False)
-        for name, cfg in (("baseline", config.replace(reset_prob=0.0)), ("resetting", config)):
-            _print(f"== {name} (reset_prob={cfg.reset_prob})")
-            summaries[name] = _run_part(cfg, run_dir / name, args)
-            if "stopped_at" in summaries[name]:
-                return _stopped(summaries[name], run_dir)
-        _print(_side_by_side(summaries))
+    if not config.baseline:
+        summary = runner.train(config, run_dir, resume=args.resume, overwrite=args.overwrite,
+                               progress=not args.quiet)
+        if "stopped_at" in summary:
+            return _stopped(summary, run_dir)
+        _print(json.dumps(summary, indent=2))
         _print(f"run directory: {run_dir}")
         return 0
-    summary = runner.train(config, run_dir, resume=args.resume, overwrite=args.overwrite,
-                           progress=not args.quiet)
-    if "stopped_at" in summary:
-        return _stopped(summary, run_dir)
-    _print(json.dumps(summary, indent=2))
+    workdir.check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
+    if not args.resume:
+        runner.check_run(config)  # fail before anything is written
+        workdir.prepare_run_dir(run_dir, config, overwrite=args.overwrite)
+    summaries = {}
+    for name, part in _pair(config):
+        _print(f"== {name} (reset_prob={part.reset_prob})")
+        summaries[name] = _run_part(part, run_dir / name, args)
+        if "stopped_at" in summaries[name]:
+            return _stopped(summaries[name], run_dir)
+    _print(_side_by_side(summaries))
     _print(f"run directory: {run_dir}")
     return 0
 
 
+def _pair(config: config_lib.Config) -> list[tuple[str, config_lib.Config]]:
+    """The two runs of a baseline-plus-resetting pair, each a single run."""
+    return [("baseline", config.replace(reset_prob=0.0, baseline=False)),
+            ("resetting", config.replace(baseline=False))]
+
+
 def _compare(args) -> int:
-    from resetax.experiment import distributed, report, runner
+    from resetax.experiment import distributed, report, workdir
 
     config = _config_from_args(args)
     if config.reset_prob == 0:
@@ -85,20 +91,21 @@ def _compare(args) -> int:
     if args.seeds < 2:
         raise ValueError(f"seeds must be >= 2 for a standard error, got {args.seeds}.")
     _start_processes(args)
-    run_dir = Path(args.run_dir or _default_run_dir(f"compare-{args.preset}"))
-    runner.check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
+    run_dir = Path(args.run_dir or _default_run_dir(f"compare-{args.preset or DEFAULT_PRESET}"))
+    workdir.check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
     accuracy: dict[str, list[float]] = {"baseline": [], "resetting": []}
     for seed in range(config.seed, config.seed + args.seeds):
         for name, reset_prob in (("baseline", 0.0), ("resetting", config.reset_prob)):
             sub = run_dir / f"{name}-seed{seed}"
             _print(f"== {name}, seed {seed}")
-            summary = _run_part(config.replace(seed=seed, reset_prob=reset_prob), sub, args)
+            part = config.replace(seed=seed, reset_prob=reset_prob, baseline=False)
+            summary = _run_part(part, sub, args)
             if "stopped_at" in summary:
                 return _stopped(summary, run_dir)
             accuracy[name].append(summary["test_acc"])
     table = report.compare_table(accuracy["baseline"], accuracy["resetting"])
     markdown = report.compare_markdown(
-        table, f"{args.preset}: noise {config.noise} {config.noise_rate}, "
+        table, f"{args.preset or DEFAULT_PRESET}: noise {config.noise} {config.noise_rate}, "
                f"reset_prob {config.reset_prob}")
     _print(markdown)
     if distributed.is_primary():
@@ -112,11 +119,11 @@ def _compare(args) -> int:
 
 def _run_part(config: config_lib.Config, run_dir: Path, args) -> dict[str, Any]:
     """Trains one of several runs under a parent directory; a finished one is reused on resume."""
-    from resetax.experiment import runner
+    from resetax.experiment import runner, workdir
 
-    if args.resume and (run_dir / runner.SUMMARY_FILE).exists():
-        return json.loads((run_dir / runner.SUMMARY_FILE).read_text())
-    resume = args.resume and (run_dir / runner.CONFIG_FILE).exists()
+    if args.resume and (run_dir / workdir.SUMMARY_FILE).exists():
+        return json.loads((run_dir / workdir.SUMMARY_FILE).read_text())
+    resume = args.resume and (run_dir / workdir.CONFIG_FILE).exists()
     return runner.train(config, run_dir, resume=resume, overwrite=args.overwrite,
                         progress=not args.quiet)
 
@@ -163,20 +170,24 @@ def _side_by_side(summaries: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(preset: str | None = None) -> argparse.ArgumentParser:
+    """The ``resetax`` parser; each Config field's help shows its default and ``preset``'s value."""
     parser = argparse.ArgumentParser(
         prog="resetax", description="Train with stochastic resetting on noisy labels.")
     commands = parser.add_subparsers(required=True)
+    shown = preset if preset in config_lib.PRESETS else DEFAULT_PRESET
     for name, func, help_text in (
-        ("train", _train, "train one run (the quick preset also trains its baseline)"),
+        ("train", _train, "train one run, or a baseline-plus-resetting pair (--baseline)"),
         ("compare", _compare, "baseline vs resetting over several seeds"),
     ):
-        sub = commands.add_parser(name, help=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(command=func)
-        sub.add_argument("--preset", default="quick", choices=sorted(config_lib.PRESETS))
+        sub.add_argument("--preset", default=None, choices=sorted(config_lib.PRESETS),
+                         help=f"the defaults of the fields below (default: {DEFAULT_PRESET})")
         sub.add_argument("--run-dir", default=None,
                          help="where to write the run (default: runs/<preset>-<time>)")
-        sub.add_argument("--resume", action="store_true", help="continue an interrupted run")
+        sub.add_argument("--resume", action="store_true",
+                         help="continue the interrupted run in --run-dir with its saved config")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing run")
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
         sub.add_argument("--distributed", action="store_true",
@@ -184,32 +195,35 @@ def _parser() -> argparse.ArgumentParser:
                               "(SLURM, Open MPI, Kubernetes, Cloud TPU); without it, one starts "
                               "when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
                               "JAX_PROCESS_ID are set")
-        if name == "train":
-            sub.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None,
-                             help="also train the reset_prob=0 baseline (default: quick preset)")
-        else:
+        if name == "compare":
             sub.add_argument("--seeds", type=int, default=3, help="number of paired seeds")
-        docs = _field_docs()
         for field in dataclasses.fields(config_lib.Config):
-            sub.add_argument(f"--{field.name.replace('_', '-')}", dest=f"cfg_{field.name}",
-                             type=_parser_for(field), default=None, metavar="VALUE",
-                             help=docs.get(field.name, "").replace("``", "").replace("%", "%%"))
+            _add_field(sub, field, shown)
     return parser
 
 
-def _field_docs() -> dict[str, str]:
-    """The ``Attributes:`` entries of the Config docstring, as flag help."""
-    docs: dict[str, str] = {}
-    name = None
-    for line in (config_lib.Config.__doc__ or "").split("Attributes:")[-1].splitlines():
-        text = line.strip()
-        head, sep, rest = text.partition(": ")
-        if sep and line.startswith("      ") and not line.startswith("        "):
-            name = head
-            docs[name] = rest
-        elif name and text:
-            docs[name] += " " + text
-    return docs
+def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, preset: str) -> None:
+    """A flag for one Config field; booleans also take ``--name`` and ``--no-name``."""
+    flag = f"--{field.name.replace('_', '-')}"
+    preset_value = config_lib.PRESETS[preset].get(field.name, field.default)
+    help_text = (f"{field.metadata['help']} [default: {_show(field.default)}; "
+                 f"{preset}: {_show(preset_value)}]").replace("%", "%%")
+    parse = _parser_for(field)
+    if parse.__name__ == "bool":
+        parser.add_argument(flag, dest=f"cfg_{field.name}", type=parse, nargs="?", const=True,
+                            default=None, metavar="BOOL", help=help_text)
+        parser.add_argument(f"--no-{flag[2:]}", dest=f"cfg_{field.name}", action="store_false",
+                            default=None, help=argparse.SUPPRESS)
+    else:
+        parser.add_argument(flag, dest=f"cfg_{field.name}", type=parse, default=None,
+                            metavar="VALUE", help=help_text)
+
+
+def _show(value: Any) -> str:
+    """A value as it is typed on the command line."""
+    if value is None:
+        return "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _parser_for(field: dataclasses.Field):
@@ -237,10 +251,36 @@ def _overrides(args) -> dict[str, Any]:
 
 
 def _config_from_args(args) -> config_lib.Config:
-    config = config_lib.get_config(args.preset, **_overrides(args))
-    if getattr(args, "baseline", False) is None:
-        args.baseline = args.preset == "quick"
-    return config
+    return config_lib.get_config(args.preset or DEFAULT_PRESET, **_overrides(args))
+
+
+def _resumed_config(args, run_dir: Path) -> config_lib.Config:
+    """The config saved in ``run_dir``; flags given with ``--resume`` must not change it."""
+    from resetax.experiment import workdir
+
+    workdir.check_run_dir(run_dir, resume=True, overwrite=args.overwrite)
+    saved = workdir.load_config(run_dir)
+    given = _overrides(args)
+    if args.preset is not None:  # every field of that preset counts as given
+        given = dataclasses.asdict(_config_from_args(args))
+    changed = [f"{name} (saved {_show(getattr(saved, name))}, given {_show(value)})"
+               for name, value in given.items() if getattr(saved, name) != value]
+    if changed:
+        raise ValueError(
+            f"--resume continues {str(run_dir)!r} with its saved config; these flags would "
+            f"change it: {', '.join(changed)}. Resume without them, or start a new run "
+            f"(another --run-dir).")
+    return saved
+
+
+def _preset_in(argv: list[str]) -> str | None:
+    """The ``--preset`` given in ``argv`` (for the help text), if any."""
+    for i, arg in enumerate(argv):
+        if arg == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--preset="):
+            return arg.partition("=")[2]
+    return None
 
 
 def _default_run_dir(name: str) -> str:

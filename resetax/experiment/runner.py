@@ -1,17 +1,17 @@
-"""The training loop around the pure steps: devices, run directory, metrics, checkpoints, resume."""
+"""One training run, read top to bottom: :func:`setup` builds what the loop needs from a config,
+:func:`train_loop` trains, evaluates, logs and checkpoints, and :func:`train` does both after the
+checks.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import os
-import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,65 +20,454 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resetax.experiment import distributed
+from resetax.experiment import checkpoint, distributed, report, workdir
 from resetax.experiment import steps as steps_lib
 from resetax.experiment.config import Config, validate
-from resetax.experiment.input import load_data, pad_eval_set, preprocess
+from resetax.experiment.input import ExperimentData, load_data, pad_eval_set, preprocess
 
-CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
 EVAL_BATCH_SIZE = 1000
 DIAGNOSTICS_SAMPLES = 4096  # training samples the diagnostics look at (the first ones)
 
 
-def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
-    """Refuses to touch an existing run unless asked to resume or overwrite it.
+def train(config: Config, run_dir: str | Path, *, resume: bool = False,
+          overwrite: bool = False, progress: bool = True, stop_after: int | None = None
+          ) -> dict[str, Any]:
+    """Trains one run and writes its directory; returns the summary.
 
-    Returns:
-      ``run_dir`` as a ``Path``. Nothing is created.
-
-    Example:
-      >>> import tempfile
-      >>> from pathlib import Path
-      >>> from resetax.experiment import runner
-      >>> root = Path(tempfile.mkdtemp())
-      >>> runner.check_run_dir(root / "new", resume=False, overwrite=False).name
-      'new'
-      >>> (root / "old").mkdir(); (root / "old" / "metrics.jsonl").write_text("")
-      0
-      >>> runner.check_run_dir(root / "old", resume=False, overwrite=False)
-      Traceback (most recent call last):
-      ...
-      FileExistsError: run directory '...old' already exists; pass --resume to continue it or ...
-    """
-    run_dir = Path(run_dir)
-    if resume and overwrite:
-        raise ValueError("resume and overwrite exclude each other; pass at most one.")
-    exists = run_dir.exists() and any(run_dir.iterdir())
-    if exists and not (resume or overwrite):
-        raise FileExistsError(
-            f"run directory {str(run_dir)!r} already exists; pass --resume to continue it or "
-            f"--overwrite to replace it."
-        )
-    if resume and not (run_dir / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"nothing to resume: {str(run_dir)!r} holds no {CONFIG_FILE}.")
-    return run_dir
-
-
-def load_config(run_dir: str | os.PathLike) -> Config:
-    """Reads the config a run directory was started with (its ``config.json``).
+    Every check (config, run directory, device count, dataset availability) happens before
+    anything is written. With ``resume=True`` the run continues from its last checkpoint and ends
+    identical to an uninterrupted one. ``stop_after`` stops at the first evaluation window that
+    starts at or after that step, after a checkpoint there, as an interruption would. A SIGTERM
+    stops the run at the end of the current evaluation window, after a checkpoint; the result is
+    then ``{"stopped_at": step, "signal": "SIGTERM"}``.
 
     Example:
       >>> import tempfile
       >>> from pathlib import Path
       >>> from resetax.experiment import runner
       >>> from resetax.experiment.config import get_config
-      >>> run_dir = Path(tempfile.mkdtemp())
-      >>> runner.write_config(run_dir, get_config("quick", noise_rate=0.6))
-      >>> runner.load_config(run_dir) == get_config("quick", noise_rate=0.6)
-      True
+      >>> config = get_config("quick", dataset="digits", model="mlp", num_steps=40,
+      ...                     eval_every=10, steps_per_dispatch=10, checkpoint_every=20,
+      ...                     reset_prob=0.1, patience=0, baseline=False)
+      >>> run_dir = Path(tempfile.mkdtemp()) / "run"
+      >>> runner.train(config, run_dir, progress=False, stop_after=20)  # as if interrupted
+      {'stopped_at': 20}
+      >>> summary = runner.train(config, run_dir, progress=False, resume=True)
+      >>> summary["num_steps"], summary["num_resets"] > 0, 0 <= summary["test_acc"] <= 1
+      (40, True, True)
+      >>> sorted(p.name for p in run_dir.iterdir())
+      ['best', 'checkpoints', 'config.json', 'curves.png', 'metrics.jsonl', 'summary.json']
     """
-    fields = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
-    return validate(Config(**fields))
+    validate(config)
+    run_dir = workdir.check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if resume:
+        saved = workdir.load_config(run_dir)
+        if saved != config:
+            changed = [f.name for f in dataclasses.fields(Config)
+                       if getattr(saved, f.name) != getattr(config, f.name)]
+            raise ValueError(f"cannot resume {str(run_dir)!r} with a different config: {changed}.")
+    data = check_run(config)
+    workdir.prepare_run_dir(run_dir, config, overwrite=overwrite)
+    return train_loop(setup(config, data), run_dir, resume=resume, progress=progress,
+                      stop_after=stop_after)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything :func:`train_loop` needs, built once by :func:`setup`.
+
+    Attributes:
+      config: The run's config.
+      data: The host-side splits.
+      model: The Flax model, without cross-replica BatchNorm (for work outside pmap).
+      tx: The optimizer: the inner one wrapped in stochastic resetting.
+      init_state: The initial :class:`~resetax.experiment.steps.TrainState`, host arrays.
+      placement: Where the state and data live (see :class:`Placement`).
+      device_data: The splits on the devices, for the whole run.
+      train_chunk: ``train_chunk(state, data, num_steps) -> (state, metrics)``, the fused steps
+        before compilation (:func:`~resetax.experiment.steps.make_train_chunk`).
+      run_steps: ``run_steps(state, num_steps) -> (state, metrics)``: ``num_steps`` train steps
+        on the placed state, with the evaluations that fall in them; ``metrics`` has one entry per
+        step (see :func:`~resetax.experiment.steps.make_train_chunk`).
+      evaluate: ``evaluate(params, batch_stats, x, y, weight) -> (loss, accuracy)``, jitted.
+      diagnose: ``diagnose(host_state) -> dict``, the latent-gradient-bias diagnostics on the
+        training set; None unless ``config.diagnostics_every``.
+    """
+
+    config: Config
+    data: ExperimentData
+    model: Any
+    tx: optax.GradientTransformationExtraArgs
+    init_state: steps_lib.TrainState
+    placement: Placement
+    device_data: steps_lib.DeviceData
+    train_chunk: Callable
+    run_steps: Callable
+    evaluate: Callable
+    diagnose: Callable | None
+
+
+def setup(config: Config, data: ExperimentData) -> Experiment:
+    """Builds the model, optimizer, initial state, device placement and compiled steps.
+
+    Example:
+      >>> from resetax.experiment import runner
+      >>> from resetax.experiment.config import get_config
+      >>> config = get_config("quick", dataset="digits", model="mlp", num_devices=2,
+      ...                     steps_per_dispatch=5)
+      >>> experiment = runner.setup(config, runner.load_data(config))
+      >>> state = experiment.placement.place_state(experiment.init_state)
+      >>> state, metrics = experiment.run_steps(state, 5)
+      >>> int(experiment.placement.fetch(state).step), metrics["step"].tolist()
+      (5, [0, 1, 2, 3, 4])
+      >>> len(experiment.placement.devices), experiment.device_data.val_x.shape[0] % 2
+      (2, 0)
+    """
+    from resetax import models
+
+    placement = Placement(tuple(_devices(config)), pmap=config.parallel == "pmap")
+    model = models.get_model(config.model, data.num_classes)
+    sample = jnp.asarray(data.train.inputs[:1])
+    params = jax.eval_shape(lambda x: steps_lib.init_variables(config, model, x), sample)
+    tx = steps_lib.make_optimizer(config, params["params"])
+    loss_fn, loss_state = steps_lib.make_loss(config, len(data.train), data.num_classes)
+    chunk = steps_lib.make_train_chunk(
+        config, models.get_model(config.model, data.num_classes, axis_name=placement.axis_name),
+        tx, loss_fn, len(data.train), replicas=steps_lib.Replicas(placement.axis_name),
+        batch_sharding=placement.batch_sharding, eval_batch_size=EVAL_BATCH_SIZE)
+    device_data = placement.place_data(data)
+    compiled = placement.compile(chunk)
+    return Experiment(
+        config=config, data=data, model=model, tx=tx,
+        init_state=jax.device_get(steps_lib.init_state(config, model, tx, sample, loss_state)),
+        placement=placement, device_data=device_data, train_chunk=chunk,
+        run_steps=lambda state, num_steps: compiled(state, device_data, num_steps),
+        evaluate=jax.jit(steps_lib.make_evaluate(model, EVAL_BATCH_SIZE)),
+        diagnose=make_diagnose(model, data) if config.diagnostics_every else None,
+    )
+
+
+def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
+               progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+    """Trains from the initial state, or from the last checkpoint with ``resume``.
+
+    Writes ``metrics.jsonl`` as evaluation windows complete, a checkpoint every
+    ``checkpoint_every`` steps, and at the end the best model, ``summary.json`` and
+    ``curves.png``. Returns the summary, or ``{"stopped_at": step}`` (with ``"signal"`` after a
+    SIGTERM) when it stopped early; see :func:`train`.
+    """
+    config, placement = experiment.config, experiment.placement
+    manager = checkpoint.CheckpointManager(run_dir / "checkpoints")
+    host_state, wall_time = _initial_state(experiment, manager, resume)
+    step = saved_step = int(host_state.step)
+    state = placement.place_state(host_state)
+    window, stop = Window(), StopRequest()
+    with stop, workdir.MetricsLog(run_dir, step) as log, _ProgressBar(
+            config.num_steps, step, progress and distributed.is_primary()) as bar:
+        while step < config.num_steps:
+            stopping = stop.agreed()  # the same decision on every process
+            if _stops_here(step, config, stopping, stop_after):
+                break
+            diagnostics = None
+            if config.diagnostics_every and step % config.diagnostics_every == 0:
+                diagnostics = experiment.diagnose(placement.fetch(state))
+            start = time.perf_counter()
+            state, metrics = experiment.run_steps(
+                state, chunk_length(step, config, stopping=stopping))
+            rows = metric_rows(placement.fetch(metrics))
+            wall_time += time.perf_counter() - start
+            window, lines = fold_rows(window, rows, config, diagnostics)
+            log.write(lines)
+            bar.show(rows, lines)
+            step = rows[-1]["step"] + 1
+            if step % config.checkpoint_every == 0 or step == config.num_steps:
+                saved_step = _save(manager, placement.fetch(state), wall_time)
+        if step < config.num_steps and saved_step != step:
+            _save(manager, placement.fetch(state), wall_time)
+    if step < config.num_steps:
+        return {"stopped_at": step, **({"signal": "SIGTERM"} if stop.requested else {})}
+    return _finish(experiment, run_dir, placement.fetch(state), wall_time)
+
+
+def chunk_length(step: int, config: Config, *, stopping: bool = False) -> int:
+    """How many steps to run in one dispatch from ``step``.
+
+    At most ``steps_per_dispatch``; a dispatch never crosses a checkpoint, a diagnostics step or
+    the end of the run, nor, once a stop is requested, the end of the evaluation window.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.runner import chunk_length
+      >>> config = get_config("quick", steps_per_dispatch=30, eval_every=20,
+      ...                     checkpoint_every=100, num_steps=130)
+      >>> [chunk_length(s, config) for s in (0, 90, 120)]  # to the checkpoint; to the end
+      [30, 10, 10]
+      >>> chunk_length(30, config, stopping=True)  # to the end of the window [20, 40)
+      10
+    """
+    boundaries = [config.steps_per_dispatch, config.num_steps - step,
+                  config.checkpoint_every - step % config.checkpoint_every]
+    if stopping:
+        boundaries.append(config.eval_every - step % config.eval_every)
+    if config.diagnostics_every:
+        boundaries.append(config.diagnostics_every - step % config.diagnostics_every)
+    return min(boundaries)
+
+
+def metric_rows(metrics: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Per-step rows of Python numbers from stacked per-step metrics.
+
+    Example:
+      >>> import numpy as np
+      >>> from resetax.experiment.runner import metric_rows
+      >>> metric_rows({"step": np.array([4, 5]), "did_reset": np.array([False, True]),
+      ...              "train_loss": np.array([0.5, 0.25], np.float32)})
+      [{'step': 4, 'did_reset': False, 'train_loss': 0.5},
+       {'step': 5, 'did_reset': True, 'train_loss': 0.25}]
+    """
+    def python(v: np.ndarray):
+        if v.dtype == np.bool_:
+            return bool(v)
+        return int(v) if np.issubdtype(v.dtype, np.integer) else float(v)
+
+    return [{k: python(v[i]) for k, v in metrics.items()} for i in range(len(metrics["step"]))]
+
+
+class Window(NamedTuple):
+    """The evaluation window being accumulated: steps ``[start, start + eval_every)``.
+
+    Attributes:
+      start: The window's first step, where validation (and test) were measured; -1 before the
+        first window.
+      head: The window's measurements at ``start``: step, val_loss, val_acc, test_acc,
+        learning_rate, and the diagnostics when they ran there.
+      train_losses: The train losses of the window's steps so far.
+      reset_steps: The window's steps that reset.
+    """
+
+    start: int = -1
+    head: tuple[tuple[str, Any], ...] = ()
+    train_losses: tuple[float, ...] = ()
+    reset_steps: tuple[int, ...] = ()
+
+
+def fold_rows(window: Window, rows: list[dict[str, Any]], config: Config,
+              diagnostics: dict[str, float] | None = None) -> tuple[Window, list[dict[str, Any]]]:
+    """Folds per-step rows into evaluation windows; returns the open window and the closed lines.
+
+    A window starts at each step divisible by ``eval_every`` and ends before the next one (or at
+    the end of the run). Its line holds the measurements at its first step (validation and test,
+    the learning rate, the ``diagnostics`` if they were taken at that step), the mean train loss
+    of its steps, the steps that reset, and the resetting status after its last step.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.runner import Window, fold_rows
+      >>> config = get_config("quick", eval_every=2, num_steps=4)
+      >>> row = lambda step, loss, reset: dict(
+      ...     step=step, train_loss=loss, did_reset=reset, val_loss=1.0, val_acc=0.5,
+      ...     test_acc=0.5, learning_rate=0.1, active=True, num_resets=int(reset), distance=0.0)
+      >>> window, lines = fold_rows(Window(), [row(0, 2.0, False), row(1, 1.0, True),
+      ...                                      row(2, 0.5, False)], config)
+      >>> [(line["step"], line["train_loss"], line["reset_steps"]) for line in lines]
+      [(0, 1.5, [1])]
+      >>> window.start, window.train_losses  # steps 2 and 3 make the next window
+      (2, (0.5,))
+    """
+    lines = []
+    for row in rows:
+        if row["step"] % config.eval_every == 0:
+            head = {k: row[k] for k in ("step", "val_loss", "val_acc", "test_acc",
+                                        "learning_rate")}
+            if diagnostics is not None and row["step"] == rows[0]["step"]:
+                head.update(diagnostics)
+            window = Window(start=row["step"], head=tuple(head.items()))
+        window = window._replace(
+            train_losses=(*window.train_losses, row["train_loss"]),
+            reset_steps=(*window.reset_steps, row["step"]) if row["did_reset"]
+            else window.reset_steps)
+        end = row["step"] + 1
+        if end % config.eval_every == 0 or end == config.num_steps:
+            lines.append({**dict(window.head), "reset_steps": list(window.reset_steps),
+                          "train_loss": float(np.mean(window.train_losses)),
+                          "active": row["active"], "num_resets": row["num_resets"],
+                          "distance": row["distance"]})
+    return window, lines
+
+
+def summarize(experiment: Experiment, final: steps_lib.TrainState,
+              wall_time: float) -> dict[str, Any]:
+    """The run's ``summary.json``: the best-validation model's metrics, measured anew.
+
+    Returns best step, best validation loss and accuracy, the test accuracy of the best model and
+    of the last params, the number of resets, steps, wall time and devices.
+    """
+    from resetax import find_resetting_state
+
+    def measure(params, batch_stats, split):
+        return experiment.evaluate(params, batch_stats, split.inputs, split.labels,
+                                   np.ones(len(split), np.float32))
+
+    data = experiment.data
+    best_val_loss, best_val_acc = measure(final.best_params, final.best_batch_stats, data.val)
+    _, best_test_acc = measure(final.best_params, final.best_batch_stats, data.test)
+    _, last_test_acc = measure(final.params, final.batch_stats, data.test)
+    devices = experiment.placement.devices
+    return {
+        "best_step": int(final.best_step),
+        "best_val_loss": float(best_val_loss),
+        "best_val_acc": float(best_val_acc),
+        "test_acc": float(best_test_acc),
+        "last_test_acc": float(last_test_acc),
+        "num_resets": int(find_resetting_state(final.opt_state).num_resets),
+        "reset_prob": experiment.config.reset_prob,
+        "num_steps": int(final.step),
+        "wall_time_s": round(wall_time, 3),
+        "device": f"{len(devices)}x {devices[0].platform}:{devices[0].device_kind}",
+        "num_processes": jax.process_count(),
+        "parallel": experiment.config.parallel,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where the state and the data live, and how the steps are compiled for them.
+
+    One ``Mesh`` over the devices, with axis ``"data"``. The default (``pmap=False``) jits the
+    steps over it: state replicated, evaluation sets sharded, the batch sharded inside the step.
+    With ``pmap=True`` the same steps run under ``jax.pmap`` on a copy of the state per device
+    (stacked along a leading axis) with cross-replica BatchNorm.
+
+    Example:
+      >>> import numpy as np
+      >>> from resetax.experiment.runner import Placement
+      >>> placement = Placement(tuple(jax.devices()[:2]), pmap=True)
+      >>> state = placement.place_state({"w": np.ones(3)})
+      >>> state["w"].shape, placement.fetch(state)["w"].shape  # a copy per device; one back
+      ((2, 3), (3,))
+    """
+
+    devices: tuple
+    pmap: bool = False
+
+    @property
+    def axis_name(self) -> str | None:
+        return "data" if self.pmap else None
+
+    @property
+    def mesh(self) -> Mesh:
+        return Mesh(np.array(self.devices), ("data",))
+
+    @property
+    def batch_sharding(self) -> NamedSharding | None:
+        return None if self.pmap else NamedSharding(self.mesh, P("data"))
+
+    def place_state(self, host_state: Any) -> Any:
+        """Puts a host pytree on the devices: replicated, or one copy per device under pmap."""
+        if self.pmap:
+            n = len(self.devices)
+            stacked = jax.tree.map(lambda x: np.broadcast_to(x, (n, *np.shape(x))), host_state)
+            return jax.device_put(stacked, NamedSharding(self.mesh, P("data")))
+        return jax.device_put(host_state, NamedSharding(self.mesh, P()))
+
+    def fetch(self, tree: Any) -> Any:
+        """The host copy (numpy) of a placed pytree; under pmap, replica 0's."""
+        if self.pmap:
+            tree = jax.tree.map(lambda x: x[0], tree)
+        return jax.tree.map(np.asarray, jax.device_get(tree))
+
+    def place_data(self, data: ExperimentData) -> steps_lib.DeviceData:
+        """The training split replicated, the evaluation splits padded and split over devices."""
+        n = len(self.devices)
+
+        def pad(split):
+            multiple = n * EVAL_BATCH_SIZE if len(split) > n * EVAL_BATCH_SIZE else n
+            return pad_eval_set(split.inputs, split.labels, multiple)
+
+        train = (data.train.inputs, data.train.labels.astype(np.int32))
+        sharded = NamedSharding(self.mesh, P("data"))
+        if self.pmap:
+            stack = lambda a: np.broadcast_to(a, (n, *a.shape))  # noqa: E731
+            split = lambda a: a.reshape(n, -1, *a.shape[1:])  # noqa: E731
+            return jax.device_put(steps_lib.DeviceData(
+                *map(stack, train), *map(split, pad(data.val)), *map(split, pad(data.test))),
+                sharded)
+        return steps_lib.DeviceData(
+            *jax.device_put(train, NamedSharding(self.mesh, P())),
+            *jax.device_put(pad(data.val), sharded), *jax.device_put(pad(data.test), sharded))
+
+    def compile(self, chunk: Callable) -> Callable:
+        """Compiles ``chunk(state, data, num_steps)`` for this placement (the state donated)."""
+        if self.pmap:
+            return jax.pmap(chunk, axis_name=self.axis_name, static_broadcasted_argnums=2,
+                            donate_argnums=0, devices=self.devices)
+        return jax.jit(chunk, static_argnums=2, donate_argnums=0,
+                       out_shardings=NamedSharding(self.mesh, P()))
+
+
+def make_diagnose(model: Any, data: ExperimentData) -> Callable:
+    """Returns ``diagnose(host_state) -> dict``: latent-gradient-bias diagnostics on the
+    training set (its first ``DIAGNOSTICS_SAMPLES`` examples) at the state's params.
+
+    The keys are ``grad_*`` (cosines and norms of the correct-label and wrong-label gradient
+    parts, :class:`resetax.diagnostics.GradientAlignment`) and ``mem_*`` (memorization fractions,
+    :class:`resetax.diagnostics.MemorizationFractions`). Each process computes them on its own
+    first device.
+    """
+    from resetax import diagnostics
+
+    train = data.train
+    if train.clean_labels is None:
+        raise ValueError("diagnostics_every needs a dataset with known clean labels.")
+    n = min(len(train), DIAGNOSTICS_SAMPLES)
+    x = jnp.asarray(train.inputs[:n])
+    noisy, clean = jnp.asarray(train.labels[:n]), jnp.asarray(train.clean_labels[:n])
+
+    @jax.jit
+    def run(params, batch_stats):
+        def apply_fn(p, xb):
+            return model.apply({"params": p, "batch_stats": batch_stats}, preprocess(xb),
+                               train=False)
+
+        parts = diagnostics.decompose_gradients(
+            apply_fn, optax.softmax_cross_entropy_with_integer_labels, params, x, noisy,
+            noisy != clean, chunk_size=min(n, EVAL_BATCH_SIZE))
+        logits = jax.lax.map(lambda xb: apply_fn(params, xb[None])[0], x,
+                             batch_size=min(n, EVAL_BATCH_SIZE))
+        return parts.overall, diagnostics.memorization_fractions(logits, noisy, clean)
+
+    def diagnose(host_state: steps_lib.TrainState) -> dict[str, float]:
+        alignment, memorization = run(host_state.params, host_state.batch_stats)
+        out = {f"grad_{k}": float(v) for k, v in alignment._asdict().items()}
+        out.update({f"mem_{k}": float(v) for k, v in memorization._asdict().items()
+                    if not k.startswith("num_")})
+        return out
+
+    return diagnose
+
+
+def check_run(config: Config) -> ExperimentData:
+    """Every check that can run before a run writes anything; returns the loaded data.
+
+    The devices must split the batch, the dataset must be available, and the batch must fit in
+    the training split.
+
+    Example:
+      >>> from resetax.experiment import runner
+      >>> from resetax.experiment.config import get_config
+      >>> len(runner.check_run(get_config("quick", dataset="digits", model="mlp")).train)
+      1294
+      >>> runner.check_run(get_config("quick", dataset="digits", batch_size=4096))
+      Traceback (most recent call last):
+      ...
+      ValueError: batch_size (4096) must be at most the number of training examples (1294).
+    """
+    check_devices(config)
+    data = load_data(config)
+    if config.batch_size > len(data.train):
+        raise ValueError(f"batch_size ({config.batch_size}) must be at most the number of "
+                         f"training examples ({len(data.train)}).")
+    return data
 
 
 def check_devices(config: Config) -> None:
@@ -100,285 +489,86 @@ def check_devices(config: Config) -> None:
     if config.batch_size % num_devices:
         raise ValueError(
             f"batch_size ({config.batch_size}) must be divisible by the number of devices "
-            f"({num_devices})."
-        )
+            f"({num_devices}).")
 
 
-def write_config(run_dir: Path, config: Config) -> None:
-    """Writes ``config.json``, from which a run is resumed (see :func:`load_config`).
+class StopRequest:
+    """Turns a SIGTERM (preemption, ``kill``, a scheduler's time limit) into a clean stop.
 
-    Example:
-      >>> import json, tempfile
-      >>> from pathlib import Path
-      >>> from resetax.experiment import runner
-      >>> from resetax.experiment.config import get_config
-      >>> run_dir = Path(tempfile.mkdtemp())
-      >>> runner.write_config(run_dir, get_config("quick"))
-      >>> json.loads((run_dir / "config.json").read_text())["dataset"]
-      'mnist1d'
-    """
-    _write_json(Path(run_dir) / CONFIG_FILE, dataclasses.asdict(config))
-
-
-def prepare_run_dir(run_dir: Path, config: Config, *, overwrite: bool) -> None:
-    """Creates the run directory and its ``config.json``, once every process has checked it.
-
-    In a multi-process run, process 0 writes (the run directory must be on a filesystem all
-    hosts share) and the others wait for it.
+    The run goes on to the end of its evaluation window, saves a checkpoint there and returns, so
+    ``--resume`` loses nothing. A second SIGTERM terminates at once (the run then resumes from its
+    last periodic checkpoint). Outside the main thread no handler can be installed and SIGTERM
+    keeps its default action.
 
     Example:
-      >>> import tempfile
-      >>> from pathlib import Path
-      >>> from resetax.experiment import runner
-      >>> from resetax.experiment.config import get_config
-      >>> run_dir = Path(tempfile.mkdtemp()) / "run"
-      >>> runner.prepare_run_dir(run_dir, get_config("quick"), overwrite=False)
-      >>> sorted(p.name for p in run_dir.iterdir())
-      ['config.json']
+      >>> import signal
+      >>> from resetax.experiment.runner import StopRequest
+      >>> with StopRequest() as stop:
+      ...     signal.raise_signal(signal.SIGTERM)  # handled: the run would stop at its window end
+      ...     stop.requested, stop.agreed()
+      (True, True)
     """
-    distributed.barrier("resetax: run directory checked")
+
+    def __init__(self):
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, _handler_or_default(self._previous))
+            self._installed = False
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            signal.signal(signal.SIGTERM, _handler_or_default(self._previous))
+            signal.raise_signal(signal.SIGTERM)
+        self.requested = True
+
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop (a collective in a multi-process run)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.array(self.requested, np.int32))
+        return bool(np.max(flags))
+
+
+def _stops_here(step: int, config: Config, stopping: bool, stop_after: int | None) -> bool:
+    """Whether the loop stops before ``step``: only ever at the start of an evaluation window."""
+    if step % config.eval_every:
+        return False
+    return stopping or (stop_after is not None and step >= stop_after)
+
+
+def _initial_state(experiment: Experiment, manager: checkpoint.CheckpointManager,
+                   resume: bool) -> tuple[steps_lib.TrainState, float]:
+    if resume and manager.latest_step() is not None:
+        state, meta = manager.restore(experiment.init_state)
+        return state, meta["wall_time"]
+    return experiment.init_state, 0.0
+
+
+def _save(manager: checkpoint.CheckpointManager, host_state: Any, wall_time: float) -> int:
+    manager.save(host_state, {"wall_time": wall_time})
+    return int(host_state.step)
+
+
+def _finish(experiment: Experiment, run_dir: Path, final: steps_lib.TrainState,
+            wall_time: float) -> dict[str, Any]:
+    checkpoint.save_best(run_dir / "best", final.best_params, final.best_batch_stats)
+    summary = summarize(experiment, final, wall_time)
     if distributed.is_primary():
-        if overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(run_dir, config)
-    distributed.barrier("resetax: run directory prepared")
-
-
-def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False,
-          overwrite: bool = False, progress: bool = True, stop_after: int | None = None
-          ) -> dict[str, Any]:
-    """Trains one run and writes its directory; returns the summary.
-
-    Every check (config, run directory, device count, dataset availability) happens before
-    anything is written. With ``resume=True`` the run continues from its last checkpoint and ends
-    identical to an uninterrupted one. ``stop_after`` stops (after a checkpoint) once that many
-    steps are done, as an interruption would. A SIGTERM stops the run at the end of the current
-    evaluation window, after a checkpoint; the result is then
-    ``{"stopped_at": step, "signal": "SIGTERM"}``.
-
-    Example:
-      >>> import tempfile
-      >>> from pathlib import Path
-      >>> from resetax.experiment import runner
-      >>> from resetax.experiment.config import get_config
-      >>> config = get_config("quick", dataset="digits", model="mlp", num_steps=40,
-      ...                     eval_every=10, steps_per_dispatch=10, checkpoint_every=20,
-      ...                     reset_prob=0.1, patience=0)
-      >>> run_dir = Path(tempfile.mkdtemp()) / "run"
-      >>> runner.train(config, run_dir, progress=False, stop_after=20)  # as if interrupted
-      {'stopped_at': 20}
-      >>> summary = runner.train(config, run_dir, progress=False, resume=True)
-      >>> summary["num_steps"], summary["num_resets"] > 0, 0 <= summary["test_acc"] <= 1
-      (40, True, True)
-      >>> sorted(p.name for p in run_dir.iterdir())
-      ['best', 'checkpoints', 'config.json', 'curves.png', 'metrics.jsonl', 'summary.json']
-    """
-    validate(config)
-    run_dir = check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    if resume:
-        saved = load_config(run_dir)
-        if saved != config:
-            changed = [f.name for f in dataclasses.fields(Config)
-                       if getattr(saved, f.name) != getattr(config, f.name)]
-            raise ValueError(f"cannot resume {str(run_dir)!r} with a different config: {changed}.")
-    check_devices(config)
-    data = load_data(config)
-    prepare_run_dir(run_dir, config, overwrite=overwrite)
-    experiment = _Experiment(config, data)
-    return experiment.run(run_dir, resume=resume, progress=progress, stop_after=stop_after)
-
-
-class _Experiment:
-    """Builds the model, optimizer and device placement of one config."""
-
-    def __init__(self, config: Config, data):
-        from resetax import models
-
-        self.config, self.data = config, data
-        pmap = config.parallel == "pmap"
-        self.axis_name = "data" if pmap else None
-        self.model = models.get_model(config.model, data.num_classes, axis_name=self.axis_name)
-        self.loss_fn, loss_state = steps_lib.make_loss(config, len(data.train), data.num_classes)
-        self.devices = _devices(config)
-        n = len(self.devices)
-        sample = jnp.asarray(data.train.inputs[:1])
-        params_shape = jax.eval_shape(
-            lambda: steps_lib.init_state(config, _unsynced(self.model), _NoOpt(), sample).params)
-        self.tx = steps_lib.make_optimizer(config, params_shape)
-        self.host_state = steps_lib.init_state(config, _unsynced(self.model), self.tx, sample,
-                                               loss_state)
-
-        multiple = n * EVAL_BATCH_SIZE if len(data.val) > n * EVAL_BATCH_SIZE else n
-        val = pad_eval_set(data.val.inputs, data.val.labels, multiple)
-        multiple = n * EVAL_BATCH_SIZE if len(data.test) > n * EVAL_BATCH_SIZE else n
-        test = pad_eval_set(data.test.inputs, data.test.labels, multiple)
-        train = (data.train.inputs, data.train.labels.astype(np.int32))
-        mesh = Mesh(np.array(self.devices), ("data",))
-        self.replicated = NamedSharding(mesh, P())
-        sharded = NamedSharding(mesh, P("data"))
-        if pmap:
-            stack = lambda a: np.broadcast_to(a, (n, *a.shape))  # noqa: E731
-            split = lambda a: a.reshape(n, -1, *a.shape[1:])  # noqa: E731
-            self.device_data = jax.device_put(steps_lib.DeviceData(
-                *map(stack, train), *map(split, val), *map(split, test)), sharded)
-            chunk = steps_lib.make_train_chunk(
-                config, self.model, self.tx, self.loss_fn, len(data.train), axis_name="data",
-                eval_batch_size=EVAL_BATCH_SIZE)
-            self._run = jax.pmap(chunk, axis_name="data", static_broadcasted_argnums=2,
-                                 donate_argnums=0, devices=self.devices)
-        else:
-            self.device_data = steps_lib.DeviceData(
-                *jax.device_put(train, self.replicated), *jax.device_put(val, sharded),
-                *jax.device_put(test, sharded))
-            chunk = steps_lib.make_train_chunk(
-                config, self.model, self.tx, self.loss_fn, len(data.train),
-                batch_sharding=sharded, eval_batch_size=EVAL_BATCH_SIZE)
-            self._run = jax.jit(chunk, static_argnums=2, donate_argnums=0,
-                                out_shardings=self.replicated)
-        self._diagnose = None
-        self.evaluate = jax.jit(steps_lib.make_evaluate(_unsynced(self.model), None,
-                                                        EVAL_BATCH_SIZE))
-
-    def place(self, host_state):
-        if self.axis_name is not None:  # one copy per device along a leading axis
-            n = len(self.devices)
-            stacked = jax.tree.map(lambda x: np.broadcast_to(x, (n, *np.shape(x))), host_state)
-            return jax.device_put(stacked, NamedSharding(self.replicated.mesh, P("data")))
-        return jax.device_put(host_state, self.replicated)
-
-    def fetch(self, tree):
-        if self.axis_name is not None:
-            tree = jax.tree.map(lambda x: x[0], tree)
-        return jax.tree.map(np.asarray, jax.device_get(tree))
-
-    def run(self, run_dir: Path, *, resume: bool, progress: bool, stop_after: int | None):
-        from resetax.experiment import checkpoint, report
-
-        config = self.config
-        manager = checkpoint.CheckpointManager(run_dir / "checkpoints")
-        host_state, wall_time, saved_step = self.host_state, 0.0, None
-        primary = distributed.is_primary()  # the one process that writes files
-        metrics_path = run_dir / METRICS_FILE
-        if resume and manager.latest_step() is not None:
-            host_state, meta = manager.restore(host_state)
-            wall_time, saved_step = meta["wall_time"], int(host_state.step)
-            if primary:
-                _truncate_metrics(metrics_path, int(host_state.step))
-        elif primary and metrics_path.exists():
-            metrics_path.unlink()
-        state = self.place(host_state)
-        step = int(host_state.step)
-        bar = _progress_bar(config.num_steps, step, progress and primary)
-        window: dict[str, Any] = {}
-        signalled = _StopRequest()
-        with signalled, open(metrics_path if primary else os.devnull, "a") as metrics_file:
-            while step < config.num_steps:
-                if stop_after is not None and step >= stop_after:
-                    break
-                stopping = signalled.agreed()  # the same decision on every process
-                if stopping and step % config.eval_every == 0:
-                    if saved_step != step:
-                        manager.save(self.fetch(state), {"wall_time": wall_time})
-                    break
-                start = time.perf_counter()
-                length = min(config.steps_per_dispatch, config.num_steps - step,
-                             config.checkpoint_every - step % config.checkpoint_every)
-                if stopping:  # run on to the end of the evaluation window only
-                    length = min(length, config.eval_every - step % config.eval_every)
-                if config.diagnostics_every:
-                    every = config.diagnostics_every
-                    length = min(length, every - step % every)
-                    if step % every == 0:
-                        window["diagnostics"] = self.diagnose(state)
-                state, metrics = self._run(state, self.device_data, length)
-                metrics = self.fetch(metrics)
-                wall_time += time.perf_counter() - start
-                for row in _rows(metrics):
-                    line = _window_line(window, row, config)
-                    if line is not None:
-                        metrics_file.write(json.dumps(line) + "\n")
-                        bar.set_postfix(loss=f"{line['train_loss']:.3f}",
-                                        val=f"{line['val_loss']:.3f}",
-                                        resets=line["num_resets"], refresh=False)
-                metrics_file.flush()
-                step += length
-                bar.update(length)
-                if step % config.checkpoint_every == 0 or step == config.num_steps:
-                    manager.save(self.fetch(state), {"wall_time": wall_time})
-                    saved_step = step
-        bar.close()
-        if step < config.num_steps:
-            return {"stopped_at": step, **({"signal": "SIGTERM"} if signalled.requested else {})}
-        final = self.fetch(state)
-        checkpoint.save_best(run_dir / "best", final.best_params, final.best_batch_stats)
-        summary = self.summarize(final, wall_time)
-        if primary:
-            _write_json(run_dir / SUMMARY_FILE, summary)
-            report.plot_run(run_dir)
-        return summary
-
-    def diagnose(self, state) -> dict[str, float]:
-        """Latent-gradient-bias diagnostics at the current params, on the training set."""
-        from resetax import diagnostics
-
-        if self._diagnose is None:
-            train = self.data.train
-            if train.clean_labels is None:
-                raise ValueError("diagnostics_every needs a dataset with known clean labels.")
-            model = _unsynced(self.model)
-            n = min(len(train), DIAGNOSTICS_SAMPLES)
-            x = jnp.asarray(train.inputs[:n])
-            noisy, clean = jnp.asarray(train.labels[:n]), jnp.asarray(train.clean_labels[:n])
-
-            def run(params, batch_stats):
-                def apply_fn(p, xb):
-                    return model.apply({"params": p, "batch_stats": batch_stats}, preprocess(xb),
-                                       train=False)
-
-                loss = lambda logits, y: optax.softmax_cross_entropy_with_integer_labels(  # noqa: E731
-                    logits, y)
-                parts = diagnostics.decompose_gradients(
-                    apply_fn, loss, params, x, noisy, noisy != clean,
-                    chunk_size=min(n, EVAL_BATCH_SIZE))
-                logits = jax.lax.map(lambda xb: apply_fn(params, xb[None])[0], x,
-                                     batch_size=min(n, EVAL_BATCH_SIZE))
-                return parts.overall, diagnostics.memorization_fractions(logits, noisy, clean)
-
-            self._diagnose = jax.jit(run)
-        host = self.fetch(state)  # computed by each process on its own first device
-        alignment, memorization = self._diagnose(host.params, host.batch_stats)
-        out = {f"grad_{k}": float(v) for k, v in alignment._asdict().items()}
-        out.update({f"mem_{k}": float(v) for k, v in memorization._asdict().items()
-                    if not k.startswith("num_")})
-        return out
-
-    def summarize(self, final, wall_time: float) -> dict[str, Any]:
-        from resetax import find_resetting_state
-
-        test = self.data.test
-        x, y, w = pad_eval_set(test.inputs, test.labels, 1)
-        _, best_test_acc = self.evaluate(final.best_params, final.best_batch_stats, x, y, w)
-        _, last_test_acc = self.evaluate(final.params, final.batch_stats, x, y, w)
-        vx, vy, vw = pad_eval_set(self.data.val.inputs, self.data.val.labels, 1)
-        best_val_loss, best_val_acc = self.evaluate(
-            final.best_params, final.best_batch_stats, vx, vy, vw)
-        resetting = find_resetting_state(final.opt_state)
-        device = self.devices[0]
-        return {
-            "best_step": int(final.best_step),
-            "best_val_loss": float(best_val_loss),
-            "best_val_acc": float(best_val_acc),
-            "test_acc": float(best_test_acc),
-            "last_test_acc": float(last_test_acc),
-            "num_resets": int(resetting.num_resets),
-            "reset_prob": self.config.reset_prob,
-            "num_steps": int(final.step),
-            "wall_time_s": round(wall_time, 3),
-            "device": f"{len(self.devices)}x {device.platform}:{device.device_kind}",
-            "num_processes": jax.process_count(),
-            "parallel": self.config.parallel,
-        }
+        workdir.write_json(run_dir / workdir.SUMMARY_FILE, summary)
+        report.plot_run(run_dir)
+    return summary
 
 
 def _devices(config: Config) -> list:
@@ -398,120 +588,28 @@ def _devices(config: Config) -> list:
     return devices
 
 
-class _StopRequest:
-    """Turns a SIGTERM (preemption, ``kill``, a scheduler's time limit) into a clean stop.
-
-    The run goes on to the end of its evaluation window, saves a checkpoint there and returns, so
-    ``--resume`` loses nothing. A second SIGTERM terminates at once (the run then resumes from its
-    last periodic checkpoint). Outside the main thread no handler can be installed and SIGTERM
-    keeps its default action.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous: Any = None
-        self._installed = False
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-            self._installed = True
-        return self
-
-    def __exit__(self, *exc_info):
-        if self._installed:
-            signal.signal(signal.SIGTERM, _handler_or_default(self._previous))
-            self._installed = False
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            signal.signal(signal.SIGTERM, _handler_or_default(self._previous))
-            signal.raise_signal(signal.SIGTERM)
-        self.requested = True
-
-    def agreed(self) -> bool:
-        """Whether any process was asked to stop (a collective in a multi-process run)."""
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
-
-        flags = multihost_utils.process_allgather(np.array(self.requested, np.int32))
-        return bool(np.max(flags))
-
-
 def _handler_or_default(handler):
     return signal.SIG_DFL if handler is None else handler
 
 
-class _NoOpt:
-    """Stands in for the optimizer when only the parameter shapes are needed."""
+class _ProgressBar:
+    """A tqdm bar over steps, with the last window's losses and the resets."""
 
-    def init(self, params):
-        return None
+    def __init__(self, total: int, initial: int, enabled: bool):
+        from tqdm.auto import tqdm
 
+        self._bar = tqdm(total=total, initial=initial, disable=not enabled, unit="step",
+                         dynamic_ncols=True)
 
-def _unsynced(model):
-    """The same model without a BatchNorm axis name, for work outside ``pmap``."""
-    if getattr(model, "axis_name", None) is None:
-        return model
-    return model.clone(axis_name=None)
+    def __enter__(self) -> _ProgressBar:
+        return self
 
+    def __exit__(self, *exc_info) -> None:
+        self._bar.close()
 
-def _rows(metrics: dict[str, np.ndarray]):
-    keys = list(metrics)
-    for i in range(len(metrics["step"])):
-        row = {}
-        for k in keys:
-            v = metrics[k][i]
-            row[k] = bool(v) if v.dtype == np.bool_ else (
-                int(v) if np.issubdtype(v.dtype, np.integer) else float(v))
-        yield row
-
-
-def _window_line(window: dict[str, Any], row: dict[str, Any], config: Config):
-    """Folds one step's metrics into the current evaluation window; returns it once complete.
-
-    A window starts at an evaluation step ``s`` (validation and test metrics at the params step
-    ``s`` starts from) and covers steps ``[s, s + eval_every)``: the mean train loss, the steps
-    that reset, and the resetting status after the window's last update.
-    """
-    if math.isfinite(row["val_loss"]):
-        diagnostics = window.pop("diagnostics", None)
-        window.clear()
-        if diagnostics is not None and row["step"] % (config.diagnostics_every or 1) == 0:
-            window.update(diagnostics)
-        window.update(step=row["step"], val_loss=row["val_loss"], val_acc=row["val_acc"],
-                      test_acc=row["test_acc"], learning_rate=row["learning_rate"],
-                      train_losses=[], reset_steps=[])
-    window["train_losses"].append(row["train_loss"])
-    if row["did_reset"]:
-        window["reset_steps"].append(row["step"])
-    end = row["step"] + 1
-    if end % config.eval_every and end != config.num_steps:
-        return None
-    line = {k: v for k, v in window.items() if k != "train_losses"}
-    line.update(train_loss=float(np.mean(window["train_losses"])), active=row["active"],
-                num_resets=row["num_resets"], distance=row["distance"])
-    return line
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] < step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in lines))
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step",
-                dynamic_ncols=True)
+    def show(self, rows: list[dict[str, Any]], lines: list[dict[str, Any]]) -> None:
+        if lines:
+            last = lines[-1]
+            self._bar.set_postfix(loss=f"{last['train_loss']:.3f}", val=f"{last['val_loss']:.3f}",
+                                  resets=last["num_resets"], refresh=False)
+        self._bar.update(len(rows))
