@@ -339,10 +339,14 @@ def _trainer_run(params, grads, values, **fields):
 
 
 def _learning_rates_outside_resets(records, trace):
-    """With gradient 1 and no momentum an update is minus the learning rate (resets aside)."""
+    """With gradient 1 and no momentum an update is minus the learning rate (resets aside).
+
+    Returns the steps that reset in neither loop, resetax's rates there and the official ones.
+    """
     kept = ~records["did_reset"]
     kept[trace.reset_iters] = False
-    return -records["updates"][kept, 0].astype(np.float64), trace.learning_rates[kept]
+    steps = np.flatnonzero(kept)
+    return steps, -records["updates"][steps, 0].astype(np.float64), trace.learning_rates[steps]
 
 
 def test_trainer_transform_matches_the_official_loop():
@@ -370,7 +374,7 @@ def test_trainer_learning_rate_continues_through_resets():
     trace = official_loop(values, draws, tot_iter=_N, log_iter=_E, threshold_iter=_T,
                           reset_prob=_R, lr=0.1, scheduler_reset=0)
     assert records["did_reset"].sum() >= 10
-    ours, official = _learning_rates_outside_resets(records, trace)
+    _, ours, official = _learning_rates_outside_resets(records, trace)
     # float32 cosine against PyTorch's float64 recursion: at most 1.5e-8 apart (measured), so
     # atol 1e-7 for a peak of 0.1; any step of the schedule moves it by >= 2.5e-7.
     np.testing.assert_allclose(ours, official, rtol=1e-5, atol=1e-7)
@@ -389,8 +393,14 @@ def test_trainer_learning_rate_restore_matches_scheduler_reset_1():
     trace = official_loop(values, draws, tot_iter=_N, log_iter=_E, threshold_iter=_T,
                           reset_prob=_R, lr=0.1, scheduler_reset=1)
     assert np.flatnonzero(records["did_reset"]).tolist() == trace.reset_iters
-    ours, official = _learning_rates_outside_resets(records, trace)
-    np.testing.assert_allclose(ours, official, rtol=1e-5, atol=1e-7)
+    steps, ours, official = _learning_rates_outside_resets(records, trace)
+    # float32 rounds 1 + cos(pi t / N) to ~2**-23 absolute, a relative error of ~1e-7 / f(t)
+    # that grows towards the end of the schedule, where f(t) = 1 + cos(pi t / N) -> 0; a restored
+    # rate carries it, scaled up with the rate. Allowed: 1e-5 relative plus four such roundings.
+    # A prototype of the planned state used 12% of this; restoring the rate one step off moves it
+    # by ~1e-3 relative mid-schedule, not restoring it by a factor of 2.
+    f = 1 + np.cos(np.pi * steps / _N)
+    np.testing.assert_array_less(np.abs(ours - official), official * (1e-5 + 4 * 2.0**-23 / f))
 
 
 # The presets against the official command line (README.md of the official repository):
