@@ -6,6 +6,7 @@ import random
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -258,12 +259,23 @@ def test_mnist1d_is_generated_offline_and_cached(no_network, tmp_path, monkeypat
     np.testing.assert_array_equal(np.random.get_state()[1], numpy_state[1])  # noqa: NPY002
     assert len(list(tmp_path.iterdir())) == 1
 
-    def must_not_generate(args):
+    def must_not_generate(*args):
         raise AssertionError("the cached arrays should have been used")
 
     monkeypatch.setattr(sources, "_generate_mnist1d", must_not_generate)
     cached = data.load_mnist1d(split="train", num_samples=300, seed=1, cache_dir=tmp_path)
     np.testing.assert_array_equal(cached.inputs, train.inputs)
+
+
+def test_cached_mnist1d_loads_without_importing_the_generator(tmp_path):
+    # mnist1d imports scipy and matplotlib.pyplot: seconds at the start of every quick run.
+    data.load_mnist1d(split="test", num_samples=100, seed=3, cache_dir=tmp_path)
+    code = ("import sys; from resetax import data; ds = data.load_mnist1d(split='test', "
+            f"num_samples=100, seed=3, cache_dir={str(tmp_path)!r}); "
+            "print(len(ds), 'mnist1d' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[1]).stdout.split()
+    assert out == ["20", "False"]
 
 
 def test_mnist1d_depends_on_the_seed_only(tmp_path):

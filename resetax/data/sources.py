@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import os
 import random
@@ -207,20 +208,18 @@ def load_mnist1d(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
     _check_positive_int("num_samples", num_samples)
-    import mnist1d.data
-
-    args = mnist1d.data.get_dataset_args(as_dict=True)
-    args.update(num_samples=num_samples, seed=seed)
-    # The URL plays no part in generation and must not change the cache key.
-    args.pop("url", None)
-    key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
+    # The package's defaults, hence the arrays, are fixed by its version: the cache key needs no
+    # import of mnist1d (which imports scipy and matplotlib, seconds at every start).
+    version = importlib.metadata.version("mnist1d")
+    key = hashlib.sha256(json.dumps({"mnist1d": version, "num_samples": num_samples,
+                                     "seed": seed}, sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(_cache_dir(cache_dir), f"mnist1d-{key}.npz")
     arrays = None
     if cache and os.path.exists(path):
         with np.load(path) as stored:
             arrays = {k: stored[k] for k in stored.files}
     if arrays is None:
-        arrays = _generate_mnist1d(args)
+        arrays = _generate_mnist1d(num_samples, seed)
         if cache:
             _save_atomically(path, arrays)
     suffix = "" if split == "train" else "_test"
@@ -347,10 +346,12 @@ def _not_prepared_message(name: str, data_dir_root, spec: _TfdsSpec) -> str:
     return message
 
 
-def _generate_mnist1d(args: dict) -> dict[str, np.ndarray]:
+def _generate_mnist1d(num_samples: int, seed: int) -> dict[str, np.ndarray]:
     import mnist1d.data
     from mnist1d.utils import ObjectView
 
+    args = mnist1d.data.get_dataset_args(as_dict=True)
+    args.update(num_samples=num_samples, seed=seed)
     # make_dataset seeds the global `random` and `np.random` generators; callers' streams must
     # not change because a dataset was built.
     python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002
