@@ -11,6 +11,7 @@ PARALLEL_MODES = ("sharded", "pmap")
 SELECT_BY = ("loss", "accuracy")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
+DISPATCH = ("auto", "scan", "step")
 
 
 def _field(default: Any, help: str) -> Any:
@@ -65,7 +66,14 @@ class Config:
     eval_test: bool = _field(
         True, "Also measure test accuracy at every evaluation (a full test pass each time; the "
               "summary's test accuracies are measured at the end either way).")
-    steps_per_dispatch: int = _field(20, "Steps fused into one device call with lax.scan.")
+    dispatch: str = _field(
+        "auto", "How steps reach the devices: scan (steps_per_dispatch steps fused into one call "
+                "with lax.scan), step (one call per step, from Python), or auto: step on CPUs, "
+                "where XLA runs convolutions inside a loop body several times slower, scan "
+                "elsewhere.")
+    steps_per_dispatch: int = _field(
+        20, "Steps per device call with dispatch=scan; with dispatch=step, steps between two "
+            "reads of the metrics.")
     reset_prob: float = _field(0.03, "Reset probability per step once resetting is on; 0 is the "
                                      "baseline.")
     patience: int | None = _field(
@@ -201,6 +209,7 @@ def _check_choices(config: Config) -> None:
     _one_of("schedule", config.schedule, SCHEDULES)
     _one_of("select_by", config.select_by, SELECT_BY)
     _one_of("parallel", config.parallel, PARALLEL_MODES)
+    _one_of("dispatch", config.dispatch, DISPATCH)
     for field in dataclasses.fields(config):
         if field.type == "bool" and not isinstance(getattr(config, field.name), bool):
             raise ValueError(

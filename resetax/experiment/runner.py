@@ -86,9 +86,10 @@ class Experiment:
       device_data: The splits on the devices, for the whole run.
       train_chunk: ``train_chunk(state, data, num_steps) -> (state, metrics)``, the fused steps
         before compilation (:func:`~resetax.experiment.steps.make_train_chunk`).
-      run_steps: ``run_steps(state, num_steps) -> (state, metrics)``: ``num_steps`` train steps
-        on the placed state, with the evaluations that fall in them; ``metrics`` has one entry per
-        step (see :func:`~resetax.experiment.steps.make_train_chunk`).
+      run_steps: ``run_steps(state, step, num_steps) -> (state, metrics)``: ``num_steps`` train
+        steps from ``step`` on the placed state, with the evaluations that fall in them;
+        ``metrics`` has one entry per step (see :func:`~resetax.experiment.steps.fuse_steps`).
+        Either one fused call or one call per step (:func:`dispatch_mode`).
       evaluate: ``evaluate(params, batch_stats, x, y, weight) -> (loss, accuracy)``, jitted.
       diagnose: ``diagnose(host_state) -> dict``, the latent-gradient-bias diagnostics on the
         training set; None unless ``config.diagnostics_every``.
@@ -117,7 +118,7 @@ def setup(config: Config, data: ExperimentData) -> Experiment:
       ...                     steps_per_dispatch=5)
       >>> experiment = runner.setup(config, runner.load_data(config))
       >>> state = experiment.placement.place_state(experiment.init_state)
-      >>> state, metrics = experiment.run_steps(state, 5)
+      >>> state, metrics = experiment.run_steps(state, 0, 5)  # steps 0 to 4
       >>> int(experiment.placement.fetch(state).step), metrics["step"].tolist()
       (5, [0, 1, 2, 3, 4])
       >>> len(experiment.placement.devices), experiment.device_data.val_x.shape[0] % 2
@@ -131,20 +132,46 @@ def setup(config: Config, data: ExperimentData) -> Experiment:
     params = jax.eval_shape(lambda x: steps_lib.init_variables(config, model, x), sample)
     tx = steps_lib.make_optimizer(config, params["params"])
     loss_fn, loss_state = steps_lib.make_loss(config, len(data.train), data.num_classes)
-    chunk = steps_lib.make_train_chunk(
-        config, models.get_model(config.model, data.num_classes, axis_name=placement.axis_name),
-        tx, loss_fn, len(data.train), replicas=steps_lib.Replicas(placement.axis_name),
-        batch_sharding=placement.batch_sharding, eval_batch_size=EVAL_BATCH_SIZE)
+    replicas = steps_lib.Replicas(placement.axis_name)
+    synced = models.get_model(config.model, data.num_classes, axis_name=placement.axis_name)
+    train_step = steps_lib.make_train_step(config, synced, tx, loss_fn, len(data.train),
+                                           replicas=replicas,
+                                           batch_sharding=placement.batch_sharding)
+    eval_step = steps_lib.make_eval_step(config, synced, EVAL_BATCH_SIZE, replicas)
+    chunk = steps_lib.fuse_steps(train_step, eval_step, config.eval_every)
     device_data = placement.place_data(data)
-    compiled = placement.compile(chunk)
+    if dispatch_mode(config) == "scan":
+        run_steps = placement.compile_chunk(chunk, device_data)
+    else:
+        run_steps = placement.compile_steps(train_step, eval_step, config.eval_every,
+                                            device_data)
     return Experiment(
         config=config, data=data, model=model, tx=tx,
         init_state=jax.device_get(steps_lib.init_state(config, model, tx, sample, loss_state)),
-        placement=placement, device_data=device_data, train_chunk=chunk,
-        run_steps=lambda state, num_steps: compiled(state, device_data, num_steps),
+        placement=placement, device_data=device_data, train_chunk=chunk, run_steps=run_steps,
         evaluate=jax.jit(steps_lib.make_evaluate(model, EVAL_BATCH_SIZE)),
         diagnose=make_diagnose(model, data) if config.diagnostics_every else None,
     )
+
+
+def dispatch_mode(config: Config) -> str:
+    """``config.dispatch``, with ``auto`` resolved for the default backend.
+
+    On CPUs each step is its own call (XLA:CPU runs convolutions inside a ``lax.scan`` body
+    several times slower than in straight-line code, see ``benchmarks/README.md``); on
+    accelerators ``steps_per_dispatch`` steps are fused with ``lax.scan`` (no per-step launch).
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.runner import dispatch_mode
+      >>> dispatch_mode(get_config("quick"))  # the tests run on CPU
+      'step'
+      >>> dispatch_mode(get_config("quick", dispatch="scan"))
+      'scan'
+    """
+    if config.dispatch != "auto":
+        return config.dispatch
+    return "step" if jax.default_backend() == "cpu" else "scan"
 
 
 def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
@@ -173,7 +200,7 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
                 diagnostics = experiment.diagnose(placement.fetch(state))
             start = time.perf_counter()
             state, metrics = experiment.run_steps(
-                state, chunk_length(step, config, stopping=stopping))
+                state, step, chunk_length(step, config, stopping=stopping))
             rows = metric_rows(placement.fetch(metrics))
             wall_time += time.perf_counter() - start
             window, lines = fold_rows(window, rows, config, diagnostics)
@@ -396,13 +423,45 @@ class Placement:
             *jax.device_put(train, NamedSharding(self.mesh, P())),
             *jax.device_put(pad(data.val), sharded), *jax.device_put(pad(data.test), sharded))
 
-    def compile(self, chunk: Callable) -> Callable:
-        """Compiles ``chunk(state, data, num_steps)`` for this placement (the state donated)."""
+    def compile_chunk(self, chunk: Callable, data: steps_lib.DeviceData) -> Callable:
+        """``run_steps(state, step, num_steps)`` as one call of ``chunk(state, data, num_steps)``
+        (fused steps, :func:`~resetax.experiment.steps.fuse_steps`); the state is donated."""
         if self.pmap:
-            return jax.pmap(chunk, axis_name=self.axis_name, static_broadcasted_argnums=2,
-                            donate_argnums=0, devices=self.devices)
-        return jax.jit(chunk, static_argnums=2, donate_argnums=0,
-                       out_shardings=NamedSharding(self.mesh, P()))
+            compiled = jax.pmap(chunk, axis_name=self.axis_name, static_broadcasted_argnums=2,
+                                donate_argnums=0, devices=self.devices)
+        else:
+            compiled = jax.jit(chunk, static_argnums=2, donate_argnums=0,
+                               out_shardings=NamedSharding(self.mesh, P()))
+        return lambda state, step, num_steps: compiled(state, data, num_steps)
+
+    def compile_steps(self, train_step: Callable, eval_step: Callable, eval_every: int,
+                      data: steps_lib.DeviceData) -> Callable:
+        """``run_steps(state, step, num_steps)`` as one call per step, dispatched from Python.
+
+        The calls run asynchronously: the host only waits when the metrics are read, once per
+        ``run_steps``. Returns the metrics of each step stacked on the host, as
+        :meth:`compile_chunk`'s.
+        """
+        if self.pmap:
+            train = jax.pmap(train_step, axis_name=self.axis_name, donate_argnums=0,
+                             devices=self.devices)
+            evaluate = jax.pmap(eval_step, axis_name=self.axis_name, devices=self.devices)
+        else:
+            replicated = NamedSharding(self.mesh, P())
+            train = jax.jit(train_step, donate_argnums=0, out_shardings=replicated)
+            evaluate = jax.jit(eval_step, out_shardings=replicated)
+        missing = self.place_state(steps_lib.Evaluation.missing())
+
+        def run_steps(state, step: int, num_steps: int):
+            metrics = []
+            for s in range(step, step + num_steps):
+                evaluation = evaluate(state, data) if s % eval_every == 0 else missing
+                state, step_metrics = train(state, data, evaluation)
+                metrics.append(step_metrics)
+            axis = 1 if self.pmap else 0  # after the device axis, as pmap's chunk has it
+            return state, jax.tree.map(lambda *m: np.stack(m, axis), *jax.device_get(metrics))
+
+        return run_steps
 
 
 def make_diagnose(model: Any, data: ExperimentData) -> Callable:

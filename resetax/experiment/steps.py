@@ -599,9 +599,33 @@ def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformatio
     train_step = make_train_step(config, model, tx, loss_fn, num_train, replicas=replicas,
                                  batch_sharding=batch_sharding)
     eval_step = make_eval_step(config, model, eval_batch_size, replicas)
+    return fuse_steps(train_step, eval_step, config.eval_every, unroll=unroll)
+
+
+def fuse_steps(train_step: Callable, eval_step: Callable, eval_every: int, *,
+               unroll: bool = False) -> Callable:
+    """Returns ``run(state, data, num_steps) -> (state, metrics)`` from the two steps.
+
+    Each step evaluates first (``eval_step``) when ``state.step`` is divisible by
+    ``eval_every``, under ``lax.cond``, then trains (``train_step``). See
+    :func:`make_train_chunk`, which builds both steps from a config.
+
+    Example:
+      >>> import collections
+      >>> from resetax.experiment.steps import Evaluation, fuse_steps
+      >>> Counter = collections.namedtuple("Counter", "step")  # stands in for a TrainState
+      >>> def train_step(state, data, evaluation):
+      ...     return Counter(state.step + 1), {"step": state.step, **evaluation._asdict()}
+      >>> def eval_step(state, data):
+      ...     return Evaluation(*[jnp.float32(state.step)] * 3)
+      >>> run = fuse_steps(train_step, eval_step, eval_every=2)
+      >>> state, metrics = run(Counter(jnp.int32(0)), None, 4)
+      >>> int(state.step), metrics["val_loss"].tolist()  # measured at steps 0 and 2
+      (4, [0.0, nan, 2.0, nan])
+    """
 
     def step(state: TrainState, data: DeviceData):
-        evaluation = jax.lax.cond(state.step % config.eval_every == 0, eval_step,
+        evaluation = jax.lax.cond(state.step % eval_every == 0, eval_step,
                                   lambda *_: Evaluation.missing(), state, data)
         return train_step(state, data, evaluation)
 
