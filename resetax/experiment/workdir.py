@@ -7,6 +7,8 @@ import json
 import math
 import os
 import shutil
+import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,11 @@ from resetax.experiment import distributed
 from resetax.experiment.config import Config, validate
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
+LOCK_FILE = ".lock"
+
+
+class RunError(RuntimeError):
+    """A run could not go on (unwritable or corrupted checkpoints, divergence); one-line message."""
 
 
 def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
@@ -35,12 +42,17 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
       Traceback (most recent call last):
       ...
       FileExistsError: run directory '...old' already exists; pass --resume to continue it or ...
+      >>> workdir.check_run_dir(root / "old" / "metrics.jsonl", resume=False, overwrite=False)
+      Traceback (most recent call last):
+      ...
+      NotADirectoryError: run directory '...metrics.jsonl' is a file, not a directory.
     """
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other; pass at most one.")
-    exists = run_dir.exists() and any(run_dir.iterdir())
-    if exists and not (resume or overwrite):
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"run directory {str(run_dir)!r} is a file, not a directory.")
+    if _has_content(run_dir) and not (resume or overwrite):
         raise FileExistsError(
             f"run directory {str(run_dir)!r} already exists; pass --resume to continue it or "
             f"--overwrite to replace it."
@@ -48,6 +60,94 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
     if resume and not (run_dir / CONFIG_FILE).exists():
         raise FileNotFoundError(f"nothing to resume: {str(run_dir)!r} holds no {CONFIG_FILE}.")
     return run_dir
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held for the whole run.
+
+    The directory is created if needed, and ``.lock`` in it is locked with ``flock`` (released by
+    the kernel however the process ends, ``kill -9`` included) and holds the holder's pid and
+    host. A second run into the same directory is refused with a message naming the holder. A
+    ``.lock`` left by a run that ended without removing it is reported and taken over. In a
+    multi-process run only process 0 locks.
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment.workdir import RunLock
+      >>> run_dir = Path(tempfile.mkdtemp()) / "run"
+      >>> with RunLock(run_dir):
+      ...     with RunLock(run_dir):  # a second run into the same directory
+      ...         pass
+      Traceback (most recent call last):
+      ...
+      resetax.experiment.workdir.RunLocked: run directory '...run' is in use by another run (pid...
+      >>> (run_dir / ".lock").exists()  # released and removed on exit
+      False
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self._file: Any = None
+
+    def __enter__(self) -> RunLock:
+        if not distributed.is_primary():
+            return self
+        import fcntl
+
+        make_run_dir(self.run_dir)
+        path = self.run_dir / LOCK_FILE
+        file = open(path, "a+")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            file.seek(0)
+            holder = file.read().strip() or "unknown"
+            file.close()
+            raise RunLocked(
+                f"run directory {str(self.run_dir)!r} is in use by another run ({holder}); "
+                f"wait for it to end, or choose another --run-dir.") from None
+        file.seek(0)
+        stale = file.read().strip()
+        if stale:
+            _note(f"a previous run ({stale}) ended without releasing {path}; taking it over.")
+        file.seek(0)
+        file.truncate()
+        file.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        file.flush()
+        self._file = file
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._file is not None:
+            (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
+            self._file.close()  # closing releases the flock
+            self._file = None
+
+
+class RunLocked(FileExistsError):
+    """The run directory is locked by another run (see :class:`RunLock`)."""
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Creates ``run_dir`` (and its parents), or says in one line why it cannot.
+
+    Example:
+      >>> from pathlib import Path
+      >>> from resetax.experiment.workdir import make_run_dir
+      >>> make_run_dir(Path("/proc/run"))
+      Traceback (most recent call last):
+      ...
+      resetax.experiment.workdir.RunError: cannot create run directory '/proc/run': ...
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise RunError(f"cannot create run directory {str(run_dir)!r}: "
+                       f"{err.strerror or err}.") from None
 
 
 def load_config(run_dir: str | os.PathLike) -> Config:
@@ -102,9 +202,11 @@ def prepare_run_dir(run_dir: Path, config: Config, *, overwrite: bool) -> None:
     """
     distributed.barrier("resetax: run directory checked")
     if distributed.is_primary():
-        if overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(run_dir)
+        if overwrite:  # everything but the lock, which this run holds
+            for entry in run_dir.iterdir():
+                if entry.name != LOCK_FILE:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         write_config(run_dir, config)
     distributed.barrier("resetax: run directory prepared")
 
@@ -196,6 +298,20 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def note(message: str) -> None:
+    """Prints a one-line notice on stderr (process 0 only)."""
+    if distributed.is_primary():
+        print(f"resetax: {message}", file=sys.stderr, flush=True)
+
+
+_note = note
+
+
+def _has_content(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds anything besides a lock."""
+    return run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
 
 
 def _json_line(obj: Any) -> str:
