@@ -54,8 +54,9 @@ class CheckpointManager:
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
+        self.directory = Path(directory).absolute()
         self._manager = ocp.CheckpointManager(
-            Path(directory).absolute(),
+            self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
         )
 
@@ -64,14 +65,50 @@ class CheckpointManager:
         return self._manager.latest_step()
 
     def save(self, state: Any, meta: dict[str, Any]) -> None:
-        """Writes ``state`` (host arrays; its ``step`` field names the checkpoint) and ``meta``."""
-        ocp = self._ocp
-        self._manager.save(
-            int(state.step),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(_host(state)),
-                                    meta=ocp.args.JsonSave(meta)),
-        )
-        self._manager.wait_until_finished()
+        """Writes ``state`` (host arrays; its ``step`` field names the checkpoint) and ``meta``.
+
+        Orbax writes into a temporary directory and renames it when complete, so a failed or
+        interrupted save leaves the earlier checkpoints as they were. A directory that cannot be
+        written raises :class:`~resetax.experiment.workdir.RunError` at once.
+        """
+        from resetax.experiment.workdir import RunError
+
+        ocp, step = self._ocp, int(state.step)
+        try:  # fail in a moment, not after Orbax's retries, if the directory became unwritable
+            probe = self.directory / f".probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+            self._manager.save(
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(_host(state)),
+                                              meta=ocp.args.JsonSave(meta)))
+            self._manager.wait_until_finished()
+        except Exception as err:  # OSError, or whatever Orbax and tensorstore raise for it
+            raise RunError(f"cannot write the checkpoint of step {step} to "
+                           f"{str(self.directory)!r}: {_first_line(err)}; the earlier "
+                           f"checkpoints are intact.") from None
+
+    def restore_latest(self, template: Any) -> tuple[Any, dict[str, Any]] | None:
+        """The newest checkpoint that reads back intact, or None if there is none at all.
+
+        A checkpoint that cannot be read (a truncated file, empty metadata) is named in a warning
+        and the next older one is tried; if none is intact,
+        :class:`~resetax.experiment.workdir.RunError` says so in one line.
+        """
+        from resetax.experiment.workdir import RunError, note
+
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        broken = []
+        for step in steps:
+            try:
+                return self.restore(template, step)
+            except Exception as err:  # tensorstore, JSON and Orbax errors alike
+                broken.append(str(step))
+                note(f"checkpoint {str(self.directory / str(step))!r} is unreadable "
+                     f"({_first_line(err)}); trying an earlier one.")
+        if broken:
+            raise RunError(f"no intact checkpoint in {str(self.directory)!r} (unreadable: steps "
+                           f"{', '.join(broken)}); start the run again with --overwrite.")
+        return None
 
     def restore(self, template: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Reads the checkpoint at ``step`` (default: the latest) into ``template``'s structure.
@@ -105,6 +142,13 @@ class CheckpointManager:
             return None
         state = treedef.unflatten([np.asarray(restored.state[k]) for k in sorted(target)])
         return state, restored.meta
+
+
+def _first_line(err: BaseException) -> str:
+    """An exception as one short line (tensorstore's messages run to kilobytes)."""
+    text = str(err).strip().splitlines()
+    line = text[0] if text else type(err).__name__
+    return line if len(line) <= 200 else line[:200] + "..."
 
 
 def _host(tree: Any) -> Any:
