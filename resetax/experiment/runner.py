@@ -6,6 +6,7 @@ checks.
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import threading
 import time
@@ -67,9 +68,13 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
                        if getattr(saved, f.name) != getattr(config, f.name)]
             raise ValueError(f"cannot resume {str(run_dir)!r} with a different config: {changed}.")
     data = check_run(config)
-    workdir.prepare_run_dir(run_dir, config, overwrite=overwrite)
-    return train_loop(setup(config, data), run_dir, resume=resume, progress=progress,
-                      stop_after=stop_after)
+    with workdir.RunLock(run_dir):
+        # Checked again under the lock: another run may have written here since.
+        workdir.check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        if not resume:
+            workdir.prepare_run_dir(run_dir, config, overwrite=overwrite)
+        return train_loop(setup(config, data), run_dir, resume=resume, progress=progress,
+                          stop_after=stop_after)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,24 +181,27 @@ def dispatch_mode(config: Config) -> str:
 
 def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
                progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
-    """Trains from the initial state, or from the last checkpoint with ``resume``.
+    """Trains from the initial state, or from the last intact checkpoint with ``resume``.
 
     Writes ``metrics.jsonl`` as evaluation windows complete, a checkpoint every
     ``checkpoint_every`` steps, and at the end the best model, ``summary.json`` and
-    ``curves.png``. Returns the summary, or ``{"stopped_at": step}`` (with ``"signal"`` after a
-    SIGTERM) when it stopped early; see :func:`train`.
+    ``curves.png``. Returns the summary; ``{"stopped_at": step}`` (with ``"signal"`` after a
+    SIGTERM or SIGINT) when it stopped early, see :func:`train`. A run whose train loss stays
+    non-finite for a whole evaluation window ends there: its summary (of the best model before
+    that) holds ``"diverged_at"``, the first step of that stretch.
     """
     config, placement = experiment.config, experiment.placement
     manager = checkpoint.CheckpointManager(run_dir / "checkpoints")
-    host_state, wall_time = _initial_state(experiment, manager, resume)
+    host_state, wall_time = _initial_state(experiment, manager, resume, run_dir)
     step = saved_step = int(host_state.step)
     state = placement.place_state(host_state)
-    window, stop = Window(), StopRequest()
+    window, stop, nonfinite_since = Window(), StopRequest(), None
     with stop, workdir.MetricsLog(run_dir, step) as log, _ProgressBar(
             config.num_steps, step, progress and distributed.is_primary()) as bar:
         while step < config.num_steps:
             stopping = stop.agreed()  # the same decision on every process
-            if _stops_here(step, config, stopping, stop_after):
+            if _stops_here(step, config, stopping, stop_after) or _diverged(
+                    nonfinite_since, step, config):
                 break
             diagnostics = None
             if config.diagnostics_every and step % config.diagnostics_every == 0:
@@ -206,14 +214,38 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
             window, lines = fold_rows(window, rows, config, diagnostics)
             log.write(lines)
             bar.show(rows, lines)
+            nonfinite_since = nonfinite_streak(nonfinite_since, rows)
             step = rows[-1]["step"] + 1
             if step % config.checkpoint_every == 0 or step == config.num_steps:
                 saved_step = _save(manager, placement.fetch(state), wall_time)
         if step < config.num_steps and saved_step != step:
             _save(manager, placement.fetch(state), wall_time)
+    if _diverged(nonfinite_since, step, config):
+        return _finish(experiment, run_dir, placement.fetch(state), wall_time,
+                       diverged_at=nonfinite_since)
     if step < config.num_steps:
-        return {"stopped_at": step, **({"signal": "SIGTERM"} if stop.requested else {})}
+        return {"stopped_at": step, **({"signal": stop.signal_name} if stop.requested else {})}
     return _finish(experiment, run_dir, placement.fetch(state), wall_time)
+
+
+def nonfinite_streak(since: int | None, rows: list[dict[str, Any]]) -> int | None:
+    """The first step of the current run of non-finite train losses, None if the last is finite.
+
+    Example:
+      >>> from resetax.experiment.runner import nonfinite_streak
+      >>> rows = [{"step": s, "train_loss": v} for s, v in ((4, 1.0), (5, float("nan")),
+      ...                                                     (6, float("inf")))]
+      >>> nonfinite_streak(None, rows), nonfinite_streak(2, rows[1:])
+      (5, 2)
+      >>> print(nonfinite_streak(5, [{"step": 7, "train_loss": 0.9}]))  # recovered
+      None
+    """
+    for row in rows:
+        if math.isfinite(row["train_loss"]):
+            since = None
+        elif since is None:
+            since = row["step"]
+    return since
 
 
 def chunk_length(step: int, config: Config, *, stopping: bool = False) -> int:
@@ -526,6 +558,17 @@ def check_run(config: Config) -> ExperimentData:
     if config.batch_size > len(data.train):
         raise ValueError(f"batch_size ({config.batch_size}) must be at most the number of "
                          f"training examples ({len(data.train)}).")
+    if config.reset_layers is not None:
+        from resetax import models
+
+        model = models.get_model(config.model, data.num_classes)
+        params = jax.eval_shape(lambda x: steps_lib.init_variables(config, model, x),
+                                jnp.asarray(data.train.inputs[:1]))["params"]
+        mask = steps_lib.reset_mask(config, params)
+        if not any(jax.tree.leaves(mask)):
+            paths = sorted({name.rsplit("/", 1)[0] for name in steps_lib.param_paths(params)})
+            raise ValueError(f"reset_layers {config.reset_layers!r} matches no parameter of "
+                             f"{config.model}; its layers are {paths}.")
     return data
 
 
@@ -552,43 +595,52 @@ def check_devices(config: Config) -> None:
 
 
 class StopRequest:
-    """Turns a SIGTERM (preemption, ``kill``, a scheduler's time limit) into a clean stop.
+    """Turns a SIGTERM (preemption, ``kill``, a scheduler's time limit) or a Ctrl-C (SIGINT) into
+    a clean stop.
 
     The run goes on to the end of its evaluation window, saves a checkpoint there and returns, so
-    ``--resume`` loses nothing. A second SIGTERM terminates at once (the run then resumes from its
-    last periodic checkpoint). Outside the main thread no handler can be installed and SIGTERM
-    keeps its default action.
+    ``--resume`` loses nothing. A second signal ends the process at once (the run then resumes
+    from its last periodic checkpoint). Outside the main thread no handler can be installed and
+    the signals keep their default actions.
 
     Example:
       >>> import signal
       >>> from resetax.experiment.runner import StopRequest
       >>> with StopRequest() as stop:
       ...     signal.raise_signal(signal.SIGTERM)  # handled: the run would stop at its window end
-      ...     stop.requested, stop.agreed()
-      (True, True)
+      ...     stop.requested, stop.agreed(), stop.signal_name
+      (True, True, 'SIGTERM')
     """
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self):
-        self.requested = False
-        self._previous: Any = None
-        self._installed = False
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def signal_name(self) -> str | None:
+        return None if self.signum is None else signal.Signals(self.signum).name
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-            self._installed = True
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, _handler_or_default(self._previous))
-            self._installed = False
+        for signum, previous in self._previous.items():
+            signal.signal(signum, _handler_or_default(previous))
+        self._previous = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
-            signal.signal(signal.SIGTERM, _handler_or_default(self._previous))
-            signal.raise_signal(signal.SIGTERM)
-        self.requested = True
+        if self.requested:  # a second signal: its default action, now
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        self.signum = signum
 
     def agreed(self) -> bool:
         """Whether any process was asked to stop (a collective in a multi-process run)."""
@@ -607,12 +659,20 @@ def _stops_here(step: int, config: Config, stopping: bool, stop_after: int | Non
     return stopping or (stop_after is not None and step >= stop_after)
 
 
+def _diverged(nonfinite_since: int | None, step: int, config: Config) -> bool:
+    """Whether the train loss has been non-finite for a whole evaluation window."""
+    return nonfinite_since is not None and step - nonfinite_since >= config.eval_every
+
+
 def _initial_state(experiment: Experiment, manager: checkpoint.CheckpointManager,
-                   resume: bool) -> tuple[steps_lib.TrainState, float]:
-    if resume and manager.latest_step() is not None:
-        state, meta = manager.restore(experiment.init_state)
-        return state, meta["wall_time"]
-    return experiment.init_state, 0.0
+                   resume: bool, run_dir: Path) -> tuple[steps_lib.TrainState, float]:
+    restored = manager.restore_latest(experiment.init_state) if resume else None
+    if restored is None:
+        if resume:
+            workdir.note(f"{str(run_dir)!r} holds no checkpoint yet: starting from step 0.")
+        return experiment.init_state, 0.0
+    state, meta = restored
+    return state, meta["wall_time"]
 
 
 def _save(manager: checkpoint.CheckpointManager, host_state: Any, wall_time: float) -> int:
@@ -621,9 +681,11 @@ def _save(manager: checkpoint.CheckpointManager, host_state: Any, wall_time: flo
 
 
 def _finish(experiment: Experiment, run_dir: Path, final: steps_lib.TrainState,
-            wall_time: float) -> dict[str, Any]:
+            wall_time: float, diverged_at: int | None = None) -> dict[str, Any]:
     checkpoint.save_best(run_dir / "best", final.best_params, final.best_batch_stats)
     summary = summarize(experiment, final, wall_time)
+    if diverged_at is not None:
+        summary["diverged_at"] = diverged_at
     if distributed.is_primary():
         workdir.write_json(run_dir / workdir.SUMMARY_FILE, summary)
         report.plot_run(run_dir)

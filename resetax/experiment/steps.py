@@ -142,6 +142,17 @@ def reset_mask(config: Config, params: Any) -> Any:
         lambda path, _: bool(pattern.search(_path_name(path))), params)
 
 
+def param_paths(params: Any) -> list[str]:
+    """The ``/``-joined paths of the parameter leaves, which ``reset_layers`` is matched against.
+
+    Example:
+      >>> from resetax.experiment.steps import param_paths
+      >>> param_paths({"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}})
+      ['Dense_0/bias', 'Dense_0/kernel']
+    """
+    return [_path_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+
+
 def make_optimizer(config: Config, params: Any) -> optax.GradientTransformationExtraArgs:
     """The inner optimizer wrapped in stochastic resetting, as the config describes.
 
