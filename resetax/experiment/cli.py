@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 import time
 import types
@@ -19,13 +20,16 @@ from typing import Any
 from resetax.experiment import config as config_lib
 
 DEFAULT_PRESET = "quick"
+PLAN_FILE = "plan.json"  # a group of runs (a pair, compare's seeds): which command, how many seeds
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``resetax`` command; returns its exit status.
 
-    ``argv`` defaults to ``sys.argv[1:]``. Bad input is reported on stderr with status 2, before
-    anything is written; a run stopped by SIGTERM returns 143.
+    ``argv`` defaults to ``sys.argv[1:]``. Bad input is reported in one line on stderr with
+    status 2, before anything is written; a run that cannot go on (unwritable or corrupted
+    checkpoints, divergence) ends with status 1 and one line; a run stopped by SIGTERM or Ctrl-C
+    returns 143 or 130 after a checkpoint.
 
     Example:
       >>> import contextlib, io, tempfile
@@ -37,43 +41,37 @@ def main(argv: list[str] | None = None) -> int:
       >>> print(err.getvalue().strip())
       resetax: error: noise_rate must be in [0.0, 1.0], got 1.5.
     """
+    from resetax.experiment.workdir import RunError
+
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _parser(_preset_in(argv))
-    args = parser.parse_args(argv)
+    args, unknown = _parser(_preset_in(argv)).parse_known_args(argv)
+    if unknown:  # the command's own usage, not the top-level one
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.command(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except RunError as err:
+        print(f"resetax: error: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as err:  # bad input: arguments, run directory, dataset
         print(f"resetax: error: {err}", file=sys.stderr)
         return 2
 
 
 def _train(args) -> int:
-    from resetax.experiment import runner, workdir
+    from resetax.experiment import runner
 
     run_dir = Path(args.run_dir or _default_run_dir(args.preset or DEFAULT_PRESET))
     config = _resumed_config(args, run_dir) if args.resume else _config_from_args(args)
     _start_processes(args)
-    if not config.baseline:
-        summary = runner.train(config, run_dir, resume=args.resume, overwrite=args.overwrite,
-                               progress=not args.quiet)
-        if "stopped_at" in summary:
-            return _stopped(summary, run_dir)
-        _print(json.dumps(summary, indent=2))
-        _print(f"run directory: {run_dir}")
-        return 0
-    workdir.check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
-    if not args.resume:
-        runner.check_run(config)  # fail before anything is written
-        workdir.prepare_run_dir(run_dir, config, overwrite=args.overwrite)
-    summaries = {}
-    for name, part in _pair(config):
-        _print(f"== {name} (reset_prob={part.reset_prob})")
-        summaries[name] = _run_part(part, run_dir / name, args)
-        if "stopped_at" in summaries[name]:
-            return _stopped(summaries[name], run_dir)
-    _print(_side_by_side(summaries))
+    if config.baseline or _plan(run_dir, args):
+        return _run_group(run_dir, config, _pair(config), args, _report_pair)
+    summary = runner.train(config, run_dir, resume=args.resume, overwrite=args.overwrite,
+                           progress=not args.quiet)
+    if "stopped_at" in summary:
+        return _stopped(summary, run_dir, args)
+    _print(json.dumps(summary, indent=2))
     _print(f"run directory: {run_dir}")
-    return 0
+    return _diverged({"run": summary})
 
 
 def _pair(config: config_lib.Config) -> list[tuple[str, config_lib.Config]]:
@@ -82,39 +80,106 @@ def _pair(config: config_lib.Config) -> list[tuple[str, config_lib.Config]]:
             ("resetting", config.replace(baseline=False))]
 
 
-def _compare(args) -> int:
-    from resetax.experiment import distributed, report, workdir
+def _report_pair(summaries: dict[str, dict[str, Any]], config, run_dir: Path) -> None:
+    _print(_side_by_side(summaries))
 
-    config = _config_from_args(args)
+
+def _compare(args) -> int:
+    run_dir = Path(args.run_dir or _default_run_dir(f"compare-{args.preset or DEFAULT_PRESET}"))
+    if args.resume:
+        config = _resumed_config(args, run_dir)
+        saved_seeds = _plan(run_dir, args)["seeds"]
+        if args.seeds not in (None, saved_seeds):
+            raise ValueError(f"--resume continues {str(run_dir)!r} with its saved config; "
+                             f"--seeds {args.seeds} would change it (saved {saved_seeds}).")
+        args = argparse.Namespace(**{**vars(args), "seeds": saved_seeds})
+    else:
+        config = _config_from_args(args)
+    seeds = 3 if args.seeds is None else args.seeds
     if config.reset_prob == 0:
         raise ValueError("reset_prob must be > 0 for compare (the baseline uses 0).")
-    if args.seeds < 2:
-        raise ValueError(f"seeds must be >= 2 for a standard error, got {args.seeds}.")
+    if seeds < 2:
+        raise ValueError(f"seeds must be >= 2 for a standard error, got {seeds}.")
     _start_processes(args)
-    run_dir = Path(args.run_dir or _default_run_dir(f"compare-{args.preset or DEFAULT_PRESET}"))
-    workdir.check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
-    accuracy: dict[str, list[float]] = {"baseline": [], "resetting": []}
-    for seed in range(config.seed, config.seed + args.seeds):
-        for name, reset_prob in (("baseline", 0.0), ("resetting", config.reset_prob)):
-            sub = run_dir / f"{name}-seed{seed}"
-            _print(f"== {name}, seed {seed}")
-            part = config.replace(seed=seed, reset_prob=reset_prob, baseline=False)
-            summary = _run_part(part, sub, args)
-            if "stopped_at" in summary:
-                return _stopped(summary, run_dir)
-            accuracy[name].append(summary["test_acc"])
+    parts = [(f"{name}-seed{seed}", config.replace(seed=seed, reset_prob=reset_prob,
+                                                    baseline=False))
+             for seed in range(config.seed, config.seed + seeds)
+             for name, reset_prob in (("baseline", 0.0), ("resetting", config.reset_prob))]
+    return _run_group(run_dir, config, parts, argparse.Namespace(**{**vars(args), "seeds": seeds}),
+                      _report_compare)
+
+
+def _report_compare(summaries: dict[str, dict[str, Any]], config, run_dir: Path) -> None:
+    from resetax.experiment import distributed, report
+
+    accuracy = {name: [s["test_acc"] for part, s in summaries.items() if part.startswith(name)]
+                for name in ("baseline", "resetting")}
     table = report.compare_table(accuracy["baseline"], accuracy["resetting"])
     markdown = report.compare_markdown(
-        table, f"{args.preset or DEFAULT_PRESET}: noise {config.noise} {config.noise_rate}, "
-               f"reset_prob {config.reset_prob}")
+        table, f"noise {config.noise} {config.noise_rate}, reset_prob {config.reset_prob}")
     _print(markdown)
     if distributed.is_primary():
         (run_dir / "compare.md").write_text(markdown)
         (run_dir / "compare.json").write_text(
             json.dumps(dict(table, **accuracy), indent=2) + "\n")
         report.plot_compare(accuracy["baseline"], accuracy["resetting"], run_dir / "compare.png")
+
+
+def _run_group(run_dir: Path, config: config_lib.Config,
+               parts: list[tuple[str, config_lib.Config]], args, report) -> int:
+    """Trains several runs under one directory (a pair, or compare's seeds), resumably.
+
+    The directory holds the group's config, its plan and one subdirectory per run; a finished run
+    is reused on ``--resume`` and an interrupted one resumed.
+    """
+    from resetax.experiment import distributed, runner, workdir
+
+    workdir.check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
+    if not args.resume:
+        runner.check_run(config)  # fail before anything is written
+    with workdir.RunLock(run_dir):
+        workdir.check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
+        if not args.resume:
+            workdir.prepare_run_dir(run_dir, config, overwrite=args.overwrite)
+            if distributed.is_primary():
+                workdir.write_json(run_dir / PLAN_FILE, {"command": args.command.__name__[1:],
+                                                         "seeds": getattr(args, "seeds", None)})
+        summaries = {}
+        for name, part in parts:
+            _print(f"== {name} (reset_prob={part.reset_prob}, seed {part.seed})")
+            summaries[name] = _run_part(part, run_dir / name, args)
+            if "stopped_at" in summaries[name]:
+                return _stopped(summaries[name], run_dir, args)
+        report(summaries, config, run_dir)
     _print(f"run directory: {run_dir}")
-    return 0
+    return _diverged(summaries)
+
+
+def _plan(run_dir: Path, args) -> dict[str, Any] | None:
+    """The plan of the group of runs being resumed in ``run_dir`` (None for a single run).
+
+    It must be a group of the same command: a compare is resumed by ``compare``, a pair by
+    ``train``.
+    """
+    path = run_dir / PLAN_FILE
+    command = args.command.__name__[1:]
+    if not args.resume or not (path.exists() or command == "compare"):
+        return None
+    plan = json.loads(path.read_text()) if path.exists() else {"command": "train"}
+    if plan["command"] != command:
+        raise ValueError(f"{str(run_dir)!r} holds a `resetax {plan['command']}` run; resume it "
+                         f"with `resetax {plan['command']} --run-dir {run_dir} --resume`.")
+    return plan
+
+
+def _diverged(summaries: dict[str, dict[str, Any]]) -> int:
+    """Reports the runs that ended on a non-finite loss; 1 if any did, else 0."""
+    diverged = {name: s["diverged_at"] for name, s in summaries.items() if "diverged_at" in s}
+    for name, step in diverged.items():
+        print(f"resetax: error: {name} diverged: its train loss has been non-finite since step "
+              f"{step}; its summary reports the best model before that. Lower the learning "
+              f"rate.", file=sys.stderr)
+    return 1 if diverged else 0
 
 
 def _run_part(config: config_lib.Config, run_dir: Path, args) -> dict[str, Any]:
@@ -128,15 +193,16 @@ def _run_part(config: config_lib.Config, run_dir: Path, args) -> dict[str, Any]:
                         progress=not args.quiet)
 
 
-def _stopped(result: dict[str, Any], run_dir: Path) -> int:
-    """Reports a run stopped by SIGTERM; exits as a terminated process does (128 + 15)."""
+def _stopped(result: dict[str, Any], run_dir: Path, args) -> int:
+    """Reports a run stopped by a signal; exits as the signal would (128 + its number)."""
     from resetax.experiment import distributed
 
+    name = result.get("signal", "SIGTERM")
     if distributed.is_primary():
-        print(f"resetax: stopped by {result.get('signal', 'request')} at step "
-              f"{result['stopped_at']}, after a checkpoint in {run_dir}; run the same command "
-              f"with --run-dir {run_dir} --resume to continue.", file=sys.stderr, flush=True)
-    return 128 + 15
+        print(f"resetax: stopped by {name} at step {result['stopped_at']}, after a checkpoint in "
+              f"{run_dir}; run `resetax {args.command.__name__[1:]} --run-dir {run_dir} "
+              f"--resume` to continue.", file=sys.stderr, flush=True)
+    return 128 + signal.Signals[name].value
 
 
 def _start_processes(args) -> None:
@@ -181,7 +247,7 @@ def _parser(preset: str | None = None) -> argparse.ArgumentParser:
         ("compare", _compare, "baseline vs resetting over several seeds"),
     ):
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(command=func)
+        sub.set_defaults(command=func, parser=sub)
         sub.add_argument("--preset", default=None, choices=sorted(config_lib.PRESETS),
                          help=f"the defaults of the fields below (default: {DEFAULT_PRESET})")
         sub.add_argument("--run-dir", default=None,
@@ -196,7 +262,8 @@ def _parser(preset: str | None = None) -> argparse.ArgumentParser:
                               "when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
                               "JAX_PROCESS_ID are set")
         if name == "compare":
-            sub.add_argument("--seeds", type=int, default=3, help="number of paired seeds")
+            sub.add_argument("--seeds", type=int, default=None,
+                             help="number of paired seeds (default: 3)")
         for field in dataclasses.fields(config_lib.Config):
             _add_field(sub, field, shown)
     return parser
