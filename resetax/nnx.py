@@ -91,6 +91,12 @@ class Optimizer(nnx.Optimizer[M]):
       (True, 1)
       >>> int(optimizer.resetting_state.num_resets)
       0
+
+    .. note::
+      The optimizer assumes that only the training forward passes change the ``model_state``
+      variables between two updates. If you replace them otherwise (e.g. load weights into the
+      model after creating the optimizer), restore the optimizer's state with them, or create
+      the optimizer afterwards: a reset would bring back the statistics it recorded.
     """
 
     def __init__(
@@ -114,7 +120,7 @@ class Optimizer(nnx.Optimizer[M]):
           model_state: Filter of the non-parameter variables that are checkpointed and reset
             together with the parameters: ``nnx.BatchStat`` (the default) for BatchNorm's
             running averages; a tuple such as ``(nnx.BatchStat, MyStat)`` for more types;
-            ``nnx.Nothing`` for none. It must not select any ``wrt`` variable.
+            ``False`` for none. It must not select any ``wrt`` variable.
           graph: Passed to ``nnx.Optimizer`` (graph or tree mode); ``None`` follows flax's
             current mode.
 
