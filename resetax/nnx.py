@@ -28,10 +28,11 @@ from resetax.resetting import (
 
 __all__ = ["Optimizer"]
 
-if tuple(int(p) for p in flax.__version__.split(".")[:2]) < (0, 11):
+# Tested with flax 0.12.4 and 0.12.8; nnx.Optimizer changed its interface in 0.11.
+if tuple(int(p) for p in flax.__version__.split(".")[:2]) < (0, 12):
     raise ImportError(
-        f"resetax.nnx needs flax >= 0.11 (nnx.Optimizer.update(model, grads)); found flax "
-        f"{flax.__version__}."
+        f"resetax.nnx needs flax >= 0.12 (nnx.Optimizer(model, tx, wrt=...).update(model, "
+        f"grads)); found flax {flax.__version__}."
     )
 
 # Recent flax renamed nnx.pure to nnx.as_pure and deprecated the old name.
