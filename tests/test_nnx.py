@@ -127,7 +127,7 @@ def test_model_state_filter_selects_what_resets():
     assert calls == 1 and not _equal(stats, initial_stats)
 
 
-def test_bad_arguments_raise_before_any_work():
+def test_bad_arguments_raise_value_errors_naming_them():
     model = Net(nnx.Rngs(0))
     with pytest.raises(ValueError, match="stochastic_resetting"):
         resetax.nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
