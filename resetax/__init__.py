@@ -1,8 +1,8 @@
 """resetax: stochastic resetting of SGD for training on noisy labels, in JAX and Optax.
 
 Importing resetax loads jax and optax only; the submodules that need Flax or TensorFlow Datasets
-(``resetax.data``, ``resetax.models``, ``resetax.experiment``, ``resetax.diagnostics``) load on
-first attribute access.
+(``resetax.data``, ``resetax.models``, ``resetax.nnx``, ``resetax.experiment``,
+``resetax.diagnostics``) load on first attribute access.
 """
 
 import importlib
@@ -20,7 +20,8 @@ from resetax.resetting import (
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("data", "diagnostics", "experiment", "losses", "models", "noise", "theory")
+_SUBMODULES = (
+    "data", "diagnostics", "experiment", "losses", "models", "nnx", "noise", "theory")
 
 
 def __getattr__(name):
