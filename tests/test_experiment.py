@@ -12,34 +12,20 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from runs import (
+    TINY,
+    final_state_leaves,
+    read_lines,
+    resume_and_compare,
+    start_cli_run,
+    summary_without_time,
+    tiny,
+    wait_for,
+)
 
-from resetax.experiment import checkpoint, cli, runner, steps, workdir
+from resetax.experiment import checkpoint, cli, runner, steps
 from resetax.experiment.config import PRESETS, Config, get_config
 from resetax.experiment.input import ExperimentData, load_data, preprocess
-
-TINY = dict(dataset="digits", model="mlp", noise="symmetric", noise_rate=0.4, batch_size=32,
-            num_steps=120, eval_every=10, steps_per_dispatch=10, checkpoint_every=60,
-            reset_prob=0.1, patience=20, learning_rate=0.05, momentum=0.9)
-
-
-def tiny(**changes):
-    return get_config("quick", **{**TINY, **changes})
-
-
-def read_lines(run_dir):
-    return (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-
-
-def summary_without_time(run_dir):
-    summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    del summary["wall_time_s"]
-    return summary
-
-
-def final_state_leaves(run_dir, template):
-    manager = checkpoint.CheckpointManager(Path(run_dir) / "checkpoints")
-    state, _ = manager.restore(template)
-    return jax.tree.leaves(state)
 
 
 @pytest.fixture(scope="module")
@@ -107,41 +93,6 @@ def test_stop_and_resume_is_identical(reference_run, tmp_path):
     for a, b in zip(final_state_leaves(tmp_path / "run", template),
                     final_state_leaves(run_dir, template), strict=True):
         np.testing.assert_array_equal(a, b)
-
-
-@pytest.fixture(scope="module")
-def long_reference(tmp_path_factory):
-    """An uninterrupted 600-step run, for the interruptions of a CLI subprocess."""
-    run_dir = tmp_path_factory.mktemp("long") / "run"
-    summary = runner.train(tiny(num_steps=600), run_dir, progress=False)
-    del summary["wall_time_s"]
-    return run_dir, summary
-
-
-def start_cli_run(target, checkpoint_every):
-    args = [sys.executable, "-m", "resetax.experiment.cli", "train", "--quiet", "--no-baseline",
-            "--run-dir", str(target)]
-    for key, value in TINY.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
-    args += ["--num-steps", "600", "--checkpoint-every", str(checkpoint_every)]
-    return subprocess.Popen(args, cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=dict(os.environ))
-
-
-def wait_for(proc, ready, seconds=240):
-    deadline = time.time() + seconds
-    while time.time() < deadline and proc.poll() is None and not ready():
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()
-
-
-def resume_and_compare(target, long_reference):
-    reference_dir, reference = long_reference
-    config = workdir.load_config(target)  # checkpoint_every may differ from the reference's
-    summary = runner.train(config, target, progress=False, resume=True)
-    assert read_lines(target) == read_lines(reference_dir)
-    del summary["wall_time_s"]
-    assert summary == reference
 
 
 @pytest.mark.slow

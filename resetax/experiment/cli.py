@@ -62,8 +62,9 @@ def _train(args) -> int:
 
     run_dir = Path(args.run_dir or _default_run_dir(args.preset or DEFAULT_PRESET))
     config = _resumed_config(args, run_dir) if args.resume else _config_from_args(args)
+    plan = _plan(run_dir, args)  # a resumed group of runs must be a pair, not a compare
     _start_processes(args)
-    if config.baseline or _plan(run_dir, args):
+    if config.baseline or plan:
         return _run_group(run_dir, config, _pair(config), args, _report_pair)
     summary = runner.train(config, run_dir, resume=args.resume, overwrite=args.overwrite,
                            progress=not args.quiet)
@@ -239,14 +240,17 @@ def _side_by_side(summaries: dict[str, dict[str, Any]]) -> str:
 def _parser(preset: str | None = None) -> argparse.ArgumentParser:
     """The ``resetax`` parser; each Config field's help shows its default and ``preset``'s value."""
     parser = argparse.ArgumentParser(
-        prog="resetax", description="Train with stochastic resetting on noisy labels.")
+        prog="resetax", description="Train with stochastic resetting on noisy labels.",
+        allow_abbrev=False)
     commands = parser.add_subparsers(required=True)
     shown = preset if preset in config_lib.PRESETS else DEFAULT_PRESET
     for name, func, help_text in (
         ("train", _train, "train one run, or a baseline-plus-resetting pair (--baseline)"),
         ("compare", _compare, "baseline vs resetting over several seeds"),
     ):
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        # No abbreviated flags: among 40 flags a typo must not silently pick one.
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  allow_abbrev=False)
         sub.set_defaults(command=func, parser=sub)
         sub.add_argument("--preset", default=None, choices=sorted(config_lib.PRESETS),
                          help=f"the defaults of the fields below (default: {DEFAULT_PRESET})")

@@ -35,10 +35,13 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
           ) -> dict[str, Any]:
     """Trains one run and writes its directory; returns the summary.
 
-    Every check (config, run directory, device count, dataset availability) happens before
-    anything is written. With ``resume=True`` the run continues from its last checkpoint and ends
-    identical to an uninterrupted one. ``stop_after`` stops at the first evaluation window that
-    starts at or after that step, after a checkpoint there, as an interruption would. A SIGTERM
+    ``config.baseline`` is ignored (recorded as False): this is one run, and ``resetax train
+    --baseline`` calls it once for each run of the pair. Every check (config, run directory,
+    device count, dataset availability) happens before anything is written, and the run
+    directory is locked for the whole run (:class:`~resetax.experiment.workdir.RunLock`). With
+    ``resume=True`` the run continues from its last intact checkpoint and ends identical to an
+    uninterrupted one. ``stop_after`` stops at the first evaluation window that starts at or
+    after that step, after a checkpoint there, as an interruption would. A SIGTERM or Ctrl-C
     stops the run at the end of the current evaluation window, after a checkpoint; the result is
     then ``{"stopped_at": step, "signal": "SIGTERM"}``.
 
@@ -59,7 +62,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
       >>> sorted(p.name for p in run_dir.iterdir())
       ['best', 'checkpoints', 'config.json', 'curves.png', 'metrics.jsonl', 'summary.json']
     """
-    validate(config)
+    config = validate(config).replace(baseline=False)  # one run; the CLI pairs two of them
     run_dir = workdir.check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     if resume:
         saved = workdir.load_config(run_dir)

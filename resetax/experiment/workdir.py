@@ -130,7 +130,7 @@ class RunLocked(FileExistsError):
 
 
 def make_run_dir(run_dir: Path) -> None:
-    """Creates ``run_dir`` (and its parents), or says in one line why it cannot.
+    """Creates ``run_dir`` (and its parents), or says in one line why it cannot (``OSError``).
 
     Example:
       >>> from pathlib import Path
@@ -138,7 +138,7 @@ def make_run_dir(run_dir: Path) -> None:
       >>> make_run_dir(Path("/proc/run"))
       Traceback (most recent call last):
       ...
-      resetax.experiment.workdir.RunError: cannot create run directory '/proc/run': ...
+      OSError: cannot create run directory '/proc/run': ...
     """
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -146,8 +146,8 @@ def make_run_dir(run_dir: Path) -> None:
         probe.touch()
         probe.unlink()
     except OSError as err:
-        raise RunError(f"cannot create run directory {str(run_dir)!r}: "
-                       f"{err.strerror or err}.") from None
+        raise OSError(f"cannot create run directory {str(run_dir)!r}: "
+                      f"{err.strerror or err}.") from None
 
 
 def load_config(run_dir: str | os.PathLike) -> Config:
@@ -259,7 +259,8 @@ class MetricsLog:
 
     def __enter__(self) -> MetricsLog:
         if distributed.is_primary():
-            kept = [line for line in read_metrics(self.path.parent) if line["step"] < self._start]
+            kept = [line for line in read_metrics(self.path.parent, partial_last=True)
+                    if line["step"] < self._start]
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text("".join(_json_line(line) for line in kept))
             os.replace(tmp, self.path)
@@ -277,8 +278,12 @@ class MetricsLog:
             self._file.flush()
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+def read_metrics(run_dir: str | os.PathLike, *, partial_last: bool = False
+                 ) -> list[dict[str, Any]]:
     """The evaluation rows of a run's ``metrics.jsonl`` (none if it does not exist yet).
+
+    ``partial_last=True`` drops a last line cut short (a process killed while writing it);
+    otherwise it is an error, as any unreadable line is.
 
     Example:
       >>> import json
@@ -290,14 +295,28 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
       []
       >>> rows = [{"step": 0, "val_loss": 2.3, "reset_steps": []},
       ...         {"step": 10, "val_loss": None, "reset_steps": [12, 17]}]
-      >>> _ = (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in rows))
+      >>> text = "".join(json.dumps(r) + "\\n" for r in rows)
+      >>> _ = (run_dir / "metrics.jsonl").write_text(text)
       >>> read_metrics(run_dir) == rows
+      True
+      >>> _ = (run_dir / "metrics.jsonl").write_text(text + '{"step": 20, "val_')  # killed
+      >>> read_metrics(run_dir, partial_last=True) == rows
       True
     """
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    lines = path.read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if not (partial_last and i == len(lines) - 1):
+                raise
+    return rows
 
 
 def note(message: str) -> None:

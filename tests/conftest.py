@@ -1,0 +1,15 @@
+"""Fixtures shared by the trainer's test modules (helpers are in ``runs.py``)."""
+
+import pytest
+from runs import tiny
+
+from resetax.experiment import runner
+
+
+@pytest.fixture(scope="module")
+def long_reference(tmp_path_factory):
+    """An uninterrupted 600-step run, for the interruptions of a CLI subprocess."""
+    run_dir = tmp_path_factory.mktemp("long") / "run"
+    summary = runner.train(tiny(num_steps=600), run_dir, progress=False)
+    del summary["wall_time_s"]
+    return run_dir, summary

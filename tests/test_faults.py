@@ -1,0 +1,346 @@
+"""Faults injected into real runs: what the user sees, and that nothing written is lost or mixed.
+
+Each case of issue 11 (wrong numbers, lost or mixed runs, tracebacks instead of messages) is
+injected here: divergence, two runs in one directory, interrupted compares, corrupted and
+unwritable checkpoints, bad run directories, signals, and ``kill -9`` at random moments.
+"""
+
+import collections
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from runs import (
+    ROOT,
+    TINY,
+    cli_args,
+    read_lines,
+    resume_and_compare,
+    start_cli_run,
+    summary_without_time,
+    tiny,
+    wait_for,
+)
+
+from resetax.experiment import checkpoint, cli, runner, workdir
+
+
+def run_cli(*args):
+    """``resetax ...`` in a subprocess; returns (exit status, stderr)."""
+    done = subprocess.run([sys.executable, "-m", "resetax.experiment.cli", *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return done.returncode, done.stderr
+
+
+def one_line_error(err: str) -> str:
+    """The error a user sees: exactly one ``resetax: error:`` line and no traceback."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("resetax: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def strict_json_lines(run_dir):
+    """The metrics lines, parsed as strict JSON (a bare NaN or Infinity is an error)."""
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return [json.loads(line, parse_constant=refuse) for line in read_lines(run_dir)]
+
+
+def test_divergence_is_measured_logged_as_null_and_ends_the_run(tmp_path, capsys):
+    run_dir = tmp_path / "diverged"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    code = cli.main(["train", "--quiet", "--no-baseline", "--run-dir", str(run_dir), *flags,
+                     "--learning-rate", "1e4"])
+    assert code == 1
+    error = one_line_error(capsys.readouterr().err)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert f"non-finite since step {summary['diverged_at']}" in error
+    rows = strict_json_lines(run_dir)
+    steps = [r["step"] for r in rows]
+    assert steps == list(range(0, steps[-1] + 1, TINY["eval_every"]))  # windows close on NaN
+    assert any(r["train_loss"] is None for r in rows)
+    for r in rows:  # each window lists its own resets only
+        assert all(r["step"] <= s < r["step"] + TINY["eval_every"] for s in r["reset_steps"])
+    # It stopped one window after the loss turned non-finite, not at num_steps.
+    assert summary["num_steps"] - summary["diverged_at"] <= 2 * TINY["eval_every"]
+    assert summary["num_steps"] < TINY["num_steps"]
+    # The summary's model is the best one before the divergence, with finite metrics.
+    assert np.isfinite(summary["best_val_loss"]) and summary["best_step"] < summary["diverged_at"]
+    assert cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--resume"]) == 1
+
+
+def test_two_runs_into_one_directory(tmp_path):
+    # Started together into a fresh directory: one trains, the other is refused, and the
+    # directory holds the winner's config, metrics and summary only.
+    target = tmp_path / "run"
+    procs = {seed: start_cli_run(target, 600, "--seed", str(seed)) for seed in (1, 2)}
+    wait_for(procs[1], lambda: (target / workdir.LOCK_FILE).exists())
+    holder = (target / workdir.LOCK_FILE).read_text()
+    # While it runs, --resume and --overwrite (which pass the "already exists" check) are
+    # refused by the lock, naming its holder; nothing of the run is touched.
+    for extra in (["--resume"], ["--overwrite"]):
+        code, err = run_cli(*cli_args(target, "--no-baseline", "--num-steps", "600",
+                                      "--checkpoint-every", "600", *extra)[3:])
+        assert code == 2, err
+        assert f"is in use by another run ({holder})" in one_line_error(err)
+    results = {seed: (p.wait(timeout=600), p.stderr.read().decode()) for seed, p in procs.items()}
+    assert sorted(code for code, _ in results.values()) == [0, 2], results
+    winner = next(seed for seed, (code, _) in results.items() if code == 0)
+    loser_error = one_line_error(results[3 - winner][1])
+    assert "is in use by another run" in loser_error or "already exists" in loser_error
+    config = tiny(num_steps=600, checkpoint_every=600, baseline=False, seed=winner)
+    assert workdir.load_config(target) == config
+    reference = tmp_path / "reference"
+    runner.train(config, reference, progress=False)
+    assert read_lines(target) == read_lines(reference)
+    assert summary_without_time(target) == summary_without_time(reference)
+    assert not (target / workdir.LOCK_FILE).exists()
+
+
+def test_a_lock_left_behind_is_reported_and_taken_over(tmp_path, capsys):
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / workdir.LOCK_FILE).write_text("pid 4242 on elsewhere")  # unlocked: its run died
+    runner.train(tiny(num_steps=20, checkpoint_every=20), target, progress=False)
+    assert "a previous run (pid 4242 on elsewhere) ended without releasing" in (
+        capsys.readouterr().err)
+    assert (target / "summary.json").exists()
+
+
+def test_compare_interrupted_then_resumed_matches_an_uninterrupted_one(tmp_path):
+    flags = ("--seeds", "2", "--num-steps", "60", "--checkpoint-every", "30")
+    reference = tmp_path / "reference"
+    code, err = run_cli(*cli_args(reference, *flags, command="compare")[3:])
+    assert code == 0, err
+    target = tmp_path / "interrupted"
+    proc = subprocess.Popen(cli_args(target, *flags, command="compare"), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    second = target / "resetting-seed0" / "metrics.jsonl"  # the second of four runs
+    wait_for(proc, lambda: second.exists() and len(second.read_text().splitlines()) >= 2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 143, err.decode()
+    assert f"resetax compare --run-dir {target} --resume" in err.decode()
+    code, err = run_cli("compare", "--quiet", "--run-dir", target, "--resume")
+    assert code == 0, err
+    for name in ("baseline-seed0", "resetting-seed0", "baseline-seed1", "resetting-seed1"):
+        assert summary_without_time(target / name) == summary_without_time(reference / name)
+    ours, theirs = (json.loads((d / "compare.json").read_text()) for d in (target, reference))
+    assert ours == theirs
+    code, err = run_cli("train", "--quiet", "--run-dir", target, "--resume")
+    assert code == 2 and "resetax compare --run-dir" in one_line_error(err)
+
+
+def test_resume_of_a_directory_without_checkpoints_says_so(tmp_path, capsys):
+    target = tmp_path / "run"
+    workdir.make_run_dir(target)
+    workdir.write_config(target, tiny(num_steps=20, checkpoint_every=20, baseline=False))
+    code = cli.main(["train", "--quiet", "--run-dir", str(target), "--resume"])
+    assert code == 0
+    assert f"{str(target)!r} holds no checkpoint yet: starting from step 0" in (
+        capsys.readouterr().err)
+    assert json.loads((target / "summary.json").read_text())["num_steps"] == 20
+
+
+def corrupt_latest(run_dir, how):
+    latest = max(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    step_dir = run_dir / "checkpoints" / str(latest)
+    if how == "truncated":  # the arrays' data files cut short
+        for path in (step_dir / "state").rglob("*"):
+            if path.is_file() and path.stat().st_size > 1000:
+                path.write_bytes(path.read_bytes()[:100])
+    else:  # empty metadata
+        for path in (step_dir / "meta").rglob("*"):
+            if path.is_file():
+                path.write_text("")
+    return latest
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty_metadata"])
+def test_a_corrupted_latest_checkpoint_falls_back_to_an_intact_one(long_reference, tmp_path,
+                                                                  capsys, how):
+    target = tmp_path / "run"
+    runner.train(tiny(num_steps=600), target, progress=False, stop_after=180)
+    latest = corrupt_latest(target, how)
+    assert latest == 180
+    resume_and_compare(target, long_reference)
+    err = capsys.readouterr().err
+    assert f"checkpoints/{latest}' is unreadable" in err and "trying an earlier one" in err
+    assert len(err.splitlines()) <= 3  # one line per broken checkpoint, no tensorstore dump
+
+
+def test_no_intact_checkpoint_is_one_line(tmp_path):
+    target = tmp_path / "run"
+    runner.train(tiny(num_steps=600), target, progress=False, stop_after=120)
+    for step_dir in (target / "checkpoints").iterdir():
+        if step_dir.name.isdigit():
+            shutil.rmtree(step_dir / "state" / "d", ignore_errors=True)
+            for path in (step_dir / "state").rglob("*"):
+                if path.is_file() and path.name not in ("_CHECKPOINT_METADATA",):
+                    path.write_bytes(b"")
+    code, err = run_cli("train", "--quiet", "--run-dir", target, "--resume")
+    assert code == 1, err
+    assert "no intact checkpoint in" in one_line_error(err)
+
+
+def immutable_supported(path: Path) -> bool:
+    probe = path / "probe"
+    probe.mkdir()
+    ok = subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode == 0
+    if ok:
+        subprocess.run(["chattr", "-i", str(probe)], check=True)
+    return ok
+
+
+@contextlib.contextmanager
+def immutable(path: Path):
+    """Makes ``path`` unwritable even for root (the immutable attribute)."""
+    subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_run_directory_that_becomes_unwritable(long_reference, tmp_path):
+    if shutil.which("chattr") is None or not immutable_supported(tmp_path):
+        pytest.skip("needs chattr +i (ext4-like filesystem) to make a directory unwritable")
+    target = tmp_path / "run"
+    proc = start_cli_run(target, 60)
+    checkpoints = target / "checkpoints"
+    wait_for(proc, lambda: (checkpoints / "60").exists())
+    with immutable(checkpoints):
+        _, err = proc.communicate(timeout=240)  # a hang guard: Orbax used to retry for minutes
+    assert proc.returncode == 1, err.decode()
+    error = one_line_error(err.decode())
+    assert "cannot write the checkpoint of step" in error and "earlier checkpoints are intact" in (
+        error)
+    resume_and_compare(target, long_reference)  # from the last good checkpoint
+
+
+@pytest.mark.parametrize("case", ["file", "proc", "read_only"])
+def test_bad_run_directories_are_one_line(tmp_path, case):
+    if case == "file":
+        run_dir = tmp_path / "a_file"
+        run_dir.write_text("notes")
+        message = "is a file, not a directory"
+    elif case == "proc":
+        run_dir = Path("/proc/run")
+        message = "cannot create run directory '/proc/run'"
+    else:
+        if shutil.which("chattr") is None or not immutable_supported(tmp_path):
+            pytest.skip("needs chattr +i to make a directory unwritable")
+        parent = tmp_path / "read_only"
+        parent.mkdir()
+        run_dir = parent / "run"
+        message = "cannot create run directory"
+    with immutable(run_dir.parent) if case == "read_only" else contextlib.nullcontext():
+        code, err = run_cli(*cli_args(run_dir, "--num-steps", "20", "--checkpoint-every",
+                                      "20")[3:])
+    assert code == 2, err
+    assert message in one_line_error(err)
+    if case == "file":
+        assert run_dir.read_text() == "notes"
+
+
+def test_unknown_flag_shows_the_command_usage(tmp_path):
+    code, err = run_cli("train", "--run-dir", tmp_path / "run", "--learning-rat", "0.1")
+    assert code == 2
+    assert err.startswith("usage: resetax train") and "unrecognized arguments: --learning-rat" in (
+        err)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "100000"], "batch_size (100000) must be at most"),
+    (["--reset-layers", "Conv_9"], "matches no parameter of mlp; its layers are ['BatchNorm_0'"),
+])
+def test_checks_that_need_the_data_or_model_come_before_writing(tmp_path, flags, message):
+    for mode in ("--baseline", "--no-baseline"):
+        run_dir = tmp_path / mode
+        code, err = run_cli(*cli_args(run_dir, mode, *flags)[3:])
+        assert code == 2, err
+        assert message in one_line_error(err)
+        assert not run_dir.exists()
+
+
+def test_resume_of_a_pair_refuses_a_changed_config(tmp_path, capsys):
+    run_dir = tmp_path / "pair"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    assert cli.main(["train", "--quiet", "--run-dir", str(run_dir), *flags,
+                     "--num-steps", "20", "--checkpoint-every", "20"]) == 0
+    before = summary_without_time(run_dir / "resetting")
+    code = cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--resume",
+                     "--noise-rate", "0.6"])
+    assert code == 2
+    assert "noise_rate (saved 0.4, given 0.6)" in one_line_error(capsys.readouterr().err)
+    assert summary_without_time(run_dir / "resetting") == before
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_at_the_window_end_then_resume_is_identical(long_reference, tmp_path):
+    target = tmp_path / "interrupted"
+    proc = start_cli_run(target, 600)
+    metrics = target / "metrics.jsonl"
+    wait_for(proc, lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err.decode()
+    assert "stopped by SIGINT" in err.decode() and "--resume" in err.decode()
+    assert "Traceback" not in err.decode()
+    resume_and_compare(target, long_reference)
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume_is_identical(long_reference, tmp_path):
+    # Killed after a random number of completed windows (seeded), and once in the middle of a
+    # checkpoint write (Orbax's temporary directory present); every resume ends identical.
+    rng = np.random.default_rng(0)
+    moments = [("windows", int(n)) for n in rng.integers(1, 55, size=3)] + [("writing", 0)]
+    for i, (kind, n) in enumerate(moments):
+        target = tmp_path / f"killed{i}"
+        proc = start_cli_run(target, 60)
+        metrics, checkpoints = target / "metrics.jsonl", target / "checkpoints"
+        if kind == "windows":
+            wait_for(proc, lambda m=metrics, n=n: m.exists() and len(
+                m.read_text().splitlines()) >= n, seconds=400)
+        else:
+            wait_for(proc, lambda c=checkpoints: c.exists() and any(
+                "tmp" in p.name for p in c.iterdir()), seconds=400)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        resume_and_compare(target, long_reference)
+        assert (target / "summary.json").exists(), (kind, n)
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(long_reference, tmp_path):
+    target = tmp_path / "run"
+    runner.train(tiny(num_steps=600), target, progress=False, stop_after=120)
+    with open(target / "metrics.jsonl", "a") as f:
+        f.write('{"step": 120, "val_lo')  # the process died while writing the next window
+    resume_and_compare(target, long_reference)
+
+
+def test_checkpoint_manager_falls_back_to_the_newest_intact_step(tmp_path, capsys):
+    State = collections.namedtuple("State", ["step", "w"])
+    manager = checkpoint.CheckpointManager(tmp_path)
+    for step in (10, 20, 30):
+        manager.save(State(np.int32(step), np.full(3, step, np.float32)), {"at": step})
+    for broken in ("20", "30"):
+        for path in (tmp_path / broken / "meta").rglob("*"):
+            if path.is_file():
+                path.write_text("")
+    restored, info = manager.restore_latest(State(np.int32(0), np.zeros(3, np.float32)))
+    assert int(restored.step) == 10 and info == {"at": 10}
+    assert restored.w.tolist() == [10.0, 10.0, 10.0]
+    err = capsys.readouterr().err
+    assert err.index("/30' is unreadable") < err.index("/20' is unreadable")
