@@ -168,8 +168,7 @@ def transition_matrix(name: str, value: Any) -> np.ndarray:
         matrix.ndim != 2
         or matrix.shape[0] != matrix.shape[1]
         or matrix.shape[0] < 2
-        or not (np.issubdtype(matrix.dtype, np.floating)
-                or np.issubdtype(matrix.dtype, np.integer))
+        or not is_real_dtype(matrix.dtype)
     ):
         raise ValueError(
             f"{name} must be a square C x C real matrix with C >= 2, got dtype {matrix.dtype}, "
@@ -184,6 +183,24 @@ def transition_matrix(name: str, value: Any) -> np.ndarray:
             f"{name} rows must sum to 1 (within {ROW_SUM_ATOL}); rows {bad_rows.tolist()} sum "
             f"to {row_sums[bad_rows].tolist()}.")
     return matrix
+
+
+def drift_diffusion(
+    distance: Any, diffusion: Any, drift: Any, *others: Any
+) -> tuple[jax.Array, ...]:
+    """Checks a walker's distance to its target, diffusion and drift; returns them as floats.
+
+    ``others`` (already checked) join the dtype promotion and come first in the result.
+    """
+    positive("distance", distance)
+    positive("diffusion", diffusion)
+    finite("drift", drift)
+    return as_float(*others, distance, diffusion, drift)
+
+
+def is_real_dtype(dtype: Any) -> bool:
+    """Float or integer, not bool or complex."""
+    return bool(np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer))
 
 
 def as_float(*values: Any) -> tuple[jax.Array, ...]:

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from resetax import _checks
 from resetax.resetting import apply_updates, stochastic_resetting
-from resetax.theory import _checks
 
 __all__ = [
     "BOUNDARY_SHIFT",
@@ -149,10 +149,7 @@ def sample_first_passage_times(
     _checks.positive_int("num_walkers", num_walkers)
     _checks.positive_int("max_renewals", max_renewals)
     _checks.nonnegative("reset_rate", reset_rate)
-    _checks.positive("distance", distance)
-    _checks.positive("diffusion", diffusion)
-    _checks.finite("drift", drift)
-    gamma, L, D, v = _checks.as_float(reset_rate, distance, diffusion, drift)
+    gamma, L, D, v = _checks.drift_diffusion(distance, diffusion, drift, reset_rate)
     return _renewal_times(_as_key(key), gamma, L, D, v, num_walkers, max_renewals)
 
 
@@ -239,12 +236,9 @@ def simulate_langevin(
     _checks.positive_int("num_walkers", num_walkers)
     _checks.positive_int("max_steps", max_steps)
     _checks.nonnegative("reset_rate", reset_rate)
-    _checks.positive("distance", distance)
-    _checks.positive("diffusion", diffusion)
-    _checks.finite("drift", drift)
     _checks.positive("time_step", time_step)
     _checks.probability("reset_rate * time_step", jnp.asarray(reset_rate) * time_step)
-    gamma, L, D, v, dt = _checks.as_float(reset_rate, distance, diffusion, drift, time_step)
+    gamma, dt, L, D, v = _checks.drift_diffusion(distance, diffusion, drift, reset_rate, time_step)
     target = BOUNDARY_SHIFT * jnp.sqrt(2 * D * dt) if boundary_correction else jnp.zeros_like(L)
     return _langevin_times(_as_key(key), gamma, L, D, v, dt, target, num_walkers, max_steps)
 
