@@ -71,10 +71,6 @@ def peclet_number(distance: ArrayLike, diffusion: ArrayLike, drift: ArrayLike) -
     Examples:
       >>> print(float(resetax.theory.peclet_number(2.0, 0.5, 0.25)))
       0.5
-
-    References:
-      Bae, Song & Jeong, `Stochastic resetting mitigates latent gradient bias of SGD from label
-      noise <https://arxiv.org/abs/2406.00396>`_, 2025.
     """
     L, D, v = _checks.drift_diffusion(distance, diffusion, drift)
     return L * v / (2 * D)
