@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from resetax import theory
+from resetax import _checks, theory
+from resetax._trees import is_masked, path_name
 
 __all__ = [
     "CheckpointDistance",
@@ -223,13 +224,8 @@ def layer_name(path: KeyPath) -> str:
       >>> paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
       >>> print([resetax.diagnostics.layer_name(p) for p in paths])
       ['Dense_0', 'Dense_0', 'w']
-
-    References:
-      Bae, Song & Jeong, `Stochastic resetting mitigates latent gradient bias of SGD from label
-      noise <https://arxiv.org/abs/2406.00396>`_, 2025.
     """
-    keys = [_key_str(k) for k in path]
-    return "/".join(keys[:-1]) if len(keys) > 1 else "/".join(keys)
+    return path_name(path[:-1] if len(path) > 1 else path)
 
 
 def decompose_gradients(
@@ -296,10 +292,16 @@ def decompose_gradients(
       ``train=False`` for whole-set measurements, or a ``chunk_size`` that divides :math:`n`.
     """
     n = _num_samples(inputs)
-    _check_leading("labels", labels, n)
-    _check_mask("is_noisy", is_noisy, n)
+    _checks.leading_axis("labels", labels, n)
+    _checks.leading_axis("is_noisy", is_noisy, n)
+    if jnp.ndim(is_noisy) != 1 or jnp.result_type(is_noisy) != jnp.bool_:
+        raise ValueError(
+            f"is_noisy must be a 1-D bool array, got {jnp.result_type(is_noisy)}"
+            f"{jnp.shape(is_noisy)}.")
     chunk_size = _chunk_size(chunk_size, n)
-    _check_label_range(apply_fn, params, inputs, labels, chunk_size)
+    num_classes = _num_classes(apply_fn, params, inputs, labels, chunk_size)
+    if num_classes is not None:
+        _checks.label_range("labels", labels, num_classes)
     return _decompose(apply_fn, loss_fn, params, inputs, labels, is_noisy, chunk_size, layer_fn)
 
 
@@ -362,20 +364,20 @@ def memorization_fractions(
         if value.ndim != 1 or not jnp.issubdtype(value.dtype, jnp.integer):
             raise ValueError(f"{name} must be a 1-D int array, got {value.dtype}{value.shape}.")
     n = noisy_labels.shape[0]
-    _check_leading("clean_labels", clean_labels, n)
+    _checks.leading_axis("clean_labels", clean_labels, n)
     if predictions.ndim == 2:
         num_classes = predictions.shape[1] if num_classes is None else num_classes
     elif predictions.ndim != 1 or not jnp.issubdtype(predictions.dtype, jnp.integer):
         raise ValueError(
             f"predictions must be int [n] or logits [n, C], got {predictions.dtype}"
             f"{predictions.shape}.")
-    _check_leading("predictions", predictions, n)
+    _checks.leading_axis("predictions", predictions, n)
     if predictions.ndim == 2 and predictions.shape[1] != num_classes:
         raise ValueError(f"predictions has {predictions.shape[1]} classes, not {num_classes}.")
     for name, value in (("noisy_labels", noisy_labels), ("clean_labels", clean_labels),
                         ("predictions", predictions if predictions.ndim == 1 else None)):
         if value is not None:
-            _check_range(name, value, num_classes)
+            _checks.label_range(name, value, num_classes)
     return _memorization(predictions, noisy_labels, clean_labels)
 
 
@@ -432,24 +434,20 @@ def distance_to_checkpoint(
       >>> d = resetax.diagnostics.distance_to_checkpoint(params, ckpt)
       >>> print(float(d.overall), list(d.layers))
       5.0 ['a']
-
-    References:
-      Bae, Song & Jeong, `Stochastic resetting mitigates latent gradient bias of SGD from label
-      noise <https://arxiv.org/abs/2406.00396>`_, 2025.
     """
     flat_params, treedef = jax.tree_util.tree_flatten_with_path(params)
-    flat_ckpt, ckpt_def = jax.tree_util.tree_flatten_with_path(checkpoint, is_leaf=_is_masked)
+    flat_ckpt, ckpt_def = jax.tree_util.tree_flatten_with_path(checkpoint, is_leaf=is_masked)
     if [p for p, _ in flat_params] != [p for p, _ in flat_ckpt]:
         raise ValueError(
             f"checkpoint must have the structure of params (MaskedNode allowed on leaves): "
             f"got {ckpt_def}, expected {treedef}.")
     for (path, x), (_, c) in zip(flat_params, flat_ckpt, strict=True):
-        if not _is_masked(c) and jnp.shape(x) != jnp.shape(c):
+        if not is_masked(c) and jnp.shape(x) != jnp.shape(c):
             raise ValueError(
                 f"checkpoint leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(c)}, "
                 f"params has {jnp.shape(x)}.")
     pairs = [(layer_fn(p), x, c) for (p, x), (_, c) in zip(flat_params, flat_ckpt, strict=True)
-             if not _is_masked(c)]
+             if not is_masked(c)]
     return _distance(tuple(name for name, _, _ in pairs), [(x, c) for _, x, c in pairs])
 
 
@@ -502,15 +500,13 @@ def gradient_statistics(
       >>> s = resetax.diagnostics.gradient_statistics(apply_fn, loss_fn, jnp.zeros(1), a, a[:, 0])
       >>> print(float(s.mean_norm), float(s.projected_variance))
       2.0 1.0
-
-    References:
-      Bae, Song & Jeong, `Stochastic resetting mitigates latent gradient bias of SGD from label
-      noise <https://arxiv.org/abs/2406.00396>`_, 2025.
     """
     n = _num_samples(inputs)
-    _check_leading("labels", labels, n)
+    _checks.leading_axis("labels", labels, n)
     chunk_size = _chunk_size(chunk_size, n)
-    _check_label_range(apply_fn, params, inputs, labels, chunk_size)
+    num_classes = _num_classes(apply_fn, params, inputs, labels, chunk_size)
+    if num_classes is not None:
+        _checks.label_range("labels", labels, num_classes)
     return _gradient_statistics(apply_fn, loss_fn, params, inputs, labels, chunk_size)
 
 
@@ -590,9 +586,9 @@ def estimate_peclet(
       Bae, Song & Jeong, `Stochastic resetting mitigates latent gradient bias of SGD from label
       noise <https://arxiv.org/abs/2406.00396>`_, 2025.
     """
-    _check_positive("learning_rate", learning_rate)
-    _check_positive("batch_size", batch_size)
-    _check_positive("distance", distance)
+    _checks.positive("learning_rate", learning_rate, scalar=True)
+    _checks.positive("batch_size", batch_size, scalar=True)
+    _checks.positive("distance", distance, scalar=True)
     return _peclet_from_statistics(
         statistics.mean_norm, statistics.projected_variance, learning_rate, batch_size, distance)
 
@@ -653,8 +649,8 @@ def estimate_peclet_from_trajectory(
     if direction is not None and distance is None:
         raise ValueError("distance must be given with direction.")
     if distance is not None:
-        _check_positive("distance", distance)
-    _check_positive("time_step", time_step)
+        _checks.positive("distance", distance, scalar=True)
+    _checks.positive("time_step", time_step, scalar=True)
     leaves = jax.tree.leaves(positions)
     if not leaves:
         raise ValueError("positions must hold at least one array.")
@@ -708,10 +704,6 @@ def to_floats(tree: Any, prefix: str = "") -> dict[str, float]:
       ...     jnp.array([0, 1]), jnp.array([0, 1]), jnp.array([0, 0]))
       >>> print(resetax.diagnostics.to_floats(f, "train")["train/noisy_memorized"])
       1.0
-
-    References:
-      Bae, Song & Jeong, `Stochastic resetting mitigates latent gradient bias of SGD from label
-      noise <https://arxiv.org/abs/2406.00396>`_, 2025.
     """
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(_loggable(tree))[0]:
@@ -719,7 +711,7 @@ def to_floats(tree: Any, prefix: str = "") -> dict[str, float]:
             raise ValueError(
                 f"tree must hold scalars; {jax.tree_util.keystr(path)} has shape "
                 f"{np.shape(leaf)}.")
-        key = "/".join([prefix] * bool(prefix) + [_key_str(k) for k in path])
+        key = "/".join(part for part in (prefix, path_name(path)) if part)
         out[key] = float(np.asarray(leaf).reshape(()))
     return out
 
@@ -801,69 +793,25 @@ def _num_samples(inputs) -> int:
     return n
 
 
-def _check_leading(name, value, n):
-    shape = jnp.shape(value)
-    if not shape or shape[0] != n:
-        raise ValueError(f"{name} must have a leading axis of {n} samples, got shape {shape}.")
-
-
-def _check_mask(name, value, n):
-    _check_leading(name, value, n)
-    if jnp.ndim(value) != 1 or jnp.result_type(value) != jnp.bool_:
-        raise ValueError(
-            f"{name} must be a 1-D bool array, got {jnp.result_type(value)}{jnp.shape(value)}.")
-
-
 def _chunk_size(chunk_size, n) -> int:
-    if chunk_size is None:
-        return n
-    if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) \
-            or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
-    return int(min(chunk_size, n))
+    _checks.positive_int("chunk_size", chunk_size, none_ok=True)
+    return n if chunk_size is None else int(min(chunk_size, n))
 
 
-def _check_positive(name, value):
-    if isinstance(value, jax.core.Tracer):
-        return
-    arr = np.asarray(value)
-    if not np.issubdtype(arr.dtype, np.number) or arr.ndim or not arr > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}.")
+def _num_classes(apply_fn, params, inputs, labels, chunk_size) -> int | None:
+    """The number of classes ``C`` if ``labels`` are class ids ``[n]`` and logits ``[chunk, C]``.
 
-
-def _check_range(name, value, num_classes):
-    if isinstance(value, jax.core.Tracer):
-        return
-    arr = np.asarray(value)
-    if arr.size and (arr.min() < 0 or (num_classes is not None and arr.max() >= num_classes)):
-        bound = "inf" if num_classes is None else num_classes
-        raise ValueError(f"{name} must lie in [0, {bound}), got values in "
-                         f"[{arr.min()}, {arr.max()}].")
-
-
-def _check_label_range(apply_fn, params, inputs, labels, chunk_size):
-    """Class labels (int ``[n]`` with logits ``[chunk, C]``) must lie in ``[0, C)``."""
+    ``None`` otherwise (e.g. regression targets): then the labels' range is not checked.
+    """
     if (isinstance(labels, jax.core.Tracer) or jnp.ndim(labels) != 1
             or not jnp.issubdtype(jnp.result_type(labels), jnp.integer)):
-        return
+        return None
     chunk = jax.tree.map(lambda x: jax.ShapeDtypeStruct((chunk_size, *jnp.shape(x)[1:]),
                                                         jnp.result_type(x)), inputs)
     logits = jax.eval_shape(apply_fn, params, chunk)
-    if len(getattr(logits, "shape", ())) == 2:
-        _check_range("labels", labels, logits.shape[1])
+    shape = getattr(logits, "shape", ())
+    return shape[1] if len(shape) == 2 else None
 
 
 def _as_array(x):
     return x if isinstance(x, jax.core.Tracer) else jnp.asarray(x)
-
-
-def _key_str(key) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def _is_masked(x) -> bool:
-    return isinstance(x, optax.MaskedNode)
-

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from resetax import _checks
 
 __all__ = [
     "LOSSES",
@@ -127,7 +128,7 @@ def generalized_cross_entropy(
       Zhang & Sabuncu, `Generalized cross entropy loss for training deep neural networks with
       noisy labels <https://arxiv.org/abs/1805.07836>`_, 2018.
     """
-    _check_q(q)
+    _HPARAM_CHECKS["q"](q)
     return _lq_from_log_prob(_log_prob_of_label(logits, labels), q)
 
 
@@ -160,7 +161,7 @@ def truncated_gce_weights(
       Zhang & Sabuncu, `Generalized cross entropy loss for training deep neural networks with
       noisy labels <https://arxiv.org/abs/1805.07836>`_, 2018.
     """
-    _check_k(k)
+    _HPARAM_CHECKS["k"](k)
     log_prob = jax.lax.stop_gradient(_log_prob_of_label(logits, labels))
     return (jnp.exp(log_prob) > k).astype(log_prob.dtype)
 
@@ -209,8 +210,8 @@ def truncated_generalized_cross_entropy(
       Zhang & Sabuncu, `Generalized cross entropy loss for training deep neural networks with
       noisy labels <https://arxiv.org/abs/1805.07836>`_, 2018.
     """
-    _check_q(q)
-    _check_k(k)
+    _HPARAM_CHECKS["q"](q)
+    _HPARAM_CHECKS["k"](k)
     log_prob = _log_prob_of_label(logits, labels)
     if weights is None:
         weights = truncated_gce_weights(logits, labels, k=k)
@@ -295,8 +296,8 @@ def symmetric_cross_entropy(
       Wang, Ma, Chen, Luo, Yi & Bailey, `Symmetric cross entropy for robust learning with noisy
       labels <https://arxiv.org/abs/1908.06112>`_, 2019.
     """
-    _check_nonnegative(alpha, "alpha")
-    _check_nonnegative(beta, "beta")
+    _HPARAM_CHECKS["alpha"](alpha)
+    _HPARAM_CHECKS["beta"](beta)
     return alpha * cross_entropy(logits, labels) + beta * reverse_cross_entropy(logits, labels)
 
 
@@ -368,8 +369,8 @@ def nce_rce(
       Ma, Huang, Wang, Romano, Erfani & Bailey, `Normalized loss functions for deep learning
       with noisy labels <https://arxiv.org/abs/2006.13554>`_, 2020.
     """
-    _check_nonnegative(alpha, "alpha")
-    _check_nonnegative(beta, "beta")
+    _HPARAM_CHECKS["alpha"](alpha)
+    _HPARAM_CHECKS["beta"](beta)
     return alpha * normalized_cross_entropy(logits, labels) + beta * reverse_cross_entropy(
         logits, labels
     )
@@ -409,10 +410,8 @@ def elr_init(num_samples: int, num_classes: int, dtype: Any = jnp.float32) -> EL
       >>> losses.elr_init(5, 3).targets.shape
       (5, 3)
     """
-    if not _is_int(num_samples) or num_samples < 1:
-        raise ValueError(f"num_samples must be an int >= 1; got {num_samples!r}.")
-    if not _is_int(num_classes) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2; got {num_classes!r}.")
+    _checks.positive_int("num_samples", num_samples)
+    _checks.int_at_least("num_classes", num_classes, 2)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"dtype must be a floating dtype; got {dtype!r}.")
     return ELRState(targets=jnp.zeros((num_samples, num_classes), dtype))
@@ -476,9 +475,8 @@ def elr_loss(
       Liu, Niles-Weed, Razavian & Fernandez-Granda, `Early-learning regularization prevents
       memorization of noisy labels <https://arxiv.org/abs/2007.00151>`_, 2020.
     """
-    _check_nonnegative(lam, "lam")
-    if _is_number(beta) and not 0 <= beta < 1:
-        raise ValueError(f"beta must be in [0, 1); got {beta!r}.")
+    _checks.finite_nonnegative("lam", lam)
+    _checks.interval("beta", beta, 0, 1, open_high=True)
     logits, labels = _prepare(logits, labels)
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape [B, C]; got {logits.shape}.")
@@ -548,9 +546,11 @@ def get_loss(name: str, **hparams: Any) -> LossFn:
       >>> print(jax.jit(loss_fn)(logits, jnp.array([0])).mean())
       1.0
     """
-    if name not in _REGISTRY:
-        hint = " ELR keeps per-sample state: use elr_init and elr_loss." if name == "elr" else ""
-        raise ValueError(f"name must be one of {LOSSES}; got {name!r}.{hint}")
+    if name == "elr":
+        raise ValueError(
+            f"name must be one of {list(LOSSES)}, got 'elr'. ELR keeps per-sample state: use "
+            "elr_init and elr_loss.")
+    _checks.one_of("name", name, LOSSES)
     fn, accepted = _REGISTRY[name]
     unexpected = sorted(set(hparams) - set(accepted))
     if unexpected:
@@ -562,35 +562,11 @@ def get_loss(name: str, **hparams: Any) -> LossFn:
     return functools.partial(fn, **hparams)
 
 
-def _is_number(value: Any) -> bool:
-    # Only concrete Python or numpy numbers are checked, so that traced values pass through.
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_q(q: Any) -> None:
-    if _is_number(q) and not 0 < q <= 1:
-        raise ValueError(f"q must be in (0, 1]; got {q!r}.")
-
-
-def _check_k(k: Any) -> None:
-    if _is_number(k) and not 0 <= k < 1:
-        raise ValueError(f"k must be in [0, 1); got {k!r}.")
-
-
-def _check_nonnegative(value: Any, name: str) -> None:
-    if _is_number(value) and not 0 <= value < math.inf:
-        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
-
-
 _HPARAM_CHECKS: dict[str, Callable[[Any], None]] = {
-    "q": _check_q,
-    "k": _check_k,
-    "alpha": functools.partial(_check_nonnegative, name="alpha"),
-    "beta": functools.partial(_check_nonnegative, name="beta"),
+    "q": functools.partial(_checks.interval, "q", low=0, high=1, open_low=True),
+    "k": functools.partial(_checks.interval, "k", low=0, high=1, open_high=True),
+    "alpha": functools.partial(_checks.finite_nonnegative, "alpha"),
+    "beta": functools.partial(_checks.finite_nonnegative, "beta"),
 }
 
 

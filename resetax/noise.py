@@ -5,12 +5,13 @@ Every model takes numpy labels and an explicit seed and returns ``(noisy_labels,
 
 from __future__ import annotations
 
-import math
 import types
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from resetax import _checks
 
 __all__ = [
     "CIFAR10_ASYMMETRIC_MAP",
@@ -59,9 +60,6 @@ CIFAR100_COARSE_OF_FINE = np.array(
 alphabetical class order, e.g. ``CIFAR100_COARSE_OF_FINE[0] == 4``: apple is in
 fruit_and_vegetables. Read-only."""
 CIFAR100_COARSE_OF_FINE.flags.writeable = False
-
-_ROW_SUM_ATOL = 1e-6
-
 
 def symmetric_noise(
     labels: np.ndarray,
@@ -114,10 +112,10 @@ def symmetric_noise(
       Li, Socher & Hoi, `DivideMix: Learning with noisy labels as semi-supervised learning
       <https://arxiv.org/abs/2002.07394>`_, 2020.
     """
-    _check_num_classes(num_classes)
-    labels = _check_labels(labels, num_classes)
-    _check_noise_rate(noise_rate)
-    _check_bool(include_true_class, "include_true_class")
+    _checks.int_at_least("num_classes", num_classes, 2)
+    labels = _checks.labels("labels", labels, num_classes)
+    _checks.in_range("noise_rate", noise_rate, 0, 1)
+    _checks.boolean("include_true_class", include_true_class)
     rng = _rng(seed)
     resample = rng.random(labels.shape) < noise_rate
     if include_true_class:
@@ -158,9 +156,9 @@ def pair_noise(
       Han, Yao, Yu, Niu, Xu, Hu, Tsang & Sugiyama, `Co-teaching: Robust training of deep neural
       networks with extremely noisy labels <https://arxiv.org/abs/1804.06872>`_, 2018.
     """
-    _check_num_classes(num_classes)
-    labels = _check_labels(labels, num_classes)
-    _check_noise_rate(noise_rate)
+    _checks.int_at_least("num_classes", num_classes, 2)
+    labels = _checks.labels("labels", labels, num_classes)
+    _checks.in_range("noise_rate", noise_rate, 0, 1)
     rng = _rng(seed)
     return _flip_to_mapped(labels, _pair_mapping(num_classes), noise_rate, rng)
 
@@ -200,8 +198,8 @@ def asymmetric_cifar10_noise(
       Patrini, Rozza, Menon, Nock & Qu, `Making deep neural networks robust to label noise: a
       loss correction approach <https://arxiv.org/abs/1609.03683>`_, 2017.
     """
-    labels = _check_labels(labels, 10)
-    _check_noise_rate(noise_rate)
+    labels = _checks.labels("labels", labels, 10)
+    _checks.in_range("noise_rate", noise_rate, 0, 1)
     rng = _rng(seed)
     return _flip_to_mapped(labels, _cifar10_mapping(), noise_rate, rng)
 
@@ -247,9 +245,10 @@ def asymmetric_cifar100_noise(
       Patrini, Rozza, Menon, Nock & Qu, `Making deep neural networks robust to label noise: a
       loss correction approach <https://arxiv.org/abs/1609.03683>`_, 2017.
     """
-    labels = _check_labels(labels, 100)
-    coarse_labels = _check_coarse_labels(coarse_labels, labels)
-    _check_noise_rate(noise_rate)
+    labels = _checks.labels("labels", labels, 100)
+    coarse_labels = _checks.labels("coarse_labels", coarse_labels, None)
+    _checks.same_shape("coarse_labels", coarse_labels, "labels", labels)
+    _checks.in_range("noise_rate", noise_rate, 0, 1)
     coarse_of_fine = np.full(100, -1, dtype=np.int64)
     coarse_of_fine[labels] = coarse_labels
     if np.any(coarse_of_fine[labels] != coarse_labels):
@@ -349,18 +348,17 @@ def instance_dependent_noise(
       Xia, Liu, Han, Wang, Gong, Liu, Niu, Tao & Sugiyama, `Part-dependent label noise: towards
       instance-dependent label noise <https://arxiv.org/abs/2006.07836>`_, 2020.
     """
-    _check_num_classes(num_classes)
-    labels = _check_labels(labels, num_classes)
-    _check_noise_rate(noise_rate)
-    if not _is_real(flip_rate_std) or not 0 <= flip_rate_std < math.inf:
-        raise ValueError(f"flip_rate_std must be a finite number >= 0; got {flip_rate_std!r}.")
+    _checks.int_at_least("num_classes", num_classes, 2)
+    labels = _checks.labels("labels", labels, num_classes)
+    _checks.in_range("noise_rate", noise_rate, 0, 1)
+    _checks.finite_nonnegative("flip_rate_std", flip_rate_std, scalar=True)
     inputs = np.asarray(inputs)
     if inputs.ndim < 1 or inputs.shape[0] != labels.shape[0]:
         raise ValueError(
             f"inputs must have one row per label, shape ({labels.shape[0]}, ...); got shape "
             f"{inputs.shape}."
         )
-    if not _is_real_dtype(inputs.dtype):
+    if not _checks.is_real_dtype(inputs.dtype):
         raise ValueError(f"inputs must be a real (float or int) array; got dtype {inputs.dtype}.")
     inputs = inputs.reshape(labels.shape[0], -1)
     if not np.all(np.isfinite(inputs)):
@@ -417,8 +415,8 @@ def transition_matrix_noise(
       >>> noisy.tolist(), is_noisy.tolist()
       ([1, 1, 1], [True, False, False])
     """
-    matrix = _check_transition_matrix(transition_matrix)
-    labels = _check_labels(labels, matrix.shape[0])
+    matrix = _checks.transition_matrix("transition_matrix", transition_matrix)
+    labels = _checks.labels("labels", labels, matrix.shape[0])
     rng = _rng(seed)
     noisy = _sample_rows(matrix[labels], rng.random(labels.shape)).astype(labels.dtype)
     return noisy, noisy != labels
@@ -458,11 +456,10 @@ def transition_matrix(
              [0. , 0.5, 0.5],
              [0.5, 0. , 0.5]])
     """
-    if kind not in TRANSITION_MATRIX_KINDS:
-        raise ValueError(f"kind must be one of {TRANSITION_MATRIX_KINDS}; got {kind!r}.")
-    _check_num_classes(num_classes)
-    _check_noise_rate(noise_rate)
-    _check_bool(include_true_class, "include_true_class")
+    _checks.one_of("kind", kind, TRANSITION_MATRIX_KINDS)
+    _checks.int_at_least("num_classes", num_classes, 2)
+    _checks.in_range("noise_rate", noise_rate, 0, 1)
+    _checks.boolean("include_true_class", include_true_class)
     if include_true_class and kind != "symmetric":
         raise ValueError("include_true_class applies to kind='symmetric' only.")
     if (coarse_of_fine is not None) != (kind == "asymmetric_cifar100"):
@@ -549,8 +546,7 @@ def apply_noise(
       >>> bool(np.array_equal(noisy, same))
       True
     """
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"kind must be one of {NOISE_KINDS}; got {kind!r}.")
+    _checks.one_of("kind", kind, NOISE_KINDS)
     required, optional = _KIND_KWARGS[kind]
     missing = [name for name in required if name not in kwargs]
     unexpected = sorted(set(kwargs) - set(required) - set(optional))
@@ -561,14 +557,14 @@ def apply_noise(
             f"{', '.join(required) or 'none'} required; missing {missing}, unexpected "
             f"{unexpected}."
         )
-    _check_num_classes(num_classes)
+    _checks.int_at_least("num_classes", num_classes, 2)
     if kind == "transition_matrix":
         if noise_rate is not None:
             raise ValueError(
                 "noise_rate must be None for kind='transition_matrix' (the matrix sets the "
                 f"noise); got {noise_rate!r}."
             )
-        matrix = _check_transition_matrix(kwargs["transition_matrix"])
+        matrix = _checks.transition_matrix("transition_matrix", kwargs["transition_matrix"])
         if matrix.shape[0] != num_classes:
             raise ValueError(
                 f"num_classes must match transition_matrix, {matrix.shape[0]}; got {num_classes}."
@@ -606,7 +602,9 @@ def realized_noise_rate(noisy_labels: np.ndarray, clean_labels: np.ndarray) -> f
       >>> noise.realized_noise_rate([0, 1, 2, 2], [0, 1, 2, 3])
       0.25
     """
-    noisy_labels, clean_labels = _check_label_pair(noisy_labels, clean_labels, num_classes=None)
+    noisy_labels = _checks.labels("noisy_labels", noisy_labels, None)
+    clean_labels = _checks.labels("clean_labels", clean_labels, None)
+    _checks.same_shape("noisy_labels", noisy_labels, "clean_labels", clean_labels)
     if clean_labels.size == 0:
         raise ValueError("clean_labels must not be empty.")
     return float(np.mean(noisy_labels != clean_labels))
@@ -633,8 +631,10 @@ def empirical_transition_matrix(
              [0. , 1. , 0. ],
              [nan, nan, nan]])
     """
-    _check_num_classes(num_classes)
-    noisy_labels, clean_labels = _check_label_pair(noisy_labels, clean_labels, num_classes)
+    _checks.int_at_least("num_classes", num_classes, 2)
+    noisy_labels = _checks.labels("noisy_labels", noisy_labels, num_classes)
+    clean_labels = _checks.labels("clean_labels", clean_labels, num_classes)
+    _checks.same_shape("noisy_labels", noisy_labels, "clean_labels", clean_labels)
     counts = np.bincount(
         clean_labels.astype(np.int64) * num_classes + noisy_labels,
         minlength=num_classes * num_classes,
@@ -681,105 +681,9 @@ def _sample_rows(weights: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     return np.sum(cdf <= targets[:, None], axis=1)
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_)
-    )
-
-
-def _is_real_dtype(dtype: np.dtype) -> bool:
-    return np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
-
-
-def _check_noise_rate(noise_rate: Any) -> None:
-    if not _is_real(noise_rate) or not 0 <= noise_rate <= 1:
-        raise ValueError(f"noise_rate must be a number in [0, 1]; got {noise_rate!r}.")
-
-
-def _check_num_classes(num_classes: Any) -> None:
-    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool):
-        raise ValueError(f"num_classes must be an int >= 2; got {num_classes!r}.")
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2; got {num_classes!r}.")
-
-
-def _check_bool(value: Any, name: str) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False; got {value!r}.")
-
-
-def _check_labels(labels: Any, num_classes: int | None, name: str = "labels") -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"{name} must be a 1-D integer array; got dtype {labels.dtype}, shape {labels.shape}."
-        )
-    if labels.size == 0:
-        return labels
-    if num_classes is None:
-        if labels.min() < 0:
-            raise ValueError(f"{name} must be >= 0; got {labels.min()}.")
-    elif labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(
-            f"{name} must lie in [0, num_classes) = [0, {num_classes}); got values in "
-            f"[{labels.min()}, {labels.max()}]."
-        )
-    return labels
-
-
-def _check_label_pair(
-    noisy_labels: Any, clean_labels: Any, num_classes: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    noisy_labels = _check_labels(noisy_labels, num_classes, "noisy_labels")
-    clean_labels = _check_labels(clean_labels, num_classes, "clean_labels")
-    if noisy_labels.shape != clean_labels.shape:
-        raise ValueError(
-            f"noisy_labels and clean_labels must have the same shape; got {noisy_labels.shape} "
-            f"and {clean_labels.shape}."
-        )
-    return noisy_labels, clean_labels
-
-
-def _check_coarse_labels(coarse_labels: Any, labels: np.ndarray) -> np.ndarray:
-    coarse_labels = np.asarray(coarse_labels)
-    if coarse_labels.shape != labels.shape or not np.issubdtype(coarse_labels.dtype, np.integer):
-        raise ValueError(
-            f"coarse_labels must be an integer array shaped like labels, {labels.shape}; got "
-            f"dtype {coarse_labels.dtype}, shape {coarse_labels.shape}."
-        )
-    if coarse_labels.size and coarse_labels.min() < 0:
-        raise ValueError(f"coarse_labels must be >= 0; got {coarse_labels.min()}.")
-    return coarse_labels
-
-
-def _check_transition_matrix(matrix: Any) -> np.ndarray:
-    matrix = np.asarray(matrix)
-    if (
-        matrix.ndim != 2
-        or matrix.shape[0] != matrix.shape[1]
-        or matrix.shape[0] < 2
-        or not _is_real_dtype(matrix.dtype)
-    ):
-        raise ValueError(
-            "transition_matrix must be a square C x C real matrix with C >= 2; got dtype "
-            f"{matrix.dtype}, shape {matrix.shape}."
-        )
-    matrix = matrix.astype(np.float64)
-    if not np.all(np.isfinite(matrix)) or np.any(matrix < 0):
-        raise ValueError("transition_matrix entries must be finite and >= 0.")
-    row_sums = matrix.sum(axis=1)
-    bad_rows = np.flatnonzero(np.abs(row_sums - 1.0) > _ROW_SUM_ATOL)
-    if bad_rows.size:
-        raise ValueError(
-            f"transition_matrix rows must sum to 1 (within {_ROW_SUM_ATOL}); rows "
-            f"{bad_rows.tolist()} sum to {row_sums[bad_rows].tolist()}."
-        )
-    return matrix
-
-
 def _rng(seed: Any) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0:
         return np.random.default_rng(seed)
-    raise ValueError(f"seed must be an int >= 0 or a np.random.Generator; got {seed!r}.")
+    raise ValueError(f"seed must be an int >= 0 or a np.random.Generator, got {seed!r}.")

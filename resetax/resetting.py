@@ -7,7 +7,6 @@ draw, best tracking, the patience trigger and the snapshot — happens inside on
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -15,7 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import base
+
+# optax has no public name for its "params are required" message; it lives in optax._src.base.
+from optax._src.base import NO_PARAMS_MSG
+
+from resetax import _checks
+from resetax._trees import is_masked
 
 __all__ = [
     "ModelStateCheckpoint",
@@ -29,30 +33,39 @@ __all__ = [
 ]
 
 _MODES = ("min", "max")
+_RESET_PROB = "a probability in [0, 1] (a float, a scalar array or a schedule step -> probability)"
 
 
 class ResettingState(NamedTuple):
     """State of :func:`stochastic_resetting`.
 
     Attributes:
-      count: Number of updates taken so far (``int32``); drives a ``reset_prob`` schedule.
+      count: Number of updates taken so far (``int32``); a ``reset_prob`` schedule is evaluated
+        at it.
       key: Raw PRNG key data for the next reset draw; split at every update.
       inner_state: State of the inner transformation.
       checkpoint: The parameters a reset returns to, on the leaves that may reset
         (``optax.MaskedNode`` on the others, so they cost no memory). Before resetting is
-        active it holds the best parameters seen so far, the checkpoint-to-be.
+        active it holds the best parameters seen so far (the first params until a first
+        measurement), the checkpoint-to-be.
       checkpoint_inner_state: With ``reset_inner_state=True``, the floating-point leaves of the
         inner state taken together with ``checkpoint`` (``optax.MaskedNode`` elsewhere);
         otherwise ``optax.EmptyState()``.
       best_value: Best validation value seen so far (``float32``; ``+inf`` in ``"min"`` mode and
         ``-inf`` in ``"max"`` mode before the first measurement).
-      steps_since_best: Updates since ``best_value`` last improved (``int32``).
-      active: Whether resetting is switched on (``bool``); once on, it stays on.
-      did_reset: Whether this update was a reset (``bool``).
+      steps_since_best: Updates since ``best_value`` last improved, or since the first update
+        while nothing was measured (``int32``).
+      active: Whether random resets are switched on (``bool``); once on, it stays on.
+      did_reset: Whether this update sent the parameters to the checkpoint (``bool``): a random
+        reset or, with ``reset_on_nonfinite=True``, a non-finite update rolled back.
       checkpoint_updated: Whether this update copied ``params`` into ``checkpoint`` (``bool``);
         non-parameter model state is snapshotted at the same moments
         (see :func:`reset_model_state`).
-      num_resets: Number of resets so far (``int32``).
+      num_resets: Number of random resets so far (``int32``); rollbacks of non-finite updates
+        are not counted here.
+      num_nonfinite_resets: Number of updates found non-finite and rolled back to the
+        checkpoint (``int32``); always 0 unless ``reset_on_nonfinite=True``. An update can
+        count in both ``num_resets`` and here.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -67,8 +80,8 @@ class ResettingState(NamedTuple):
 
     count: jax.Array
     key: jax.Array
-    inner_state: base.OptState
-    checkpoint: base.Params
+    inner_state: optax.OptState
+    checkpoint: optax.Params
     checkpoint_inner_state: Any
     best_value: jax.Array
     steps_since_best: jax.Array
@@ -76,6 +89,7 @@ class ResettingState(NamedTuple):
     did_reset: jax.Array
     checkpoint_updated: jax.Array
     num_resets: jax.Array
+    num_nonfinite_resets: jax.Array
 
 
 class ModelStateCheckpoint(NamedTuple):
@@ -98,17 +112,18 @@ class ModelStateCheckpoint(NamedTuple):
 
 
 def stochastic_resetting(
-    inner: base.GradientTransformation,
-    reset_prob: float | jax.Array | base.Schedule,
+    inner: optax.GradientTransformation,
+    reset_prob: float | jax.Array | optax.Schedule,
     *,
     key: int | jax.Array,
     patience: int | None = None,
     adaptive: bool = True,
     reset_inner_state: bool = False,
-    mask: Any | Callable[[base.Params], Any] | None = None,
+    mask: Any | Callable[[optax.Params], Any] | None = None,
     mode: str = "min",
     min_delta: float = 0.0,
-) -> base.GradientTransformationExtraArgs:
+    reset_on_nonfinite: bool = False,
+) -> optax.GradientTransformationExtraArgs:
     r"""Stochastic resetting: with probability ``reset_prob`` jump back to a checkpoint.
 
     At update :math:`t` with parameters :math:`\theta_t`, inner update :math:`u_t`, and an optional
@@ -120,21 +135,34 @@ def stochastic_resetting(
       b_t = \text{improved}_t \; ? \; v_t : b_{t-1} \\
       s_t &= \text{improved}_t \; ? \; 0 : s_{t-1} + 1, \qquad
       a_t = a_{t-1} \lor (s_t \ge T) \\
-      c_t &= \theta_t \text{ if } t = 0 \text{ or improved}_t \text{ (while inactive, or
-      always if adaptive)}, \text{ else } c_{t-1} \\
+      c_t &= \theta_t \text{ if } t = 0 \text{ or } \big(\text{improved}_t \land
+      (\lnot a_{t-1} \lor \text{adaptive})\big), \text{ else } c_{t-1} \\
       \Delta\theta_t &= \begin{cases} c_t - \theta_t & a_t \land \xi_t < r_t,
       \quad \xi_t \sim U[0, 1) \\ u_t & \text{otherwise,} \end{cases}
 
     where :math:`T` is ``patience``, :math:`\delta` is ``min_delta``, :math:`c_t` the checkpoint
-    and :math:`r_t` the reset probability. A NaN (or absent) ``value`` is no measurement. With
-    ``patience=None`` resetting is active from the first update, whose ``params`` become the
-    checkpoint. ``reset_prob=0`` is plain training with the inner optimizer; ``reset_prob=1``
-    freezes the parameters at the checkpoint once active (early stopping).
+    and :math:`r_t` the reset probability. A non-finite (or absent) ``value`` is no
+    measurement. With ``patience=None`` resetting is active from the first update, whose
+    ``params`` become the checkpoint. ``reset_prob=0`` is plain training with the inner
+    optimizer; ``reset_prob=1`` keeps the parameters at the checkpoint once active (early
+    stopping).
 
     On a reset the inner state keeps the state the inner update produced (its integer
     counters, and so learning-rate schedules, keep counting); with ``reset_inner_state=True``
-    its floating-point leaves (momentum, moments) instead take their values from when the
+    its floating-point leaves (momentum, moments) instead take the values they had when the
     checkpoint was taken.
+
+    With ``reset_on_nonfinite=True``, an update whose result :math:`\theta_t + u_t` has a NaN or
+    infinite entry (on any leaf, also one the ``mask`` keeps from resetting) is rolled back, at
+    any step, active or not: the leaves that may reset go to the checkpoint (the best
+    parameters so far), the others keep their current values, and the floating-point leaves of
+    the inner state are restored, because the momentum that produced a non-finite update is
+    likely non-finite or huge itself, and keeping it would blow up the next step again: they
+    take their checkpoint values with ``reset_inner_state=True``, otherwise the values
+    ``inner.init`` gives for the rolled-back parameters (zero momentum and moments for SGD and
+    Adam). Integer leaves keep counting. ``did_reset`` is set, so :func:`apply_updates` and
+    :func:`reset_model_state` (BatchNorm statistics) treat the rollback like a reset; it is
+    counted in ``num_nonfinite_resets``, not in ``num_resets``.
 
     Under data parallelism the decision is identical on every replica as long as the state
     (and so the key) is replicated and ``value`` is the same everywhere (``lax.pmean`` it); never
@@ -143,22 +171,27 @@ def stochastic_resetting(
     Args:
       inner: The optimizer whose updates are applied between resets, e.g. ``optax.sgd(...)``.
       reset_prob: Probability of a reset per update once resetting is active, in ``[0, 1]``: a
-        Python float, a traced scalar (so that ``optax.inject_hyperparams`` can change it) or a
-        schedule ``step -> probability``.
+        Python float or concrete scalar array (both checked here), a traced scalar (so that
+        ``optax.inject_hyperparams`` can change it) or a schedule ``step -> probability``.
+        Traced values and a schedule's outputs are the caller's responsibility; they are
+        clipped to ``[0, 1]`` (NaN never resets).
       key: An ``int`` seed or a ``jax.random.key``; the state carries it and splits it every
         update.
       patience: Updates without a better ``value`` before resetting switches on (the paper's
         threshold :math:`T`). ``None``: on from the first update.
-      adaptive: If ``True``, after activation the checkpoint follows every new best; if
-        ``False`` it is frozen at the activation point.
+      adaptive: If ``True``, the checkpoint follows every new best, also once resetting is
+        active. If ``False`` it stops following when resetting switches on: resets return to the
+        best parameters seen before activation (with ``patience=None``, the first params).
       reset_inner_state: If ``True``, a reset also restores the floating-point leaves of the inner
         state to their values at the checkpoint; integer leaves keep counting.
       mask: Which parameter leaves may reset: a pytree of bools with the structure of the params
         (or a prefix of it), or a callable ``params -> pytree``. ``False`` leaves never reset and
-        take no checkpoint memory. ``None``: all leaves.
+        take no checkpoint memory; at least one leaf must be ``True``. ``None``: all leaves.
       mode: ``"min"`` if a lower ``value`` is better (a loss), ``"max"`` if higher is better (an
         accuracy).
       min_delta: Margin by which ``value`` must beat the best to count as an improvement.
+      reset_on_nonfinite: If ``True``, roll back every update that would make a parameter NaN
+        or infinite (see above). It costs one reduction over the parameters per update.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params, *,
@@ -185,6 +218,20 @@ def stochastic_resetting(
       The best value (1.0) was measured at ``[0.5, 1.5]``; two updates later patience ran out,
       resetting switched on and, with ``reset_prob=1``, sent the parameters back there.
 
+      With ``reset_on_nonfinite=True`` a NaN gradient rolls back to the checkpoint instead of
+      poisoning the parameters:
+
+      >>> tx = resetax.stochastic_resetting(optax.sgd(0.5), reset_prob=0.0, key=0,
+      ...                                   reset_on_nonfinite=True)
+      >>> params = jnp.array([1.0, 2.0])
+      >>> state = tx.init(params)  # the first params are the checkpoint
+      >>> for grads in [jnp.ones(2), jnp.array([1.0, jnp.nan])]:
+      ...   updates, state = tx.update(grads, state, params)
+      ...   params = resetax.apply_updates(params, updates, state)
+      ...   print(params, int(state.num_nonfinite_resets))
+      [0.5 1.5] 0
+      [1. 2.] 1
+
     References:
       Bae, Song & Jeong, `Stochastic resetting mitigates latent gradient bias of SGD from label
       noise <https://arxiv.org/abs/2406.00396>`_, Machine Learning: Science and Technology 6,
@@ -203,9 +250,28 @@ def stochastic_resetting(
       With ``optax.inject_hyperparams``, pass ``static_args=("key", "patience", "mask")`` (those
       you use) so that only ``reset_prob`` and ``min_delta`` become injected hyperparameters.
     """
-    _check_args(inner, reset_prob, key, patience, adaptive, reset_inner_state, mask, mode,
-                min_delta)
-    inner = base.with_extra_args_support(inner)
+    _checks.instance("inner", inner, (optax.GradientTransformation,),
+                     "an optax.GradientTransformation")
+    if not callable(reset_prob):
+        _checks.probability("reset_prob", reset_prob, scalar=True)
+    _checks.instance("key", key, (int, np.integer, jax.Array, np.ndarray),
+                     "an int seed or a jax.random.key")
+    if isinstance(patience, jax.Array):
+        _checks.check("patience", patience, lambda a: (a >= 0) & np.issubdtype(a.dtype, np.integer),
+                      "None or an integer >= 0", scalar=True)
+    else:
+        _checks.int_at_least("patience", patience, 0, none_ok=True)
+    _checks.instance("adaptive", adaptive, (bool, np.bool_, jax.Array), "a bool")
+    _checks.instance("reset_inner_state", reset_inner_state, (bool,),
+                     "a Python bool (it decides the state's structure)")
+    _checks.instance("reset_on_nonfinite", reset_on_nonfinite, (bool,), "a Python bool")
+    if mask is not None and not callable(mask) and not all(
+        isinstance(m, (bool, np.bool_)) for m in jax.tree.leaves(mask)
+    ):
+        raise ValueError("mask must be a pytree of Python bools or a callable params -> pytree.")
+    _checks.one_of("mode", mode, _MODES)
+    _checks.finite_nonnegative("min_delta", min_delta, scalar=True)
+    inner = optax.with_extra_args_support(inner)
     sign = 1.0 if mode == "min" else -1.0
 
     def init_fn(params):
@@ -228,11 +294,12 @@ def stochastic_resetting(
             did_reset=jnp.asarray(False),
             checkpoint_updated=jnp.asarray(False),
             num_resets=jnp.zeros([], jnp.int32),
+            num_nonfinite_resets=jnp.zeros([], jnp.int32),
         )
 
     def update_fn(updates, state, params=None, *, value=jnp.nan, **extra_args):
         if params is None:
-            raise ValueError(base.NO_PARAMS_MSG)
+            raise ValueError(NO_PARAMS_MSG)
         if jnp.ndim(value) != 0:
             raise ValueError(
                 f"value must be a scalar (the validation metric), got shape {jnp.shape(value)}."
@@ -242,7 +309,7 @@ def stochastic_resetting(
         value = jnp.asarray(value, jnp.float32)
         improved = jnp.isfinite(value) & (sign * value < sign * state.best_value - min_delta)
         best_value = jnp.where(improved, value, state.best_value)
-        steps_since_best = jnp.where(improved, 0, _increment(state.steps_since_best))
+        steps_since_best = jnp.where(improved, 0, optax.safe_increment(state.steps_since_best))
         take = (state.count == 0) | (improved & (~state.active | jnp.asarray(adaptive)))
         if patience is None:
             active = state.active
@@ -251,21 +318,38 @@ def stochastic_resetting(
 
         next_key, draw_key = jax.random.split(_wrap_key(state.key, key))
         prob = reset_prob(state.count) if callable(reset_prob) else reset_prob
-        did_reset = active & (jax.random.uniform(draw_key) < prob)
+        # The draw lies in [0, 1), so the clip does not change the decision; it pins down the
+        # probability that applies when a traced value or a schedule leaves [0, 1].
+        random_reset = active & (jax.random.uniform(draw_key) < jnp.clip(prob, 0.0, 1.0))
+        if reset_on_nonfinite:
+            nonfinite = ~_all_finite(params, inner_updates)
+            did_reset = random_reset | nonfinite
+        else:
+            did_reset = random_reset
 
         checkpoint = _where_tree(take, params, state.checkpoint)
-        updates = jax.tree.map(
-            lambda c, u, p: u if _is_masked(c)
-            else jnp.where(did_reset, (c - p).astype(u.dtype), u),
-            checkpoint, inner_updates, params, is_leaf=_is_masked,
-        )
+
+        def leaf_update(c, u, p):
+            if not is_masked(c):
+                return jnp.where(did_reset, (c - p).astype(u.dtype), u)
+            # A leaf that never resets has no checkpoint: a rollback leaves it where it is.
+            return jnp.where(nonfinite, jnp.zeros_like(u), u) if reset_on_nonfinite else u
+
+        updates = jax.tree.map(leaf_update, checkpoint, inner_updates, params, is_leaf=is_masked)
         checkpoint_inner_state = state.checkpoint_inner_state
         if reset_inner_state:
             checkpoint_inner_state = _where_tree(take, state.inner_state, checkpoint_inner_state)
-            inner_state = _where_tree(did_reset, checkpoint_inner_state, inner_state)
+            inner_state = _where_tree(random_reset, checkpoint_inner_state, inner_state)
+        if reset_on_nonfinite:
+            restored = _restored_inner_state(
+                inner, inner_state, checkpoint_inner_state, checkpoint, params)
+            inner_state = _where_tree(nonfinite, restored, inner_state)
+            num_nonfinite_resets = state.num_nonfinite_resets + nonfinite.astype(jnp.int32)
+        else:
+            num_nonfinite_resets = state.num_nonfinite_resets
 
         return updates, ResettingState(
-            count=_increment(state.count),
+            count=optax.safe_increment(state.count),
             key=jax.random.key_data(next_key),
             inner_state=inner_state,
             checkpoint=checkpoint,
@@ -275,13 +359,14 @@ def stochastic_resetting(
             active=active,
             did_reset=did_reset,
             checkpoint_updated=take,
-            num_resets=state.num_resets + did_reset.astype(jnp.int32),
+            num_resets=state.num_resets + random_reset.astype(jnp.int32),
+            num_nonfinite_resets=num_nonfinite_resets,
         )
 
-    return base.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def find_resetting_state(state: base.OptState) -> ResettingState:
+def find_resetting_state(state: optax.OptState) -> ResettingState:
     """Returns the one :class:`ResettingState` inside an optimizer state.
 
     The resetting transformation may sit inside ``optax.chain``, ``optax.inject_hyperparams``,
@@ -313,7 +398,9 @@ def find_resetting_state(state: base.OptState) -> ResettingState:
     return found[0]
 
 
-def apply_updates(params: base.Params, updates: base.Updates, state: base.OptState) -> base.Params:
+def apply_updates(
+    params: optax.Params, updates: optax.Updates, state: optax.OptState
+) -> optax.Params:
     """Applies updates like ``optax.apply_updates``, landing exactly on the checkpoint on a reset.
 
     ``optax.apply_updates(params, checkpoint - params)`` equals the checkpoint only to within float
@@ -347,12 +434,16 @@ def apply_updates(params: base.Params, updates: base.Updates, state: base.OptSta
 
 
 def set_checkpoint(
-    state: base.OptState, params: base.Params, inner_state: base.OptState | None = None
-) -> base.OptState:
+    state: optax.OptState, params: optax.Params, inner_state: optax.OptState | None = None
+) -> optax.OptState:
     """Makes ``params`` (and optionally an inner state) the checkpoint that resets return to.
 
     For users who pick the checkpoint themselves, e.g. after evaluating a candidate more
     thoroughly than the per-step ``value`` allows. Only the leaves that may reset are stored.
+    A later ``update`` still replaces it whenever it takes a checkpoint itself (at the first
+    update, at a new best while resetting is inactive, and at every new best with
+    ``adaptive=True``). A :class:`ModelStateCheckpoint` is not touched: replace its
+    ``model_state`` yourself if the model has one.
 
     Args:
       state: An optimizer state containing one :class:`ResettingState`.
@@ -421,14 +512,15 @@ def reset_model_state(
     model_state: Any,
     new_model_state: Any,
     checkpoint: ModelStateCheckpoint,
-    opt_state: base.OptState,
+    opt_state: optax.OptState,
 ) -> tuple[Any, ModelStateCheckpoint]:
     """Resets non-parameter model state (BatchNorm statistics) together with the params.
 
     Call it in the train step right after the resetting update. It snapshots ``model_state`` —
     the state that belongs with the ``params`` passed to ``update`` — whenever those params were
     copied into the checkpoint, and returns the snapshot in place of ``new_model_state`` (the
-    state after this step's forward pass) whenever the update was a reset. Jittable.
+    state after this step's forward pass) whenever the update was a reset or a rollback of a
+    non-finite update. Jittable.
 
     Args:
       model_state: The model state that goes with the ``params`` given to ``update`` (before this
@@ -480,67 +572,32 @@ def reset_model_state(
     return model_state, ModelStateCheckpoint(snapshot)
 
 
-def _check_args(inner, reset_prob, key, patience, adaptive, reset_inner_state, mask, mode,
-                min_delta):
-    if not (hasattr(inner, "init") and hasattr(inner, "update")):
-        raise TypeError(
-            f"inner must be an optax.GradientTransformation, got {type(inner).__name__}.")
-    if isinstance(reset_prob, bool) or (
-        isinstance(reset_prob, (int, float, np.number, np.ndarray))
-        and not (np.ndim(reset_prob) == 0 and 0.0 <= float(reset_prob) <= 1.0)
-    ):
-        raise ValueError(
-            f"reset_prob must be a probability in [0, 1] (a float, a scalar array or a schedule "
-            f"step -> probability), got {reset_prob!r}."
-        )
-    if patience is not None and (
-        isinstance(patience, bool)
-        or not isinstance(patience, (int, np.integer, jax.Array))
-        or (isinstance(patience, (int, np.integer)) and patience < 0)
-    ):
-        raise ValueError(
-            f"patience must be None or a non-negative integer number of steps, got {patience!r}.")
-    if not isinstance(key, (int, np.integer, jax.Array, np.ndarray)) or isinstance(key, bool):
-        raise TypeError(f"key must be an int seed or a jax.random.key, got {type(key).__name__}.")
-    if not isinstance(reset_inner_state, bool):
-        raise TypeError(
-            f"reset_inner_state must be a Python bool (it decides the state's structure), got "
-            f"{reset_inner_state!r}."
-        )
-    if not isinstance(adaptive, (bool, np.bool_, jax.Array)):
-        raise TypeError(f"adaptive must be a bool, got {adaptive!r}.")
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
-    if isinstance(min_delta, (int, float, np.number)) and not (
-        math.isfinite(min_delta) and min_delta >= 0
-    ):
-        raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}.")
-    if mask is not None and not callable(mask) and not all(
-        isinstance(m, (bool, np.bool_)) for m in jax.tree.leaves(mask)
-    ):
-        raise ValueError("mask must be a pytree of Python bools or a callable params -> pytree.")
-
-
 def _full_mask(mask, params):
     """Broadcasts a mask (pytree prefix of bools, or callable) to the full params structure."""
     if mask is None:
         return jax.tree.map(lambda _: True, params)
     mask_tree = mask(params) if callable(mask) else mask
     try:
-        return jax.tree.map(
+        full = jax.tree.map(
             lambda m, sub: jax.tree.map(lambda _: bool(m), sub), mask_tree, params)
     except (ValueError, TypeError) as err:
         raise ValueError(
             f"mask must have the structure of the params (or a prefix of it): "
             f"mask {jax.tree.structure(mask_tree)} vs params {jax.tree.structure(params)}."
         ) from err
+    leaves = jax.tree.leaves(full)
+    if not any(leaves):
+        raise ValueError(
+            f"mask must be True on at least one parameter leaf; it is False on all {len(leaves)} "
+            f"leaves of the params, so every reset would move nothing."
+        )
+    return full
 
 
 def _inner_state_mask(inner, inner_state, mask_tree):
     """Marks the inner-state leaves restored by a reset: floats belonging to resettable params."""
-    is_float = lambda x: jnp.issubdtype(jnp.result_type(x), jnp.inexact)  # noqa: E731
     if all(jax.tree.leaves(mask_tree)):
-        return jax.tree.map(is_float, inner_state)
+        return jax.tree.map(_is_float, inner_state)
     try:
         param_mask = optax.tree_utils.tree_map_params(
             inner, lambda _, m: m, inner_state, mask_tree,
@@ -551,7 +608,35 @@ def _inner_state_mask(inner, inner_state, mask_tree):
             "reset_inner_state=True with a mask needs an inner transformation that supports "
             "optax.tree_map_params, to know which inner-state leaves belong to masked params."
         ) from err
-    return jax.tree.map(lambda m, x: bool(m) and is_float(x), param_mask, inner_state)
+    return jax.tree.map(lambda m, x: bool(m) and _is_float(x), param_mask, inner_state)
+
+
+def _all_finite(params, updates):
+    """Whether ``optax.apply_updates(params, updates)`` is finite everywhere (a traced bool).
+
+    A non-finite update, or one that overflows the params' dtype, makes the sum non-finite.
+    """
+    finite = jax.tree.leaves(jax.tree.map(
+        lambda p, u: jnp.isfinite((p + u).astype(jnp.result_type(p))).all(), params, updates))
+    return jnp.stack(finite).all() if finite else jnp.asarray(True)
+
+
+def _restored_inner_state(inner, inner_state, checkpoint_inner_state, checkpoint, params):
+    """The inner state a non-finite update rolls back to.
+
+    Floating-point leaves take their stored checkpoint values where ``reset_inner_state=True``
+    keeps some, otherwise the values ``inner.init`` gives for the rolled-back parameters; integer
+    leaves (step counts) keep the values the update produced.
+    """
+    rolled_back = jax.tree.map(lambda c, p: p if is_masked(c) else c, checkpoint, params,
+                               is_leaf=is_masked)
+    fresh = jax.tree.map(
+        lambda new, init: jnp.asarray(init, jnp.result_type(new)) if _is_float(new) else new,
+        inner_state, inner.init(rolled_back))
+    if isinstance(checkpoint_inner_state, optax.EmptyState):
+        return fresh
+    return jax.tree.map(lambda stored, x: x if is_masked(stored) else stored,
+                        checkpoint_inner_state, fresh, is_leaf=is_masked)
 
 
 def _select(mask_tree, tree):
@@ -563,17 +648,17 @@ def _select(mask_tree, tree):
 def _where_tree(pred, on_true, on_false):
     """``jnp.where(pred, a, b)`` leafwise; where either side is a MaskedNode, ``b`` is kept."""
     return jax.tree.map(
-        lambda a, b: b if _is_masked(a) or _is_masked(b)
+        lambda a, b: b if is_masked(a) or is_masked(b)
         else jnp.where(pred, a, b).astype(jnp.result_type(b)),
-        on_true, on_false, is_leaf=_is_masked,
+        on_true, on_false, is_leaf=is_masked,
     )
 
 
 def _replace_leaves(stored, new, name):
     try:
         return jax.tree.map(
-            lambda s, x: s if _is_masked(s) else jnp.asarray(x, s.dtype).reshape(s.shape),
-            stored, new, is_leaf=_is_masked,
+            lambda s, x: s if is_masked(s) else jnp.asarray(x, s.dtype).reshape(s.shape),
+            stored, new, is_leaf=is_masked,
         )
     except (ValueError, TypeError) as err:
         raise ValueError(
@@ -597,12 +682,8 @@ def _wrap_key(data, key):
     return jax.random.wrap_key_data(data, impl=impl)
 
 
-def _increment(count):
-    return jnp.where(count < jnp.iinfo(jnp.int32).max, count + 1, count).astype(jnp.int32)
-
-
-def _is_masked(x):
-    return isinstance(x, optax.MaskedNode)
+def _is_float(x):
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
 def _is_resetting_state(x):

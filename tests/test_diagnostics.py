@@ -292,13 +292,13 @@ WALKERS = [(1.0, 1.0, 0.6), (2.0, 0.5, 0.5), (1.5, 0.25, 1.0)]
 
 
 @pytest.mark.parametrize(("distance", "diffusion", "drift"), WALKERS)
-def test_trajectory_peclet_recovers_hand_set_walkers(distance, diffusion, drift):
+def test_trajectory_peclet_recovers_hand_set_walkers(distance, diffusion, drift, enable_x64):
     """Statistical error: with T steps of length dt, v-hat has relative standard error
     sqrt(2D/(T dt))/v = L/(Pe sqrt(2 D T dt)) and D-hat sqrt(2/(T-1)); Pe-hat = L v-hat/(2 D-hat)
     adds them in quadrature. T = 2e5, dt = 0.5 gives 0.8%, 0.7%, 0.4% for Pe = 0.3, 1, 3, so the
     10% tolerance is at least 12 standard errors."""
     num_steps, dt, dim = 200_000, 0.5, 3
-    with jax.enable_x64(True):
+    with enable_x64(True):
         truth = distance * drift / (2 * diffusion)
         direction = jnp.array([2.0, -1.0, 2.0]) / 3.0
         start = jnp.array([0.5, 0.0, -1.0])
@@ -322,13 +322,13 @@ def test_trajectory_peclet_recovers_hand_set_walkers(distance, diffusion, drift)
             np.testing.assert_allclose(est.reset_prob, -math.expm1(-gamma * dt), rtol=0.1)
 
 
-def test_gradient_and_trajectory_estimates_agree_on_sgd_with_constant_gradients():
+def test_gradient_and_trajectory_estimates_agree_on_sgd_with_constant_gradients(enable_x64):
     """Per-sample loss <a_i, theta>: constant gradients, so SGD is a constant-drift walker with
     v = eta |a-bar| and D = eta^2 u'Sigma u / (2B) per step, both estimators must find it."""
     rng = np.random.default_rng(4)
     n, dim, lr, batch, num_steps, L = 64, 3, 0.1, 4, 50_000, 0.05
     a = rng.normal(size=(n, dim)) * 2.0 + np.array([0.6, 0.0, 0.0])
-    with jax.enable_x64(True):
+    with enable_x64(True):
         a = jnp.asarray(a)
         theta0 = jnp.zeros(dim)
         stats = diagnostics.gradient_statistics(

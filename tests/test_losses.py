@@ -101,9 +101,9 @@ def test_hand_computed_point():
 
 
 @pytest.mark.parametrize("name", losses.LOSSES)
-def test_matches_reference_formula_in_float64(name):
+def test_matches_reference_formula_in_float64(name, enable_x64):
     logits, labels = random_batch(shape=(4, 3))
-    with jax.enable_x64(True):
+    with enable_x64(True):
         got = losses.get_loss(name, **HPARAMS[name])(jnp.asarray(logits), jnp.asarray(labels))
         assert got.dtype == jnp.float64 and got.shape == (4, 3)
     np.testing.assert_allclose(got, REFERENCES[name](logits, labels, **HPARAMS[name]), rtol=1e-12)
@@ -158,7 +158,7 @@ def finite_difference_grad(f, x, h=1e-6):
 
 
 @pytest.mark.parametrize("name", losses.LOSSES)
-def test_gradient_matches_finite_differences(name):
+def test_gradient_matches_finite_differences(name, enable_x64):
     logits, labels = random_batch(shape=(3,), num_classes=4, seed=4)
     if name == "truncated_gce":
         # Keep every p_y away from the threshold, where the loss jumps.
@@ -169,19 +169,19 @@ def test_gradient_matches_finite_differences(name):
     def total(z):
         return reference(z, labels, **HPARAMS[name]).sum()
 
-    with jax.enable_x64(True):
+    with enable_x64(True):
         loss_fn = losses.get_loss(name, **HPARAMS[name])
         grad = jax.jit(jax.grad(lambda z: loss_fn(z, labels).sum()))(jnp.asarray(logits))
     # Central differences at h = 1e-6 err by O(h^2) + O(eps / h) ~ 1e-10.
     np.testing.assert_allclose(grad, finite_difference_grad(total, logits), rtol=1e-6, atol=1e-8)
 
 
-def test_elr_gradient_treats_targets_as_constants():
+def test_elr_gradient_treats_targets_as_constants(enable_x64):
     logits, labels = random_batch(shape=(3,), num_classes=4, seed=5)
     indices = np.array([2, 0, 4])
     rng = np.random.default_rng(5)
     start = rng.dirichlet(np.ones(4), size=5)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         state = losses.ELRState(targets=jnp.asarray(start))
 
         def total(z):
@@ -204,10 +204,10 @@ def test_elr_gradient_treats_targets_as_constants():
 # Limits and extremes
 
 
-def test_gce_tends_to_cross_entropy_as_q_goes_to_zero():
+def test_gce_tends_to_cross_entropy_as_q_goes_to_zero(enable_x64):
     logits, labels = random_batch(seed=6)
     ce = -np_log_prob_of_label(logits, labels)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         for q in (1e-3, 1e-6):
             gce = losses.generalized_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), q=q)
             # (1 - e^{-q ce}) / q = ce - q ce^2 / 2 + O(q^2 ce^3).
@@ -307,13 +307,13 @@ def test_elr_buffer_update_and_loss_match_formula():
     assert state.targets.dtype == jnp.float32
 
 
-def test_elr_clips_and_renormalizes_small_probabilities():
+def test_elr_clips_and_renormalizes_small_probabilities(enable_x64):
     # p = softmax([12, 0, -12]) has entries far below 1e-4, so the clip changes both the
     # target (renormalized) and the agreement term.
     logits = np.array([[12.0, 0.0, -12.0], [0.0, 0.0, 0.0]])
     labels, indices = np.array([1, 2]), np.array([0, 1])
     start = np.array([[0.1, 0.2, 0.7], [0.3, 0.3, 0.4]])
-    with jax.enable_x64(True):
+    with enable_x64(True):
         state = losses.ELRState(targets=jnp.asarray(start))
         loss, state = losses.elr_loss(logits, labels, indices, state, lam=3.0, beta=0.7)
     expected_loss, expected_targets = np_elr(logits, labels, start, 3.0, 0.7)

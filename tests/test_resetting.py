@@ -9,7 +9,9 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from optax._src import base
+
+# optax has no public name for its "params are required" message.
+from optax._src.base import NO_PARAMS_MSG
 from scipy import stats
 
 import resetax
@@ -69,6 +71,17 @@ def test_reset_prob_zero_and_one():
     always, _ = _reset_history(1.0, 500, key=0)
     assert never.sum() == 0
     assert always.all()
+
+
+@pytest.mark.parametrize("reset_prob, every_step", [
+    (jnp.array(1.0), True),  # a concrete array in range is accepted
+    (lambda count: jnp.asarray(2.0), True),  # a schedule's output is clipped to [0, 1]
+    (lambda count: jnp.asarray(-1.0), False),
+    (lambda count: jnp.asarray(float("nan")), False),
+])
+def test_array_and_out_of_range_schedule_reset_probabilities(reset_prob, every_step):
+    did_reset, _ = _reset_history(reset_prob, 50, key=0)
+    assert did_reset.all() if every_step else not did_reset.any()
 
 
 def test_same_key_same_resets_other_key_other_resets():
@@ -270,6 +283,21 @@ def test_mask_structure_mismatch_raises():
         tx.init({"a": jnp.ones(1), "b": jnp.ones(1)})
 
 
+@pytest.mark.parametrize("mask", [
+    {"a": False, "b": {"c": False}},
+    False,  # a prefix of every tree
+    lambda p: jax.tree.map(lambda _: False, p),
+    {"a": False, "b": True},  # True only on a subtree without leaves
+])
+def test_mask_that_resets_nothing_raises_at_init(mask):
+    tx = resetax.stochastic_resetting(optax.sgd(0.1), 0.5, key=0, mask=mask)
+    params = {"a": jnp.ones(2), "b": {"c": jnp.ones(3)}}
+    if isinstance(mask, dict) and mask["b"] is True:
+        params = {"a": jnp.ones(2), "b": {}}
+    with pytest.raises(ValueError, match="mask must be True on at least one"):
+        tx.init(params)
+
+
 # --------------------------------------------------------------------------- model state
 
 
@@ -289,6 +317,156 @@ def test_reset_model_state_snapshots_and_restores():
     # The best value was measured at step 1, with params 1 and the model state before step 1.
     assert bool(state.did_reset)
     assert float(params) == 1.0
+    np.testing.assert_array_equal(model_state["mean"], jnp.full(2, 1.0))
+
+
+# --------------------------------------------------------------------------- non-finite rollback
+
+
+def _poisoned_run(reset_inner_state, *, poison_at=5, best_at=2, num_steps=7):
+    """Momentum SGD on a quadratic; the gradient of step ``poison_at`` is NaN.
+
+    The only finite validation value is measured at step ``best_at``, so that step's params are
+    the checkpoint. Patience is long: resetting never activates, and ``reset_prob=1`` shows that
+    the rollback does not depend on it.
+    """
+    inner = optax.sgd(optax.linear_schedule(0.1, 0.05, 100), momentum=0.9)
+    tx = resetax.stochastic_resetting(inner, 1.0, key=0, patience=1000, reset_on_nonfinite=True,
+                                      reset_inner_state=reset_inner_state)
+    params = {"w": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array(0.5)}
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    history = []
+    for t in range(num_steps):
+        grads = jax.tree.map(lambda p, t=t: 2 * p + t, params)
+        if t == poison_at:
+            grads["w"] = grads["w"].at[1].set(jnp.nan)
+        history.append((params, state))
+        value = 1.0 if t == best_at else float("nan")
+        updates, state = update(grads, state, params, value=value)
+        plain = optax.apply_updates(params, updates)
+        params = resetax.apply_updates(params, updates, state)
+    return params, plain, state, history
+
+
+@pytest.mark.parametrize("reset_inner_state", [False, True])
+def test_nonfinite_update_rolls_back_to_checkpoint(reset_inner_state):
+    poison_at, best_at = 5, 2
+    params, plain, state, history = _poisoned_run(reset_inner_state, poison_at=poison_at,
+                                                  best_at=best_at, num_steps=poison_at + 1)
+    best_params, best_state = history[best_at]
+    before = history[poison_at][0]
+    assert bool(state.did_reset) and not bool(state.active)
+    assert int(state.num_nonfinite_resets) == 1 and int(state.num_resets) == 0
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(best_params), strict=True):
+        np.testing.assert_array_equal(got, want)  # resetax.apply_updates: bit for bit
+    for got, want, prev in zip(jax.tree.leaves(plain), jax.tree.leaves(best_params),
+                               jax.tree.leaves(before), strict=True):
+        ulp = np.spacing(np.maximum(np.abs(want), np.abs(prev)).astype(np.float32))
+        assert (np.abs(np.asarray(got) - np.asarray(want)) <= ulp).all()
+    trace = state.inner_state[0].trace
+    # The momentum that produced a NaN update is never kept: back to the checkpoint's, or to
+    # inner.init's (zeros) when the checkpoint's was not stored.
+    want_trace = best_state.inner_state[0].trace if reset_inner_state else jax.tree.map(
+        jnp.zeros_like, trace)
+    for got, want in zip(jax.tree.leaves(trace), jax.tree.leaves(want_trace), strict=True):
+        assert bool(jnp.isfinite(got).all())
+        np.testing.assert_array_equal(got, want)
+    assert float(jnp.abs(best_state.inner_state[0].trace["w"]).max()) > 0  # not zeros already
+    assert int(state.inner_state[-1].count) == poison_at + 1  # the schedule kept counting
+
+
+def test_nonfinite_rollback_only_when_asked():
+    tx = resetax.stochastic_resetting(optax.sgd(0.1), 0.0, key=0)
+    params = jnp.ones(2)
+    state = tx.init(params)
+    updates, state = tx.update(jnp.array([1.0, jnp.inf]), state, params)
+    assert not bool(state.did_reset) and int(state.num_nonfinite_resets) == 0
+    assert not bool(jnp.isfinite(resetax.apply_updates(params, updates, state)).all())
+
+
+def test_overflowing_params_roll_back_too():
+    # Finite updates whose sum with the params overflows float32 also roll back.
+    tx = resetax.stochastic_resetting(optax.sgd(1.0), 0.0, key=0, reset_on_nonfinite=True)
+    params = jnp.array([3e38, 1.0])
+    state = tx.init(params)
+    updates, state = jax.jit(tx.update)(jnp.array([-3e38, 0.0]), state, params)
+    assert int(state.num_nonfinite_resets) == 1
+    np.testing.assert_array_equal(resetax.apply_updates(params, updates, state), params)
+
+
+def _spiky_quadratic_run(reset_on_nonfinite, num_steps=400):
+    """SGD with momentum in a chain on a quadratic, with gradients overflowing every 50 steps."""
+    target = jnp.array([3.0, -1.0, 0.5])
+    tx = optax.chain(
+        optax.add_decayed_weights(1e-4),
+        resetax.stochastic_resetting(optax.sgd(0.02, momentum=0.9), 0.0, key=0, patience=100,
+                                     reset_on_nonfinite=reset_on_nonfinite))
+
+    def step(carry, t):
+        params, state = carry
+        value, grads = jax.value_and_grad(lambda p: jnp.sum((p - target) ** 2))(params)
+        grads = jnp.where(t % 50 == 25, grads * jnp.inf, grads)  # a loss spike: inf gradients
+        updates, state = tx.update(grads, state, params, value=value)
+        params = resetax.apply_updates(params, updates, state)
+        return (params, state), jnp.isfinite(params).all()
+
+    params = jnp.zeros(3)
+    (params, state), finite = jax.jit(lambda c: jax.lax.scan(step, c, jnp.arange(num_steps)))(
+        (params, tx.init(params)))
+    return params, resetax.find_resetting_state(state), np.asarray(finite), target
+
+
+def test_nonfinite_rollback_recovers_in_chain_under_scan():
+    params, state, finite, target = _spiky_quadratic_run(reset_on_nonfinite=True)
+    assert finite.all()
+    assert int(state.num_nonfinite_resets) == 8 and int(state.num_resets) == 0
+    np.testing.assert_allclose(params, target, atol=1e-2)
+    # Without the rollback the first spike poisons the params for good.
+    params, state, finite, _ = _spiky_quadratic_run(reset_on_nonfinite=False)
+    assert not finite[25:].any() and int(state.num_nonfinite_resets) == 0
+
+
+def test_nonfinite_rollback_with_mask_keeps_unmasked_leaves_in_place():
+    tx = resetax.stochastic_resetting(optax.sgd(0.1, momentum=0.9), 0.0, key=0,
+                                      mask={"head": True, "body": False},
+                                      reset_on_nonfinite=True)
+    params = {"head": jnp.ones(2), "body": jnp.full(3, 2.0)}
+    state = tx.init(params)  # the checkpoint: the first params
+    update = jax.jit(tx.update)
+    grads = jax.tree.map(jnp.ones_like, params)
+    for _ in range(3):
+        updates, state = update(grads, state, params)
+        params = resetax.apply_updates(params, updates, state)
+    before = params
+    # The non-finite entry is on a leaf that never resets: it still triggers the rollback.
+    updates, state = update({"head": jnp.ones(2), "body": jnp.array([1.0, jnp.nan, 1.0])},
+                            state, params)
+    params = resetax.apply_updates(params, updates, state)
+    assert bool(state.did_reset) and int(state.num_nonfinite_resets) == 1
+    np.testing.assert_array_equal(params["head"], jnp.ones(2))  # back to the checkpoint
+    np.testing.assert_array_equal(params["body"], before["body"])  # left where it was
+    np.testing.assert_array_equal(optax.apply_updates(before, updates)["body"], before["body"])
+    assert bool(jnp.isfinite(state.inner_state[0].trace["body"]).all())
+
+
+def test_nonfinite_rollback_resets_model_state():
+    tx = resetax.stochastic_resetting(optax.sgd(1.0), 0.0, key=0, patience=1000,
+                                      reset_on_nonfinite=True)
+    params = jnp.zeros(2)
+    state = tx.init(params)
+    model_state = {"mean": jnp.zeros(2)}
+    checkpoint = resetax.init_model_state_checkpoint(model_state)
+    for t, value in enumerate([3.0, 1.0, 2.0, float("nan")]):
+        grads = jnp.full(2, jnp.nan) if t == 3 else -jnp.ones(2)
+        updates, state = tx.update(grads, state, params, value=value)
+        params = resetax.apply_updates(params, updates, state)
+        new_model_state = {"mean": jnp.full(2, jnp.nan if t == 3 else t + 1.0)}  # forward pass
+        model_state, checkpoint = resetax.reset_model_state(
+            model_state, new_model_state, checkpoint, state)
+    # The best value was measured at step 1: params 1 and the model state before step 1.
+    assert bool(state.did_reset) and int(state.num_nonfinite_resets) == 1
+    np.testing.assert_array_equal(params, jnp.ones(2))
     np.testing.assert_array_equal(model_state["mean"], jnp.full(2, 1.0))
 
 
@@ -434,12 +612,14 @@ def test_extra_args_ignored_without_recompiling():
     assert len(traces) == 1
 
 
+@pytest.mark.parametrize("reset_on_nonfinite", [False, True])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32, jnp.float64])
-def test_dtypes_preserved_and_state_stable(dtype):
-    with jax.enable_x64(dtype == jnp.float64):
+def test_dtypes_preserved_and_state_stable(dtype, reset_on_nonfinite, enable_x64):
+    with enable_x64(dtype == jnp.float64):
         params = {"w": jnp.ones(4, dtype), "b": jnp.zeros(2, dtype)}
         tx = resetax.stochastic_resetting(optax.sgd(0.1, momentum=0.9), 0.5, key=0,
-                                          patience=1, reset_inner_state=True)
+                                          patience=1, reset_inner_state=True,
+                                          reset_on_nonfinite=reset_on_nonfinite)
         state = tx.init(params)
         grads = jax.tree.map(jnp.ones_like, params)
         updates, new_state = jax.jit(tx.update)(grads, state, params, value=1.0)
@@ -477,6 +657,9 @@ def test_state_memory_is_one_params_copy():
 
 NUM_DEVICES = 8
 DP_STEPS = 2000
+# Every 97th update from the 40th has a NaN in one training example (on one replica), so the
+# replicas must also agree on non-finite rollbacks.
+DP_NUM_POISONED = len(range(40, DP_STEPS, 97))
 
 
 def _regression_problem():
@@ -489,16 +672,30 @@ def _regression_problem():
 
 
 def _dp_tx():
-    return resetax.stochastic_resetting(optax.sgd(0.01), 0.05, key=42, patience=20)
+    return resetax.stochastic_resetting(optax.sgd(0.01), 0.05, key=42, patience=20,
+                                        reset_on_nonfinite=True)
 
 
-def _dp_step(mean):
+def _poison_row(row, replica=None):
+    """Sets ``x[row, 0]`` to NaN at the poisoned steps (only on ``replica`` under pmap)."""
+
+    def poison(x, count):
+        bad = (count >= 40) & (count % 97 == 40)
+        if replica is not None:
+            bad &= jax.lax.axis_index("data") == replica
+        return jnp.where(bad, x.at[row, 0].set(jnp.nan), x)
+
+    return poison
+
+
+def _dp_step(mean, poison):
     """One training step; ``mean`` averages a per-shard quantity over the data-parallel axis."""
     tx = _dp_tx()
 
     def step(carry, batch):
         params, state = carry
         x, y, x_val, y_val = batch
+        x = poison(x, state.count)
         grads = mean(jax.grad(lambda w: jnp.mean((x @ w - y) ** 2))(params))
         value = mean(jnp.mean((x_val @ params - y_val) ** 2))
         updates, state = tx.update(grads, state, params, value=value)
@@ -515,7 +712,7 @@ def _dp_run(step, batch, params, state):
 def single_device_run():
     batch = _regression_problem()
     params = jnp.zeros(48)
-    return jax.jit(lambda p, s: _dp_run(_dp_step(lambda v: v), batch, p, s))(
+    return jax.jit(lambda p, s: _dp_run(_dp_step(lambda v: v, _poison_row(40)), batch, p, s))(
         params, _dp_tx().init(params))
 
 
@@ -525,12 +722,16 @@ def test_pmap_replicas_identical_and_match_single_device(single_device_run):
     params = jnp.zeros(48)
     state = _dp_tx().init(params)
     replicate = lambda t: jax.tree.map(lambda x: jnp.stack([x] * NUM_DEVICES), t)  # noqa: E731
-    step = _dp_step(lambda v: jax.lax.pmean(v, "data"))
+    # Global row 40 is row 0 of replica 5.
+    step = _dp_step(lambda v: jax.lax.pmean(v, "data"), _poison_row(0, replica=5))
     run = jax.pmap(lambda b, p, s: _dp_run(step, b, p, s), axis_name="data")
     (params_dp, state_dp), did_reset_dp = run(batch, replicate(params), replicate(state))
     (params_1, state_1), did_reset_1 = single_device_run
     did_reset_dp = np.asarray(did_reset_dp)
     assert int(state_1.num_resets) > 20
+    assert int(state_1.num_nonfinite_resets) == DP_NUM_POISONED
+    np.testing.assert_array_equal(state_dp.num_nonfinite_resets, DP_NUM_POISONED)
+    assert bool(jnp.isfinite(params_dp).all())
     for replica in range(1, NUM_DEVICES):
         np.testing.assert_array_equal(params_dp[replica], params_dp[0])
         np.testing.assert_array_equal(did_reset_dp[replica], did_reset_dp[0])
@@ -545,7 +746,7 @@ def test_sharded_jit_matches_single_device(single_device_run):
     batch = jax.device_put(_regression_problem(), data_sharding)
     params = jax.device_put(jnp.zeros(48), replicated)
     state = jax.device_put(_dp_tx().init(jnp.zeros(48)), replicated)
-    run = jax.jit(lambda b, p, s: _dp_run(_dp_step(lambda v: v), b, p, s),
+    run = jax.jit(lambda b, p, s: _dp_run(_dp_step(lambda v: v, _poison_row(40)), b, p, s),
                   out_shardings=(replicated, replicated))
     (params_s, state_s), did_reset_s = run(batch, params, state)
     (params_1, state_1), did_reset_1 = single_device_run
@@ -555,6 +756,7 @@ def test_sharded_jit_matches_single_device(single_device_run):
         np.testing.assert_array_equal(shard, shards[0])
     np.testing.assert_array_equal(np.asarray(did_reset_s), np.asarray(did_reset_1))
     assert int(state_s.num_resets) == int(state_1.num_resets)
+    assert int(state_s.num_nonfinite_resets) == DP_NUM_POISONED
     np.testing.assert_allclose(params_s, params_1, rtol=1e-4, atol=1e-4)
 
 
@@ -568,7 +770,7 @@ def test_missing_params_raises_optax_message():
         tx.update(jnp.ones(2), state)
     with pytest.raises(ValueError) as err:
         tx.update(jnp.ones(2), state)
-    assert str(err.value) == base.NO_PARAMS_MSG
+    assert str(err.value) == NO_PARAMS_MSG
 
 
 @pytest.mark.parametrize(
@@ -578,6 +780,13 @@ def test_missing_params_raises_optax_message():
         (dict(reset_prob=1.5), "reset_prob"),
         (dict(reset_prob=float("nan")), "reset_prob"),
         (dict(reset_prob=True), "reset_prob"),
+        (dict(reset_prob=jnp.array(2.0)), "reset_prob"),
+        (dict(reset_prob=jnp.array(-1.0)), "reset_prob"),
+        (dict(reset_prob=jnp.array(float("nan"))), "reset_prob"),
+        (dict(reset_prob=jnp.array([0.5, 0.5])), r"reset_prob .* got an array of shape \(2,\)"),
+        (dict(reset_prob="0.1"), "reset_prob"),
+        (dict(min_delta=jnp.array(-1.0)), "min_delta"),
+        (dict(patience=jnp.array(-1)), "patience"),
         (dict(patience=-1), "patience"),
         (dict(patience=2.5), "patience"),
         (dict(mode="mean"), "mode"),
@@ -598,6 +807,8 @@ def test_bad_types_raise_type_error():
         resetax.stochastic_resetting(optax.sgd(0.1), 0.1, key="seed")
     with pytest.raises(TypeError, match="reset_inner_state"):
         resetax.stochastic_resetting(optax.sgd(0.1), 0.1, key=0, reset_inner_state=1)
+    with pytest.raises(TypeError, match="reset_on_nonfinite"):
+        resetax.stochastic_resetting(optax.sgd(0.1), 0.1, key=0, reset_on_nonfinite=None)
 
 
 def test_non_scalar_value_raises():

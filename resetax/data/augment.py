@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resetax import _checks
+
 # Per-channel mean and standard deviation of the training images, in [0, 1] units.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -41,10 +43,8 @@ def random_crop(
       >>> data.random_crop(jax.random.key(0), x, padding=2).shape
       (2, 8, 8, 3)
     """
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"padding must be a non-negative int, got {padding!r}.")
-    if pad_mode not in PAD_MODES:
-        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}.")
+    _checks.int_at_least("padding", padding, 0)
+    _checks.one_of("pad_mode", pad_mode, PAD_MODES)
     n, height, width, channels = images.shape
     padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)), pad_mode)
     offsets = jax.random.randint(key, (n, 2), 0, 2 * padding + 1)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from resetax import _checks
+
 
 def sample_batch_indices(
     key: jax.Array, num_examples: int, batch_size: int, *, replace: bool = True
@@ -30,7 +32,8 @@ def sample_batch_indices(
       >>> idx.shape, idx.dtype, len(set(idx.tolist()))
       ((8,), dtype('int32'), 8)
     """
-    _check_sizes(num_examples, batch_size)
+    _checks.positive_int("num_examples", num_examples)
+    _checks.positive_int("batch_size", batch_size)
     if replace:
         return jax.random.randint(key, (batch_size,), 0, num_examples, dtype=jnp.int32)
     if batch_size > num_examples:
@@ -59,7 +62,8 @@ def epoch_batch_indices(key: jax.Array, num_examples: int, batch_size: int) -> j
       >>> data.epoch_batch_indices(jax.random.key(0), 10, 4).shape
       (2, 4)
     """
-    _check_sizes(num_examples, batch_size)
+    _checks.positive_int("num_examples", num_examples)
+    _checks.positive_int("batch_size", batch_size)
     num_batches = _num_batches(num_examples, batch_size)
     permutation = jax.random.permutation(key, num_examples).astype(jnp.int32)
     return permutation[: num_batches * batch_size].reshape(num_batches, batch_size)
@@ -91,7 +95,8 @@ def batch_indices_at_step(
       >>> sorted(epoch.ravel().tolist())
       [0, 1, 2, 3, 4, 5]
     """
-    _check_sizes(num_examples, batch_size)
+    _checks.positive_int("num_examples", num_examples)
+    _checks.positive_int("batch_size", batch_size)
     num_batches = _num_batches(num_examples, batch_size)
     step = jnp.asarray(step, jnp.int32)
     permutation = jax.random.permutation(jax.random.fold_in(key, step // num_batches), num_examples)
@@ -105,9 +110,3 @@ def _num_batches(num_examples: int, batch_size: int) -> int:
             f"batch_size={batch_size} exceeds num_examples={num_examples}: an epoch has no batch."
         )
     return num_examples // batch_size
-
-
-def _check_sizes(num_examples: int, batch_size: int) -> None:
-    for name, value in (("num_examples", num_examples), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive Python int, got {value!r}.")

@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from resetax import _checks
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
@@ -111,7 +113,7 @@ def subset_per_class(dataset: Dataset, samples_per_class: int, *, seed: int = 0)
       >>> len(small), np.bincount(small.labels).tolist()
       (4, [2, 2])
     """
-    _check_positive_int("samples_per_class", samples_per_class)
+    _checks.positive_int("samples_per_class", samples_per_class)
     classes = dataset.labels if dataset.clean_labels is None else dataset.clean_labels
     counts = np.bincount(classes, minlength=dataset.num_classes)
     if samples_per_class > counts.min():
@@ -158,8 +160,8 @@ def train_val_split(
       >>> len(train), len(val)
       (8, 2)
     """
-    if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in the open interval (0, 1), got {val_fraction!r}.")
+    _checks.interval("val_fraction", val_fraction, 0, 1, open_low=True, open_high=True,
+                     scalar=True)
     if clean_val and dataset.clean_labels is None:
         raise ValueError(f"clean_val=True needs clean_labels, which {dataset.name!r} lacks.")
     num_val = round(val_fraction * len(dataset))
@@ -174,8 +176,3 @@ def train_val_split(
     if clean_val:
         val = dataclasses.replace(val, labels=val.clean_labels)
     return train, val
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from resetax.data.dataset import Dataset, _check_positive_int, subset_per_class
+from resetax import _checks
+from resetax.data.dataset import Dataset, subset_per_class
 
 SPLITS = ("train", "test")
 
@@ -113,20 +114,14 @@ def load(
       >>> ds.inputs.shape, ds.inputs.dtype, ds.num_classes
       ((30, 8, 8, 1), dtype('float32'), 10)
     """
-    if name not in DATASETS:
-        raise ValueError(f"name must be one of {DATASETS}, got {name!r}.")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+    _checks.one_of("name", name, DATASETS)
+    _checks.one_of("split", split, SPLITS)
     variants = LABEL_VARIANTS[name]
     if label_variant is None:
         label_variant = variants[0]
-    elif label_variant not in variants:
-        raise ValueError(
-            f"label_variant for {name!r} must be one of {variants} (or None), got"
-            f" {label_variant!r}."
-        )
+    _checks.one_of(f"label_variant of {name!r}", label_variant, variants)
     if samples_per_class is not None:
-        _check_positive_int("samples_per_class", samples_per_class)
+        _checks.positive_int("samples_per_class", samples_per_class)
 
     if name in _TFDS_SPECS:
         dataset = _load_tfds(name, split, label_variant, data_dir)
@@ -160,8 +155,7 @@ def prepare_command(name: str, data_dir: str | os.PathLike | None = None) -> str
       >>> print(data.prepare_command("cifar10", "/data/tfds"))
       python -c "import tensorflow_datasets as tfds; tfds.builder('cifar10', data_dir='/data/tfds', file_format='array_record').download_and_prepare()"
     """  # noqa: E501
-    if name not in _TFDS_SPECS:
-        raise ValueError(f"name must be one of {tuple(_TFDS_SPECS)}, got {name!r}.")
+    _checks.one_of("name", name, _TFDS_SPECS)
     dir_arg = "" if data_dir is None else f", data_dir={os.fspath(data_dir)!r}"
     return (
         'python -c "import tensorflow_datasets as tfds; '
@@ -205,9 +199,8 @@ def load_mnist1d(
       Greydanus, `Scaling down deep learning with MNIST-1D
       <https://arxiv.org/abs/2011.14439>`_, 2020.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
-    _check_positive_int("num_samples", num_samples)
+    _checks.one_of("split", split, SPLITS)
+    _checks.positive_int("num_samples", num_samples)
     # The package's defaults, hence the arrays, are fixed by its version: the cache key needs no
     # import of mnist1d (which imports scipy and matplotlib, seconds at every start).
     version = importlib.metadata.version("mnist1d")
@@ -251,8 +244,7 @@ def load_digits(*, split: str = "train") -> Dataset:
       >>> data.load_digits(split="train").inputs.shape
       (1438, 8, 8, 1)
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+    _checks.one_of("split", split, SPLITS)
     from sklearn.datasets import load_digits as sklearn_digits
 
     bunch = sklearn_digits()

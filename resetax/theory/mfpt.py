@@ -15,7 +15,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from resetax.theory import _checks
+from resetax import _checks
 
 __all__ = [
     "Z_STAR",
@@ -71,15 +71,8 @@ def peclet_number(distance: ArrayLike, diffusion: ArrayLike, drift: ArrayLike) -
     Examples:
       >>> print(float(resetax.theory.peclet_number(2.0, 0.5, 0.25)))
       0.5
-
-    References:
-      Bae, Song & Jeong, `Stochastic resetting mitigates latent gradient bias of SGD from label
-      noise <https://arxiv.org/abs/2406.00396>`_, 2025.
     """
-    _checks.positive("distance", distance)
-    _checks.positive("diffusion", diffusion)
-    _checks.finite("drift", drift)
-    L, D, v = _checks.as_float(distance, diffusion, drift)
+    L, D, v = _checks.drift_diffusion(distance, diffusion, drift)
     return L * v / (2 * D)
 
 
@@ -131,10 +124,7 @@ def first_passage_laplace_transform(
       Redner, *A Guide to First-Passage Processes*, Cambridge University Press, 2001.
     """
     _checks.nonnegative("s", s)
-    _checks.positive("distance", distance)
-    _checks.positive("diffusion", diffusion)
-    _checks.finite("drift", drift)
-    s, L, D, v = _checks.as_float(s, distance, diffusion, drift)
+    s, L, D, v = _checks.drift_diffusion(distance, diffusion, drift, s)
     a, _ = _exponent(s, L, D, v)
     return jnp.exp(-a)
 
@@ -163,10 +153,7 @@ def hitting_probability(
     References:
       Redner, *A Guide to First-Passage Processes*, Cambridge University Press, 2001.
     """
-    _checks.positive("distance", distance)
-    _checks.positive("diffusion", diffusion)
-    _checks.finite("drift", drift)
-    L, D, v = _checks.as_float(distance, diffusion, drift)
+    L, D, v = _checks.drift_diffusion(distance, diffusion, drift)
     return jnp.exp(jnp.minimum(v, 0) * L / D)
 
 
@@ -212,10 +199,8 @@ def mean_first_passage_time(
       noise <https://arxiv.org/abs/2406.00396>`_, 2025.
     """
     _checks.nonnegative("reset_rate", reset_rate)
-    _checks.positive("distance", distance)
-    _checks.positive("diffusion", diffusion)
-    _checks.finite("drift", drift)
-    return _mean_first_passage_time(*_checks.as_float(reset_rate, distance, diffusion, drift))
+    gamma, L, D, v = _checks.drift_diffusion(distance, diffusion, drift, reset_rate)
+    return _mean_first_passage_time(gamma, L, D, v)
 
 
 @jax.jit

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from resetax import _checks
 from resetax.resetting import apply_updates, stochastic_resetting
-from resetax.theory import _checks
 
 __all__ = [
     "BOUNDARY_SHIFT",
@@ -40,11 +40,28 @@ monitored one whose target lies :math:`\beta\sigma` farther away."""
 
 
 def _as_key(key: int | jax.Array) -> jax.Array:
-    if isinstance(key, bool):
-        raise TypeError(f"key must be an int seed or a jax.random key, got {key!r}.")
-    if isinstance(key, int):
-        return jax.random.key(key)
-    return key
+    _checks.instance("key", key, (int, np.integer, jax.Array), "an int seed or a jax.random.key")
+    return key if isinstance(key, jax.Array) else jax.random.key(key)
+
+
+def _first_arrivals(advance, positions, max_steps: int) -> jax.Array:
+    """Steps walkers with ``positions, arrived = advance(positions, step)`` until all arrived.
+
+    Returns each walker's first arrival step (1-based), or -1 if it had not arrived after
+    ``max_steps`` steps.
+    """
+
+    def cond(carry):
+        _, step, arrived_at = carry
+        return (step < max_steps) & jnp.any(arrived_at < 0)
+
+    def body(carry):
+        positions, step, arrived_at = carry
+        positions, arrived = advance(positions, step)
+        return positions, step + 1, jnp.where((arrived_at < 0) & arrived, step + 1, arrived_at)
+
+    init = (positions, jnp.asarray(0), jnp.full(positions.shape, -1))
+    return jax.lax.while_loop(cond, body, init)[2]
 
 
 def _reset_free_first_passage(key: jax.Array, L: jax.Array, D: jax.Array, v: jax.Array):
@@ -149,10 +166,7 @@ def sample_first_passage_times(
     _checks.positive_int("num_walkers", num_walkers)
     _checks.positive_int("max_renewals", max_renewals)
     _checks.nonnegative("reset_rate", reset_rate)
-    _checks.positive("distance", distance)
-    _checks.positive("diffusion", diffusion)
-    _checks.finite("drift", drift)
-    gamma, L, D, v = _checks.as_float(reset_rate, distance, diffusion, drift)
+    gamma, L, D, v = _checks.drift_diffusion(distance, diffusion, drift, reset_rate)
     return _renewal_times(_as_key(key), gamma, L, D, v, num_walkers, max_renewals)
 
 
@@ -162,21 +176,14 @@ def _langevin_times(key, gamma, L, D, v, dt, target, num_walkers: int, max_steps
     reset_prob = gamma * dt
     step_std = jnp.sqrt(2 * D * dt)
 
-    def cond(carry):
-        _, step, arrived_at = carry
-        return (step < max_steps) & jnp.any(arrived_at < 0)
-
-    def body(carry):
-        x, step, arrived_at = carry
+    def advance(x, step):
         k_reset, k_noise = jax.random.split(jax.random.fold_in(key, step))
         reset = jax.random.uniform(k_reset, (num_walkers,), dtype) < reset_prob
         moved = x - v * dt + step_std * jax.random.normal(k_noise, (num_walkers,), dtype)
         x = jnp.where(reset, L, moved)
-        new = (arrived_at < 0) & ~reset & (x <= target)
-        return x, step + 1, jnp.where(new, step + 1, arrived_at)
+        return x, ~reset & (x <= target)
 
-    init = (jnp.full((num_walkers,), L, dtype), jnp.asarray(0), jnp.full((num_walkers,), -1))
-    _, _, arrived_at = jax.lax.while_loop(cond, body, init)
+    arrived_at = _first_arrivals(advance, jnp.full((num_walkers,), L, dtype), max_steps)
     return jnp.where(arrived_at >= 0, arrived_at.astype(dtype) * dt, jnp.nan)
 
 
@@ -239,12 +246,9 @@ def simulate_langevin(
     _checks.positive_int("num_walkers", num_walkers)
     _checks.positive_int("max_steps", max_steps)
     _checks.nonnegative("reset_rate", reset_rate)
-    _checks.positive("distance", distance)
-    _checks.positive("diffusion", diffusion)
-    _checks.finite("drift", drift)
     _checks.positive("time_step", time_step)
     _checks.probability("reset_rate * time_step", jnp.asarray(reset_rate) * time_step)
-    gamma, L, D, v, dt = _checks.as_float(reset_rate, distance, diffusion, drift, time_step)
+    gamma, dt, L, D, v = _checks.drift_diffusion(distance, diffusion, drift, reset_rate, time_step)
     target = BOUNDARY_SHIFT * jnp.sqrt(2 * D * dt) if boundary_correction else jnp.zeros_like(L)
     return _langevin_times(_as_key(key), gamma, L, D, v, dt, target, num_walkers, max_steps)
 
@@ -253,20 +257,13 @@ def simulate_langevin(
 def _lattice_times(key, r, L, p, num_walkers: int, max_steps: int):
     dtype = r.dtype
 
-    def cond(carry):
-        _, step, arrived_at = carry
-        return (step < max_steps) & jnp.any(arrived_at < 0)
-
-    def body(carry):
-        n, step, arrived_at = carry
+    def advance(n, step):
         u = jax.random.uniform(jax.random.fold_in(key, step), (num_walkers,), dtype)
         # One uniform per step: [0, r) resets, [r, r + (1-r)p) steps toward, the rest away.
         n = jnp.where(u < r, L, jnp.where(u < r + (1 - r) * p, n - 1, n + 1))
-        new = (arrived_at < 0) & (n == 0)
-        return n, step + 1, jnp.where(new, step + 1, arrived_at)
+        return n, n == 0
 
-    init = (jnp.full((num_walkers,), L), jnp.asarray(0), jnp.full((num_walkers,), -1))
-    _, _, arrived_at = jax.lax.while_loop(cond, body, init)
+    arrived_at = _first_arrivals(advance, jnp.full((num_walkers,), L), max_steps)
     return jnp.where(arrived_at >= 0, arrived_at.astype(dtype), jnp.nan)
 
 
