@@ -277,11 +277,10 @@ def stochastic_resetting(
     def init_fn(params):
         mask_tree = _full_mask(mask, params)
         inner_state = inner.init(params)
+        checkpoint_inner_state = optax.EmptyState()
         if reset_inner_state:
-            inner_mask = _inner_state_mask(inner, inner_state, mask_tree)
-            checkpoint_inner_state = _select(inner_mask, inner_state)
-        else:
-            checkpoint_inner_state = optax.EmptyState()
+            checkpoint_inner_state = _select(
+                _inner_state_mask(inner, inner_state, mask_tree), inner_state)
         return ResettingState(
             count=jnp.zeros([], jnp.int32),
             key=_key_data(key),
@@ -298,12 +297,7 @@ def stochastic_resetting(
         )
 
     def update_fn(updates, state, params=None, *, value=jnp.nan, **extra_args):
-        if params is None:
-            raise ValueError(NO_PARAMS_MSG)
-        if jnp.ndim(value) != 0:
-            raise ValueError(
-                f"value must be a scalar (the validation metric), got shape {jnp.shape(value)}."
-            )
+        _check_update_args(params, value)
         inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
 
         value = jnp.asarray(value, jnp.float32)
@@ -311,29 +305,27 @@ def stochastic_resetting(
         best_value = jnp.where(improved, value, state.best_value)
         steps_since_best = jnp.where(improved, 0, optax.safe_increment(state.steps_since_best))
         take = (state.count == 0) | (improved & (~state.active | jnp.asarray(adaptive)))
-        if patience is None:
-            active = state.active
-        else:
-            active = state.active | (steps_since_best >= patience)
+        active = state.active if patience is None else (
+            state.active | (steps_since_best >= patience))
 
         next_key, draw_key = jax.random.split(_wrap_key(state.key, key))
         prob = reset_prob(state.count) if callable(reset_prob) else reset_prob
         # The draw lies in [0, 1), so the clip does not change the decision; it pins down the
         # probability that applies when a traced value or a schedule leaves [0, 1].
         random_reset = active & (jax.random.uniform(draw_key) < jnp.clip(prob, 0.0, 1.0))
-        if reset_on_nonfinite:
-            nonfinite = ~_all_finite(params, inner_updates)
-            did_reset = random_reset | nonfinite
-        else:
-            did_reset = random_reset
+        # A rollback: an update that would leave non-finite params (only when asked for).
+        nonfinite = (~_all_finite(params, inner_updates) if reset_on_nonfinite
+                     else jnp.asarray(False))
+        did_reset = random_reset | nonfinite
 
         checkpoint = _where_tree(take, params, state.checkpoint)
 
         def leaf_update(c, u, p):
             if not is_masked(c):
                 return jnp.where(did_reset, (c - p).astype(u.dtype), u)
-            # A leaf that never resets has no checkpoint: a rollback leaves it where it is.
-            return jnp.where(nonfinite, jnp.zeros_like(u), u) if reset_on_nonfinite else u
+            # A leaf that never resets has no checkpoint: a rollback leaves it where it is
+            # (a MaskedNode update, under optax.masked, stays one).
+            return u if is_masked(u) else jnp.where(nonfinite, jnp.zeros_like(u), u)
 
         updates = jax.tree.map(leaf_update, checkpoint, inner_updates, params, is_leaf=is_masked)
         checkpoint_inner_state = state.checkpoint_inner_state
@@ -344,9 +336,6 @@ def stochastic_resetting(
             restored = _restored_inner_state(
                 inner, inner_state, checkpoint_inner_state, checkpoint, params)
             inner_state = _where_tree(nonfinite, restored, inner_state)
-            num_nonfinite_resets = state.num_nonfinite_resets + nonfinite.astype(jnp.int32)
-        else:
-            num_nonfinite_resets = state.num_nonfinite_resets
 
         return updates, ResettingState(
             count=optax.safe_increment(state.count),
@@ -360,7 +349,7 @@ def stochastic_resetting(
             did_reset=did_reset,
             checkpoint_updated=take,
             num_resets=state.num_resets + random_reset.astype(jnp.int32),
-            num_nonfinite_resets=num_nonfinite_resets,
+            num_nonfinite_resets=state.num_nonfinite_resets + nonfinite.astype(jnp.int32),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -570,6 +559,14 @@ def reset_model_state(
     snapshot = _where_tree(resetting.checkpoint_updated, model_state, checkpoint.model_state)
     model_state = _where_tree(resetting.did_reset, snapshot, new_model_state)
     return model_state, ModelStateCheckpoint(snapshot)
+
+
+def _check_update_args(params, value) -> None:
+    if params is None:
+        raise ValueError(NO_PARAMS_MSG)
+    if jnp.ndim(value) != 0:
+        raise ValueError(
+            f"value must be a scalar (the validation metric), got shape {jnp.shape(value)}.")
 
 
 def _full_mask(mask, params):

@@ -55,11 +55,28 @@ def strict_json_lines(run_dir):
     return [json.loads(line, parse_constant=refuse) for line in read_lines(run_dir)]
 
 
-def test_divergence_is_measured_logged_as_null_and_ends_the_run(tmp_path, capsys):
-    run_dir = tmp_path / "diverged"
+def test_divergence_with_rollback_recovers_and_says_so(tmp_path, capsys):
+    # The trainer's default: every non-finite update is rolled back to the checkpoint.
+    run_dir = tmp_path / "spiky"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     code = cli.main(["train", "--quiet", "--no-baseline", "--run-dir", str(run_dir), *flags,
                      "--learning-rate", "1e4"])
+    assert code == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = strict_json_lines(run_dir)
+    assert summary["num_steps"] == TINY["num_steps"] and summary["num_rollbacks"] > 0
+    assert sum(len(r["rollback_steps"]) for r in rows) == summary["num_rollbacks"]
+    assert sum(len(r["reset_steps"]) for r in rows) == summary["num_resets"]
+    assert "diverged_at" not in summary  # rolled back each time: never a whole window of NaN
+    assert f"{summary['num_rollbacks']} non-finite updates were rolled back" in (
+        capsys.readouterr().err)
+
+
+def test_divergence_without_rollback_is_logged_as_null_and_ends_the_run(tmp_path, capsys):
+    run_dir = tmp_path / "diverged"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    code = cli.main(["train", "--quiet", "--no-baseline", "--run-dir", str(run_dir), *flags,
+                     "--learning-rate", "1e4", "--no-reset-on-nonfinite"])
     assert code == 1
     error = one_line_error(capsys.readouterr().err)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -332,7 +349,7 @@ def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(long_reference,
 
 def test_checkpoint_manager_falls_back_to_the_newest_intact_step(tmp_path, capsys):
     State = collections.namedtuple("State", ["step", "w"])
-    manager = checkpoint.CheckpointManager(tmp_path)
+    manager = checkpoint.CheckpointManager(tmp_path, max_to_keep=3)
     for step in (10, 20, 30):
         manager.save(State(np.int32(step), np.full(3, step, np.float32)), {"at": step})
     for broken in ("20", "30"):

@@ -572,9 +572,11 @@ def test_multisteps():
     np.testing.assert_allclose(seen, [0.0, -0.1, -0.1, 0.0, 0.0, 0.0], atol=1e-7)
 
 
-def test_optax_masked_wrapper():
+@pytest.mark.parametrize("reset_on_nonfinite", [False, True])
+def test_optax_masked_wrapper(reset_on_nonfinite):
     params = {"a": jnp.zeros(2), "b": jnp.zeros(2)}
-    tx = optax.masked(resetax.stochastic_resetting(optax.sgd(0.1), 1.0, key=0),
+    tx = optax.masked(resetax.stochastic_resetting(optax.sgd(0.1), 1.0, key=0,
+                                                   reset_on_nonfinite=reset_on_nonfinite),
                       {"a": True, "b": False})
     state = tx.init(params)
     for _ in range(3):

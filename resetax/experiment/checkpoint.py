@@ -101,6 +101,8 @@ class CheckpointManager:
         for step in steps:
             try:
                 return self.restore(template, step)
+            except RunError:  # readable, but of a layout this version cannot continue
+                raise
             except Exception as err:  # tensorstore, JSON and Orbax errors alike
                 broken.append(str(step))
                 note(f"checkpoint {str(self.directory / str(step))!r} is unreadable "
@@ -114,7 +116,8 @@ class CheckpointManager:
         """Reads the checkpoint at ``step`` (default: the latest) into ``template``'s structure.
 
         Checkpoints of resetax 0.1.0, which stored the state's leaves under keys "00000",
-        "00001"..., still load.
+        "00001"..., load when their train state has the same leaves; those written before the
+        optimizer state gained ``num_nonfinite_resets`` are refused with a message.
         """
         ocp = self._ocp
         step = self.latest_step() if step is None else step
@@ -131,16 +134,24 @@ class CheckpointManager:
         return jax.tree.unflatten(jax.tree.structure(template), leaves), restored.meta
 
     def _restore_legacy(self, template: Any, step: int) -> tuple[Any, dict[str, Any]] | None:
+        """0.1.0's format (the leaves in order), or None if the checkpoint is not in it."""
+        from resetax.experiment.workdir import RunError
+
         ocp = self._ocp
-        leaves, treedef = jax.tree.flatten(template)
-        target = {f"{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
-        try:
-            restored = self._manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                              meta=ocp.args.JsonRestore()))
-        except (ValueError, KeyError):
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                          meta=ocp.args.JsonRestore()))
+        stored = restored.state
+        if not (isinstance(stored, dict) and stored and all(k.isdigit() for k in stored)):
             return None
-        state = treedef.unflatten([np.asarray(restored.state[k]) for k in sorted(target)])
+        leaves, treedef = jax.tree.flatten(template)
+        if len(stored) != len(leaves):
+            raise RunError(
+                f"checkpoint {str(self.directory / str(step))!r} was written by resetax 0.1.0, "
+                f"whose train state had {len(stored)} arrays (this version's has {len(leaves)}); "
+                f"finish that run with `pip install resetax==0.1.0`, or start it again with "
+                f"--overwrite.")
+        state = treedef.unflatten([np.asarray(stored[k]) for k in sorted(stored)])
         return state, restored.meta
 
 

@@ -174,7 +174,13 @@ def _plan(run_dir: Path, args) -> dict[str, Any] | None:
 
 
 def _diverged(summaries: dict[str, dict[str, Any]]) -> int:
-    """Reports the runs that ended on a non-finite loss; 1 if any did, else 0."""
+    """Reports rollbacks and the runs that ended on a non-finite loss; 1 if any did, else 0."""
+    from resetax.experiment import workdir
+
+    for name, s in summaries.items():
+        if s.get("num_rollbacks"):
+            workdir.note(f"{name}: {s['num_rollbacks']} non-finite updates were rolled back to "
+                         f"the checkpoint (rollback_steps in metrics.jsonl).")
     diverged = {name: s["diverged_at"] for name, s in summaries.items() if "diverged_at" in s}
     for name, step in diverged.items():
         print(f"resetax: error: {name} diverged: its train loss has been non-finite since step "

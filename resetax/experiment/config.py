@@ -7,6 +7,8 @@ import math
 import re
 from typing import Any
 
+from resetax import _checks
+
 PARALLEL_MODES = ("sharded", "pmap")
 SELECT_BY = ("loss", "accuracy")
 OPTIMIZERS = ("sgd", "adam")
@@ -80,6 +82,9 @@ class Config:
         200, "Steps without a better validation value before resetting starts; none: at once.")
     adaptive: bool = _field(True, "The checkpoint follows each new best.")
     reset_inner_state: bool = _field(False, "Resets restore momentum as well.")
+    reset_on_nonfinite: bool = _field(
+        True, "Roll back to the checkpoint at once when an update would make the params "
+              "non-finite (a loss spike), counted apart from the random resets.")
     reset_layers: str | None = _field(
         None, "Regular expression over parameter paths (/-joined); only matching layers reset "
               "(partial resetting). none: all layers.")
@@ -201,19 +206,18 @@ def _check_choices(config: Config) -> None:
     from resetax import losses, noise
 
     datasets, models = _registries()
-    _one_of("dataset", config.dataset, datasets)
-    _one_of("model", config.model, models)
-    _one_of("loss", config.loss, (*losses.LOSSES, "elr"))
-    _one_of("noise", config.noise, ("none", *noise.NOISE_KINDS))
-    _one_of("optimizer", config.optimizer, OPTIMIZERS)
-    _one_of("schedule", config.schedule, SCHEDULES)
-    _one_of("select_by", config.select_by, SELECT_BY)
-    _one_of("parallel", config.parallel, PARALLEL_MODES)
-    _one_of("dispatch", config.dispatch, DISPATCH)
+    _checks.one_of("dataset", config.dataset, datasets)
+    _checks.one_of("model", config.model, models)
+    _checks.one_of("loss", config.loss, (*losses.LOSSES, "elr"))
+    _checks.one_of("noise", config.noise, ("none", *noise.NOISE_KINDS))
+    _checks.one_of("optimizer", config.optimizer, OPTIMIZERS)
+    _checks.one_of("schedule", config.schedule, SCHEDULES)
+    _checks.one_of("select_by", config.select_by, SELECT_BY)
+    _checks.one_of("parallel", config.parallel, PARALLEL_MODES)
+    _checks.one_of("dispatch", config.dispatch, DISPATCH)
     for field in dataclasses.fields(config):
-        if field.type == "bool" and not isinstance(getattr(config, field.name), bool):
-            raise ValueError(
-                f"{field.name} must be true or false, got {getattr(config, field.name)!r}.")
+        if field.type == "bool":
+            _checks.boolean(field.name, getattr(config, field.name))
     if config.reset_layers is not None:
         try:
             re.compile(config.reset_layers)
@@ -224,9 +228,9 @@ def _check_choices(config: Config) -> None:
 
 
 def _check_numbers(config: Config) -> None:
-    _in_range("noise_rate", config.noise_rate, 0.0, 1.0)
-    _in_range("reset_prob", config.reset_prob, 0.0, 1.0)
-    _in_range("momentum", config.momentum, 0.0, 1.0)
+    _checks.in_range("noise_rate", config.noise_rate, 0.0, 1.0)
+    _checks.in_range("reset_prob", config.reset_prob, 0.0, 1.0)
+    _checks.in_range("momentum", config.momentum, 0.0, 1.0)
     if not 0.0 < config.val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {config.val_fraction!r}.")
     value = config.learning_rate
@@ -235,8 +239,7 @@ def _check_numbers(config: Config) -> None:
     if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
         raise ValueError(f"weight_decay must be >= 0, got {config.weight_decay!r}.")
     for name in ("num_per_class", "num_devices"):
-        if getattr(config, name) is not None:
-            _positive_int(name, getattr(config, name))
+        _checks.positive_int(name, getattr(config, name), none_ok=True)
     if config.baseline and config.reset_prob == 0:
         raise ValueError("baseline=True trains a reset_prob=0 baseline beside the resetting run, "
                          "so reset_prob must be > 0.")
@@ -246,18 +249,14 @@ def _check_schedule(config: Config) -> None:
     """The step counts: positive, and windows that line up with checkpoints and diagnostics."""
     for name in ("batch_size", "num_steps", "eval_every", "steps_per_dispatch",
                  "checkpoint_every"):
-        _positive_int(name, getattr(config, name))
+        _checks.positive_int(name, getattr(config, name))
     if config.checkpoint_every % config.eval_every:
         raise ValueError(
             f"checkpoint_every ({config.checkpoint_every}) must be a multiple of eval_every "
             f"({config.eval_every}), so that a resumed run reports the same metrics.")
-    if config.patience is not None and not (
-        isinstance(config.patience, int) and not isinstance(config.patience, bool)
-        and config.patience >= 0
-    ):
-        raise ValueError(f"patience must be None or an integer >= 0, got {config.patience!r}.")
+    _checks.int_at_least("patience", config.patience, 0, none_ok=True)
+    _checks.positive_int("diagnostics_every", config.diagnostics_every, none_ok=True)
     if config.diagnostics_every is not None:
-        _positive_int("diagnostics_every", config.diagnostics_every)
         if config.diagnostics_every % config.eval_every:
             raise ValueError(
                 f"diagnostics_every ({config.diagnostics_every}) must be a multiple of eval_every "
@@ -269,18 +268,3 @@ def _registries() -> tuple[tuple[str, ...], tuple[str, ...]]:
     from resetax.models import MODELS
 
     return tuple(DATASETS), tuple(MODELS)
-
-
-def _one_of(name: str, value: Any, accepted: tuple[str, ...]) -> None:
-    if value not in accepted:
-        raise ValueError(f"{name} must be one of {list(accepted)}, got {value!r}.")
-
-
-def _in_range(name: str, value: Any, low: float, high: float) -> None:
-    if not (isinstance(value, (int, float)) and low <= value <= high):
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value!r}.")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be an integer > 0, got {value!r}.")

@@ -304,13 +304,15 @@ class Window(NamedTuple):
       head: The window's measurements at ``start``: step, val_loss, val_acc, test_acc,
         learning_rate, and the diagnostics when they ran there.
       train_losses: The train losses of the window's steps so far.
-      reset_steps: The window's steps that reset.
+      reset_steps: The window's steps that reset at random.
+      rollback_steps: The window's steps whose non-finite update was rolled back.
     """
 
     start: int = -1
     head: tuple[tuple[str, Any], ...] = ()
     train_losses: tuple[float, ...] = ()
     reset_steps: tuple[int, ...] = ()
+    rollback_steps: tuple[int, ...] = ()
 
 
 def fold_rows(window: Window, rows: list[dict[str, Any]], config: Config,
@@ -347,12 +349,16 @@ def fold_rows(window: Window, rows: list[dict[str, Any]], config: Config,
         window = window._replace(
             train_losses=(*window.train_losses, row["train_loss"]),
             reset_steps=(*window.reset_steps, row["step"]) if row["did_reset"]
-            else window.reset_steps)
+            else window.reset_steps,
+            rollback_steps=(*window.rollback_steps, row["step"]) if row.get("did_rollback")
+            else window.rollback_steps)
         end = row["step"] + 1
         if end % config.eval_every == 0 or end == config.num_steps:
             lines.append({**dict(window.head), "reset_steps": list(window.reset_steps),
+                          "rollback_steps": list(window.rollback_steps),
                           "train_loss": float(np.mean(window.train_losses)),
                           "active": row["active"], "num_resets": row["num_resets"],
+                          "num_rollbacks": row.get("num_rollbacks", 0),
                           "distance": row["distance"]})
     return window, lines
 
@@ -362,7 +368,8 @@ def summarize(experiment: Experiment, final: steps_lib.TrainState,
     """The run's ``summary.json``: the best-validation model's metrics, measured anew.
 
     Returns best step, best validation loss and accuracy, the test accuracy of the best model and
-    of the last params, the number of resets, steps, wall time and devices.
+    of the last params, the numbers of resets and of rollbacks of non-finite updates, steps, wall
+    time and devices.
     """
     from resetax import find_resetting_state
 
@@ -382,6 +389,7 @@ def summarize(experiment: Experiment, final: steps_lib.TrainState,
         "test_acc": float(best_test_acc),
         "last_test_acc": float(last_test_acc),
         "num_resets": int(find_resetting_state(final.opt_state).num_resets),
+        "num_rollbacks": int(find_resetting_state(final.opt_state).num_nonfinite_resets),
         "reset_prob": experiment.config.reset_prob,
         "num_steps": int(final.step),
         "wall_time_s": round(wall_time, 3),

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 import resetax
+from resetax._trees import path_name
 from resetax.experiment.config import Config
 from resetax.experiment.input import preprocess
 
@@ -139,7 +140,7 @@ def reset_mask(config: Config, params: Any) -> Any:
         return None
     pattern = re.compile(config.reset_layers)
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: bool(pattern.search(_path_name(path))), params)
+        lambda path, _: bool(pattern.search(path_name(path))), params)
 
 
 def param_paths(params: Any) -> list[str]:
@@ -150,7 +151,7 @@ def param_paths(params: Any) -> list[str]:
       >>> param_paths({"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}})
       ['Dense_0/bias', 'Dense_0/kernel']
     """
-    return [_path_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    return [path_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
 
 
 def make_optimizer(config: Config, params: Any) -> optax.GradientTransformationExtraArgs:
@@ -192,6 +193,7 @@ def make_optimizer(config: Config, params: Any) -> optax.GradientTransformationE
         patience=config.patience,
         adaptive=config.adaptive,
         reset_inner_state=config.reset_inner_state,
+        reset_on_nonfinite=config.reset_on_nonfinite,
         mask=reset_mask(config, params),
         mode="min",  # accuracies are negated before they reach the transformation
     )
@@ -487,8 +489,9 @@ def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation
     :meth:`Evaluation.missing` on steps without a measurement; its validation loss (or negated
     accuracy, with ``select_by="accuracy"``) is the ``value`` fed to resetting. ``loss_fn`` is
     the first result of :func:`make_loss`. ``metrics`` holds ``step``, ``train_loss``,
-    ``learning_rate``, ``did_reset``, ``active``, ``num_resets``, ``distance`` (L2 distance of the
-    new params to the resetting checkpoint) and the evaluation's fields.
+    ``learning_rate``, ``did_reset`` (a random reset), ``did_rollback`` (a rollback of a
+    non-finite update), ``active``, ``num_resets``, ``num_rollbacks``, ``distance`` (L2 distance
+    of the new params to the resetting checkpoint) and the evaluation's fields.
 
     Example:
       >>> from resetax import models
@@ -505,7 +508,7 @@ def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation
       >>> train_step = jax.jit(steps.make_train_step(config, model, tx, loss_fn, 10))
       >>> state, metrics = train_step(state, data, steps.Evaluation.missing())
       >>> int(state.step), int(metrics["step"]), sorted(metrics)[:4]
-      (1, 0, ['active', 'did_reset', 'distance', 'learning_rate'])
+      (1, 0, ['active', 'did_reset', 'did_rollback', 'distance'])
     """
     from resetax.data import augment_cifar, batch_indices_at_step
     from resetax.diagnostics import distance_to_checkpoint
@@ -547,11 +550,14 @@ def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation
             model_checkpoint=model_checkpoint,
             loss_state=replicas.share_loss_state(loss_state, state.loss_state, indices),
             **track_best(state, value))
+        before = resetax.find_resetting_state(state.opt_state)
         resetting = resetax.find_resetting_state(opt_state)
         metrics = dict(
             step=state.step, train_loss=train_loss, learning_rate=schedule(state.step),
-            did_reset=resetting.did_reset, active=resetting.active,
-            num_resets=resetting.num_resets,
+            did_reset=resetting.num_resets > before.num_resets,
+            did_rollback=resetting.num_nonfinite_resets > before.num_nonfinite_resets,
+            active=resetting.active, num_resets=resetting.num_resets,
+            num_rollbacks=resetting.num_nonfinite_resets,
             distance=distance_to_checkpoint(params, resetting.checkpoint).overall,
             **evaluation._asdict())
         return new_state, metrics
@@ -596,7 +602,8 @@ def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformatio
       >>> int(state.step), metrics["step"].tolist()
       (10, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
       >>> sorted(metrics)
-      ['active', 'did_reset', 'distance', 'learning_rate', 'num_resets', 'step', 'test_acc',
+      ['active', 'did_reset', 'did_rollback', 'distance', 'learning_rate', 'num_resets',
+       'num_rollbacks', 'step', 'test_acc',
        'train_loss', 'val_acc', 'val_loss']
       >>> np.isfinite(metrics["val_loss"]).tolist()  # eval_every=10: evaluated at step 0 only
       [True, False, False, False, False, False, False, False, False, False]
@@ -650,13 +657,3 @@ def fuse_steps(train_step: Callable, eval_step: Callable, eval_every: int, *,
         return state, jax.tree.map(lambda *m: jnp.stack(m), *outputs)
 
     return run
-
-
-def _path_name(path) -> str:
-    parts = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-    return "/".join(parts)
