@@ -184,13 +184,12 @@ def torch_worker(args) -> dict:
             train_step()
         timer.add("train_step", time.perf_counter() - start)
 
-        if active:
+        if active and reset_rng.random() < protocol["reset_prob"]:
             start = time.perf_counter()
-            if reset_rng.random() < protocol["reset_prob"]:
-                model.load_state_dict(reset_net.state_dict())
-                if protocol["opt_reset"]:
-                    optimizer.load_state_dict(copy.deepcopy(reset_opt))
-                num_resets += 1
+            model.load_state_dict(reset_net.state_dict())
+            if protocol["opt_reset"]:
+                optimizer.load_state_dict(copy.deepcopy(reset_opt))
+            num_resets += 1
             timer.add("reset", time.perf_counter() - start)
 
         if step % protocol["eval_every"]:
