@@ -46,7 +46,8 @@ def measure(model_name, args, mesh, data):
     tx = steps.make_optimizer(config, params)
     replicated = NamedSharding(mesh, P())
     # Step 0 evaluates; start at step 1 so that the timed chunks only train.
-    state = steps.init_state(config, model, tx, sample)._replace(step=jnp.ones([], jnp.int32))
+    state = steps.init_state(config, model, tx, sample, num_train=args.num_train)._replace(
+        step=jnp.ones([], jnp.int32))
     state = jax.device_put(state, replicated)
     loss_fn, _ = steps.make_loss(config, args.num_train, 10)
     chunk = steps.make_train_chunk(config, model, tx, loss_fn, args.num_train,

@@ -370,7 +370,7 @@ def test_evaluation_counts_every_example_once(num_devices, parallel):
     state = placement.place_state(steps.TrainState(
         step=0, params=variables["params"], batch_stats=variables["batch_stats"],
         opt_state=(), model_checkpoint=(), best_params=(), best_batch_stats=(), best_value=0.0,
-        best_step=0, loss_state=(), key=0))
+        best_step=0, loss_state=(), key=0, epoch_order=0))
     for n in (1, 7, 997, 1000, 1001, 1500, 2003, 8009):
         x = rng.normal(size=(n, 5)).astype(np.float32)
         y = rng.integers(0, 3, n).astype(np.int32)
@@ -452,7 +452,9 @@ def test_checkpoints_read_by_field_name_with_plain_orbax(reference_run):
     raw = ocp.StandardCheckpointer().restore(run_dir / "checkpoints" / "120" / "state")
     assert set(raw) == set(steps.TrainState._fields)
     assert int(raw["step"]) == 120 and int(raw["best_step"]) == summary["best_step"]
-    assert int(raw["opt_state"]["num_resets"]) == summary["num_resets"]
+    # The optimizer state: inject_hyperparams' state around the ResettingState's fields.
+    assert float(raw["opt_state"]["hyperparams"]["reset_prob"]) == pytest.approx(0.1)
+    assert int(raw["opt_state"]["inner_state"]["num_resets"]) == summary["num_resets"]
     best = checkpoint.load_best(run_dir / "best")
     for a, b in zip(jax.tree.leaves(raw["best_params"]), jax.tree.leaves(best["params"]),
                     strict=True):

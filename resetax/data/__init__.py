@@ -17,8 +17,10 @@ from resetax.data.augment import (
     random_flip,
 )
 from resetax.data.batching import (
+    batch_from_order,
     batch_indices_at_step,
     epoch_batch_indices,
+    epoch_order,
     sample_batch_indices,
 )
 from resetax.data.dataset import Dataset, subset_per_class, train_val_split
@@ -43,9 +45,11 @@ __all__ = [
     "SPLITS",
     "Dataset",
     "augment_cifar",
+    "batch_from_order",
     "batch_indices_at_step",
     "channel_mean_std",
     "epoch_batch_indices",
+    "epoch_order",
     "load",
     "load_digits",
     "load_mnist1d",

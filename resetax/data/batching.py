@@ -99,9 +99,53 @@ def batch_indices_at_step(
     _checks.positive_int("batch_size", batch_size)
     num_batches = _num_batches(num_examples, batch_size)
     step = jnp.asarray(step, jnp.int32)
-    permutation = jax.random.permutation(jax.random.fold_in(key, step // num_batches), num_examples)
-    start = (step % num_batches) * batch_size
-    return jax.lax.dynamic_slice_in_dim(permutation, start, batch_size).astype(jnp.int32)
+    order = epoch_order(key, step // num_batches, num_examples)
+    return batch_from_order(order, step, batch_size)
+
+
+def epoch_order(key: jax.Array, epoch: jax.Array | int, num_examples: int) -> jax.Array:
+    """The order of the examples in epoch ``epoch``: a permutation drawn with
+    ``fold_in(key, epoch)``, as :func:`batch_indices_at_step` uses it.
+
+    A training loop can keep the current epoch's order in its state and draw it anew only at the
+    start of an epoch (see :func:`batch_from_order`): on CPUs drawing a permutation of a few
+    thousand examples costs more than a small model's whole step.
+
+    Args:
+      key: the run's PRNG key.
+      epoch: the epoch number, traced or not.
+      num_examples: size of the dataset (static).
+
+    Returns:
+      ``int32 [num_examples]``, a permutation of ``range(num_examples)``.
+
+    Examples:
+      >>> from resetax import data
+      >>> key = jax.random.key(0)
+      >>> order = data.epoch_order(key, 1, 6)
+      >>> sorted(order.tolist())
+      [0, 1, 2, 3, 4, 5]
+      >>> step = 3  # with batches of 2 there are 3 per epoch: step 3 is epoch 1's first batch
+      >>> bool((data.batch_from_order(order, step, 2)
+      ...       == data.batch_indices_at_step(key, step, 6, 2)).all())
+      True
+    """
+    _checks.positive_int("num_examples", num_examples)
+    return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples).astype(jnp.int32)
+
+
+def batch_from_order(order: jax.Array, step: jax.Array | int, batch_size: int) -> jax.Array:
+    """The batch of ``step`` from its epoch's :func:`epoch_order`: batch ``step % B`` of it,
+    where ``B = len(order) // batch_size`` (the last partial batch of an epoch is skipped).
+
+    Examples:
+      >>> from resetax import data
+      >>> data.batch_from_order(jnp.array([4, 0, 3, 1, 2]), 1, 2).tolist()
+      [3, 1]
+    """
+    num_batches = _num_batches(order.shape[0], batch_size)
+    start = (jnp.asarray(step, jnp.int32) % num_batches) * batch_size
+    return jax.lax.dynamic_slice_in_dim(order, start, batch_size)
 
 
 def _num_batches(num_examples: int, batch_size: int) -> int:

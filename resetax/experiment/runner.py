@@ -98,7 +98,9 @@ class Experiment:
         steps from ``step`` on the placed state, with the evaluations that fall in them;
         ``metrics`` has one entry per step (see :func:`~resetax.experiment.steps.fuse_steps`).
         Either one fused call or one call per step (:func:`dispatch_mode`).
-      evaluate: ``evaluate(params, batch_stats, x, y, weight) -> (loss, accuracy)``, jitted.
+      evaluate: ``evaluate(placed_state) -> Evaluation``: validation loss and accuracy and
+        test accuracy at the state's params, compiled for the placement (the in-loop
+        evaluation's program when it measures the test set too).
       diagnose: ``diagnose(host_state) -> dict``, the latent-gradient-bias diagnostics on the
         training set; None unless ``config.diagnostics_every``.
     """
@@ -148,16 +150,23 @@ def setup(config: Config, data: ExperimentData) -> Experiment:
     eval_step = steps_lib.make_eval_step(config, synced, EVAL_BATCH_SIZE, replicas)
     chunk = steps_lib.fuse_steps(train_step, eval_step, config.eval_every)
     device_data = placement.place_data(data)
+    # The summary measures the test set whatever eval_test says: with it, one program serves.
+    evaluate = placement.compile_eval(eval_step if config.eval_test else steps_lib.make_eval_step(
+        config.replace(eval_test=True), synced, EVAL_BATCH_SIZE, replicas))
     if dispatch_mode(config) == "scan":
         run_steps = placement.compile_chunk(chunk, device_data)
     else:
-        run_steps = placement.compile_steps(train_step, eval_step, config.eval_every,
-                                            device_data)
+        run_steps = placement.compile_steps(
+            train_step, evaluate if config.eval_test else placement.compile_eval(eval_step),
+            config.eval_every, device_data)
     return Experiment(
         config=config, data=data, model=model, tx=tx,
-        init_state=jax.device_get(steps_lib.init_state(config, model, tx, sample, loss_state)),
+        init_state=jax.device_get(jax.jit(  # one compilation, not one per operation
+            lambda x, loss_state: steps_lib.init_state(config, model, tx, x, loss_state,
+                                                       num_train=len(data.train)))(
+            sample, loss_state)),
         placement=placement, device_data=device_data, train_chunk=chunk, run_steps=run_steps,
-        evaluate=jax.jit(steps_lib.make_evaluate(model, EVAL_BATCH_SIZE)),
+        evaluate=lambda state: evaluate(state, device_data),
         diagnose=make_diagnose(model, data) if config.diagnostics_every else None,
     )
 
@@ -199,8 +208,8 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
     step = saved_step = int(host_state.step)
     state = placement.place_state(host_state)
     window, stop, nonfinite_since = Window(), StopRequest(), None
-    with stop, workdir.MetricsLog(run_dir, step) as log, _ProgressBar(
-            config.num_steps, step, progress and distributed.is_primary()) as bar:
+    with stop, CompileTimer() as compiling, workdir.MetricsLog(run_dir, step) as log, \
+            _ProgressBar(config.num_steps, step, progress and distributed.is_primary()) as bar:
         while step < config.num_steps:
             stopping = stop.agreed()  # the same decision on every process
             if _stops_here(step, config, stopping, stop_after) or _diverged(
@@ -223,12 +232,13 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
                 saved_step = _save(manager, placement.fetch(state), wall_time)
         if step < config.num_steps and saved_step != step:
             _save(manager, placement.fetch(state), wall_time)
+    timing = {"wall_time_s": wall_time, "compile_time_s": compiling.seconds}
     if _diverged(nonfinite_since, step, config):
-        return _finish(experiment, run_dir, placement.fetch(state), wall_time,
+        return _finish(experiment, run_dir, placement.fetch(state), timing,
                        diverged_at=nonfinite_since)
     if step < config.num_steps:
         return {"stopped_at": step, **({"signal": stop.signal_name} if stop.requested else {})}
-    return _finish(experiment, run_dir, placement.fetch(state), wall_time)
+    return _finish(experiment, run_dir, placement.fetch(state), timing)
 
 
 def nonfinite_streak(since: int | None, rows: list[dict[str, Any]]) -> int | None:
@@ -363,24 +373,23 @@ def fold_rows(window: Window, rows: list[dict[str, Any]], config: Config,
     return window, lines
 
 
-def summarize(experiment: Experiment, final: steps_lib.TrainState,
-              wall_time: float) -> dict[str, Any]:
+def summarize(experiment: Experiment, final: steps_lib.TrainState, wall_time_s: float,
+              compile_time_s: float = 0.0) -> dict[str, Any]:
     """The run's ``summary.json``: the best-validation model's metrics, measured anew.
 
     Returns best step, best validation loss and accuracy, the test accuracy of the best model and
-    of the last params, the numbers of resets and of rollbacks of non-finite updates, steps, wall
-    time and devices.
+    of the last params, the numbers of resets and of rollbacks of non-finite updates, steps,
+    devices, and times: ``wall_time_s`` of the training loop (this session's part of it, on a
+    resumed run), of which ``compile_time_s`` went to compiling, and ``loop_time_s``, the rest.
     """
     from resetax import find_resetting_state
 
-    def measure(params, batch_stats, split):
-        return experiment.evaluate(params, batch_stats, split.inputs, split.labels,
-                                   np.ones(len(split), np.float32))
-
-    data = experiment.data
-    best_val_loss, best_val_acc = measure(final.best_params, final.best_batch_stats, data.val)
-    _, best_test_acc = measure(final.best_params, final.best_batch_stats, data.test)
-    _, last_test_acc = measure(final.params, final.batch_stats, data.test)
+    placement = experiment.placement
+    best = placement.fetch(experiment.evaluate(placement.place_state(
+        final._replace(params=final.best_params, batch_stats=final.best_batch_stats))))
+    last = placement.fetch(experiment.evaluate(placement.place_state(final)))
+    best_val_loss, best_val_acc, best_test_acc = best
+    last_test_acc = last.test_acc
     devices = experiment.placement.devices
     return {
         "best_step": int(final.best_step),
@@ -392,7 +401,9 @@ def summarize(experiment: Experiment, final: steps_lib.TrainState,
         "num_rollbacks": int(find_resetting_state(final.opt_state).num_nonfinite_resets),
         "reset_prob": experiment.config.reset_prob,
         "num_steps": int(final.step),
-        "wall_time_s": round(wall_time, 3),
+        "wall_time_s": round(wall_time_s, 3),
+        "compile_time_s": round(compile_time_s, 3),
+        "loop_time_s": round(wall_time_s - compile_time_s, 3),
         "device": f"{len(devices)}x {devices[0].platform}:{devices[0].device_kind}",
         "num_processes": jax.process_count(),
         "parallel": experiment.config.parallel,
@@ -477,22 +488,26 @@ class Placement:
                                out_shardings=NamedSharding(self.mesh, P()))
         return lambda state, step, num_steps: compiled(state, data, num_steps)
 
-    def compile_steps(self, train_step: Callable, eval_step: Callable, eval_every: int,
+    def compile_eval(self, eval_step: Callable) -> Callable:
+        """``eval_step(state, data)`` compiled for this placement."""
+        if self.pmap:
+            return jax.pmap(eval_step, axis_name=self.axis_name, devices=self.devices)
+        return jax.jit(eval_step, out_shardings=NamedSharding(self.mesh, P()))
+
+    def compile_steps(self, train_step: Callable, evaluate: Callable, eval_every: int,
                       data: steps_lib.DeviceData) -> Callable:
         """``run_steps(state, step, num_steps)`` as one call per step, dispatched from Python.
 
-        The calls run asynchronously: the host only waits when the metrics are read, once per
-        ``run_steps``. Returns the metrics of each step stacked on the host, as
-        :meth:`compile_chunk`'s.
+        ``evaluate`` is the eval step compiled by :meth:`compile_eval`. The calls run
+        asynchronously: the host only waits when the metrics are read, once per ``run_steps``.
+        Returns the metrics of each step stacked, as :meth:`compile_chunk`'s.
         """
         if self.pmap:
             train = jax.pmap(train_step, axis_name=self.axis_name, donate_argnums=0,
                              devices=self.devices)
-            evaluate = jax.pmap(eval_step, axis_name=self.axis_name, devices=self.devices)
         else:
-            replicated = NamedSharding(self.mesh, P())
-            train = jax.jit(train_step, donate_argnums=0, out_shardings=replicated)
-            evaluate = jax.jit(eval_step, out_shardings=replicated)
+            train = jax.jit(train_step, donate_argnums=0,
+                            out_shardings=NamedSharding(self.mesh, P()))
         missing = self.place_state(steps_lib.Evaluation.missing())
 
         def run_steps(state, step: int, num_steps: int):
@@ -501,9 +516,11 @@ class Placement:
                 evaluation = evaluate(state, data) if s % eval_every == 0 else missing
                 state, step_metrics = train(state, data, evaluation)
                 metrics.append(step_metrics)
-            axis = 1 if self.pmap else 0  # after the device axis, as pmap's chunk has it
-            return state, jax.tree.map(lambda *m: np.stack(m, axis), *jax.device_get(metrics))
+            if self.pmap:  # stacked after the device axis, as pmap's chunk has it
+                return state, jax.tree.map(lambda *m: np.stack(m, 1), *jax.device_get(metrics))
+            return state, stack(metrics)  # one transfer per metric, not per metric and step
 
+        stack = jax.jit(lambda metrics: jax.tree.map(lambda *m: jnp.stack(m), *metrics))
         return run_steps
 
 
@@ -605,6 +622,34 @@ def check_devices(config: Config) -> None:
             f"({num_devices}).")
 
 
+class CompileTimer:
+    """Adds up the time JAX spends tracing, lowering and compiling while it is entered.
+
+    Example:
+      >>> from resetax.experiment.runner import CompileTimer
+      >>> with CompileTimer() as timer:
+      ...     _ = jax.jit(lambda x: x * 3.0 + 1.0)(jnp.ones(3))  # a new function: compiled
+      >>> timer.seconds > 0
+      True
+    """
+
+    EVENTS = "/jax/core/compile/"
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def _listen(self, event: str, duration: float, **kwargs) -> None:
+        if event.startswith(self.EVENTS):
+            self.seconds += duration
+
+    def __enter__(self) -> CompileTimer:
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
 class StopRequest:
     """Turns a SIGTERM (preemption, ``kill``, a scheduler's time limit) or a Ctrl-C (SIGINT) into
     a clean stop.
@@ -692,9 +737,9 @@ def _save(manager: checkpoint.CheckpointManager, host_state: Any, wall_time: flo
 
 
 def _finish(experiment: Experiment, run_dir: Path, final: steps_lib.TrainState,
-            wall_time: float, diverged_at: int | None = None) -> dict[str, Any]:
+            timing: dict[str, float], diverged_at: int | None = None) -> dict[str, Any]:
     checkpoint.save_best(run_dir / "best", final.best_params, final.best_batch_stats)
-    summary = summarize(experiment, final, wall_time)
+    summary = summarize(experiment, final, **timing)
     if diverged_at is not None:
         summary["diverged_at"] = diverged_at
     if distributed.is_primary():

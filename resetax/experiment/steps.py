@@ -37,6 +37,8 @@ class TrainState(NamedTuple):
       best_step: Step of the best validation measurement.
       loss_state: State of the loss (ELR's per-sample targets), ``optax.EmptyState()`` if none.
       key: Raw PRNG key data for batches, augmentation and dropout.
+      epoch_order: The current epoch's order of the training examples
+        (:func:`resetax.data.epoch_order`), drawn anew at each epoch's first step.
 
     Example:
       >>> from resetax import models
@@ -47,10 +49,10 @@ class TrainState(NamedTuple):
       >>> sample = jnp.zeros((1, 8, 8, 1))
       >>> tx = steps.make_optimizer(config, jax.eval_shape(model.init, jax.random.key(0),
       ...                                                  sample)["params"])
-      >>> state = steps.init_state(config, model, tx, sample)
+      >>> state = steps.init_state(config, model, tx, sample, num_train=100)
       >>> int(state.step), int(state.best_step), float(state.best_value)  # nothing measured yet
       (0, -1, inf)
-      >>> type(state.opt_state).__name__, sorted(state.batch_stats)
+      >>> type(resetax.find_resetting_state(state.opt_state)).__name__, sorted(state.batch_stats)
       ('ResettingState', ['BatchNorm_0'])
       >>> host = jax.device_get(state)  # one pytree: fetch, checkpoint and restore it whole
       >>> type(host).__name__, host.key.shape, host.key.dtype
@@ -68,6 +70,7 @@ class TrainState(NamedTuple):
     best_step: jax.Array
     loss_state: Any
     key: jax.Array
+    epoch_order: jax.Array
 
 
 class DeviceData(NamedTuple):
@@ -186,10 +189,15 @@ def make_optimizer(config: Config, params: Any) -> optax.GradientTransformationE
         inner = optax.sgd(schedule, momentum=config.momentum or None)
     if config.weight_decay:
         inner = optax.chain(optax.add_decayed_weights(config.weight_decay), inner)
-    return resetax.stochastic_resetting(
+    # reset_prob is a hyperparameter in the state, not a constant of the compiled step: a
+    # baseline (0) and its resetting run (r) then compile to the same program, which the
+    # persistent compilation cache serves the second time.
+    static = ("inner", "key", "patience", "adaptive", "reset_inner_state", "reset_on_nonfinite",
+              "mask", "mode")
+    return optax.inject_hyperparams(resetax.stochastic_resetting, static_args=static)(
         inner,
         reset_prob=config.reset_prob,
-        key=jax.random.key(config.seed + 1),
+        key=config.seed + 1,
         patience=config.patience,
         adaptive=config.adaptive,
         reset_inner_state=config.reset_inner_state,
@@ -252,11 +260,13 @@ def init_variables(config: Config, model: Any, sample_input: jax.Array) -> dict[
 
 
 def init_state(config: Config, model: Any, tx: optax.GradientTransformation,
-               sample_input: jax.Array, loss_state: Any = None) -> TrainState:
+               sample_input: jax.Array, loss_state: Any = None, *, num_train: int
+               ) -> TrainState:
     """Initializes model variables, optimizer and bookkeeping from the config's seed.
 
     ``sample_input`` is one stored example with its batch axis, e.g. ``train.inputs[:1]``;
-    ``loss_state`` is the second result of :func:`make_loss`.
+    ``loss_state`` is the second result of :func:`make_loss`; ``num_train`` is the size of the
+    training split.
 
     Example:
       >>> from resetax import models
@@ -267,15 +277,16 @@ def init_state(config: Config, model: Any, tx: optax.GradientTransformation,
       >>> sample = jnp.zeros((1, 8, 8, 1))
       >>> tx = steps.make_optimizer(config, jax.eval_shape(model.init, jax.random.key(0),
       ...                                                  sample)["params"])
-      >>> state = steps.init_state(config, model, tx, sample)
+      >>> state = steps.init_state(config, model, tx, sample, num_train=100)
       >>> jax.tree.map(jnp.shape, state.params)
       {'BatchNorm_0': {'bias': (16,), 'scale': (16,)},
        'Dense_0': {'bias': (16,), 'kernel': (64, 16)},
        'Dense_1': {'bias': (10,), 'kernel': (16, 10)}}
       >>> kernel = lambda s: s.params["Dense_0"]["kernel"]
-      >>> bool(jnp.array_equal(kernel(steps.init_state(config, model, tx, sample)), kernel(state)))
+      >>> bool(jnp.array_equal(kernel(steps.init_state(config, model, tx, sample,
+      ...                                                       num_train=100)), kernel(state)))
       True
-      >>> other = steps.init_state(config.replace(seed=1), model, tx, sample)
+      >>> other = steps.init_state(config.replace(seed=1), model, tx, sample, num_train=100)
       >>> bool(jnp.array_equal(kernel(other), kernel(state)))  # another seed, another init
       False
     """
@@ -295,6 +306,7 @@ def init_state(config: Config, model: Any, tx: optax.GradientTransformation,
         best_step=jnp.asarray(-1, jnp.int32),
         loss_state=optax.EmptyState() if loss_state is None else loss_state,
         key=jax.random.key_data(data_key),
+        epoch_order=resetax.data.epoch_order(data_key, 0, num_train),
     )
 
 
@@ -432,7 +444,7 @@ def make_eval_step(config: Config, model: Any, eval_batch_size: int,
       >>> from resetax.experiment.config import get_config
       >>> config = get_config("quick", dataset="digits", model="mlp", eval_test=False)
       >>> model = models.get_model("mlp", 3, hidden_sizes=(8,))
-      >>> state = steps.init_state(config, model, optax.sgd(0.1), jnp.zeros((1, 4)))
+      >>> state = steps.init_state(config, model, optax.sgd(0.1), jnp.zeros((1, 4)), num_train=5)
       >>> x, y, w = jnp.ones((5, 4)), jnp.zeros(5, jnp.int32), jnp.ones(5)
       >>> data = steps.DeviceData(x, y, x, y, w, x, y, w)
       >>> evaluation = steps.make_eval_step(config, model, 100)(state, data)
@@ -464,7 +476,7 @@ def track_best(state: TrainState, value: jax.Array) -> dict[str, Any]:
       ...                    opt_state=None, model_checkpoint=None,
       ...                    best_params={"w": jnp.zeros(2)}, best_batch_stats={},
       ...                    best_value=jnp.float32(1.0), best_step=jnp.int32(0),
-      ...                    loss_state=None, key=None)
+      ...                    loss_state=None, key=None, epoch_order=None)
       >>> best = track_best(state, jnp.float32(0.5))  # better: the params at step 5
       >>> best["best_params"]["w"].tolist(), float(best["best_value"]), int(best["best_step"])
       ([1.0, 1.0], 0.5, 5)
@@ -502,7 +514,7 @@ def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation
       >>> params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4)))["params"]
       >>> tx = steps.make_optimizer(config, params)
       >>> loss_fn, loss_state = steps.make_loss(config, 10, 3)
-      >>> state = steps.init_state(config, model, tx, jnp.zeros((1, 4)), loss_state)
+      >>> state = steps.init_state(config, model, tx, jnp.zeros((1, 4)), loss_state, num_train=10)
       >>> x, y, w = jax.random.normal(jax.random.key(1), (10, 4)), jnp.arange(10) % 3, jnp.ones(10)
       >>> data = steps.DeviceData(x, y, x, y, w, x, y, w)
       >>> train_step = jax.jit(steps.make_train_step(config, model, tx, loss_fn, 10))
@@ -510,25 +522,40 @@ def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation
       >>> int(state.step), int(metrics["step"]), sorted(metrics)[:4]
       (1, 0, ['active', 'did_reset', 'did_rollback', 'distance'])
     """
-    from resetax.data import augment_cifar, batch_indices_at_step
+    from resetax.data import augment_cifar, batch_from_order, epoch_order
     from resetax.diagnostics import distance_to_checkpoint
 
     schedule = learning_rate_schedule(config)
 
+    num_batches = num_train // config.batch_size
+
     def sample_batch(state: TrainState, data: DeviceData):
         data_key = jax.random.wrap_key_data(state.key)
         aug_key, dropout_key = jax.random.split(jax.random.fold_in(data_key, state.step))
-        indices = replicas.local_batch(
-            batch_indices_at_step(data_key, state.step, num_train, config.batch_size))
+        # The epoch's order is drawn at its first step only: a permutation costs more than a
+        # small model's step on a CPU. It equals batch_indices_at_step's at every step.
+        order = jax.lax.cond(
+            state.step % num_batches == 0,
+            lambda: epoch_order(data_key, state.step // num_batches, num_train),
+            lambda: state.epoch_order)
+        indices = replicas.local_batch(batch_from_order(order, state.step, config.batch_size))
         x, y = data.train_x[indices], data.train_y[indices]
         if batch_sharding is not None:
             x, y = jax.lax.with_sharding_constraint((x, y), batch_sharding)
         if config.augment:
             x = augment_cifar(replicas.local_key(aug_key), x)
-        return preprocess(x), y, indices, replicas.local_key(dropout_key)
+        return preprocess(x), y, indices, replicas.local_key(dropout_key), order
+
+    def window_end_distance(state: TrainState, params: Any, checkpoint: Any) -> jax.Array:
+        # Logged once per evaluation window, for its last step: not worth a pass every step.
+        end = state.step + 1
+        return jax.lax.cond(
+            (end % config.eval_every == 0) | (end == config.num_steps),
+            lambda: distance_to_checkpoint(params, checkpoint).overall,
+            lambda: jnp.full([], jnp.nan, jnp.float32))
 
     def train_step(state: TrainState, data: DeviceData, evaluation: Evaluation):
-        x, y, indices, dropout_key = sample_batch(state, data)
+        x, y, indices, dropout_key, order = sample_batch(state, data)
         value = evaluation.val_loss if config.select_by == "loss" else -evaluation.val_acc
 
         def objective(params):
@@ -549,7 +576,7 @@ def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation
             step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
             model_checkpoint=model_checkpoint,
             loss_state=replicas.share_loss_state(loss_state, state.loss_state, indices),
-            **track_best(state, value))
+            epoch_order=order, **track_best(state, value))
         before = resetax.find_resetting_state(state.opt_state)
         resetting = resetax.find_resetting_state(opt_state)
         metrics = dict(
@@ -558,7 +585,7 @@ def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation
             did_rollback=resetting.num_nonfinite_resets > before.num_nonfinite_resets,
             active=resetting.active, num_resets=resetting.num_resets,
             num_rollbacks=resetting.num_nonfinite_resets,
-            distance=distance_to_checkpoint(params, resetting.checkpoint).overall,
+            distance=window_end_distance(state, params, resetting.checkpoint),
             **evaluation._asdict())
         return new_state, metrics
 
@@ -592,7 +619,8 @@ def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformatio
       >>> tx = steps.make_optimizer(config, jax.eval_shape(model.init, jax.random.key(0),
       ...                                                  sample)["params"])
       >>> loss_fn, loss_state = steps.make_loss(config, len(data.train), data.num_classes)
-      >>> state = steps.init_state(config, model, tx, sample, loss_state)
+      >>> state = steps.init_state(config, model, tx, sample, loss_state,
+      ...                          num_train=len(data.train))
       >>> device_data = steps.DeviceData(data.train.inputs, data.train.labels,
       ...                                *pad_eval_set(data.val.inputs, data.val.labels, 1),
       ...                                *pad_eval_set(data.test.inputs, data.test.labels, 1))
