@@ -17,6 +17,11 @@ from resetax.resetting import (
     set_checkpoint,
     stochastic_resetting,
 )
+from resetax.schedules import (
+    ScaleByRestorableScheduleState,
+    restorable_learning_rate,
+    scale_by_restorable_schedule,
+)
 
 __version__ = "0.1.0"
 
@@ -33,10 +38,13 @@ def __getattr__(name):
 __all__ = [
     "ModelStateCheckpoint",
     "ResettingState",
+    "ScaleByRestorableScheduleState",
     "apply_updates",
     "find_resetting_state",
     "init_model_state_checkpoint",
     "reset_model_state",
+    "restorable_learning_rate",
+    "scale_by_restorable_schedule",
     "set_checkpoint",
     "stochastic_resetting",
 ]

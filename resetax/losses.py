@@ -27,6 +27,7 @@ __all__ = [
     "generalized_cross_entropy",
     "get_loss",
     "mean_absolute_error",
+    "memoryless_elr",
     "nce_rce",
     "normalized_cross_entropy",
     "reverse_cross_entropy",
@@ -501,7 +502,56 @@ def elr_loss(
     return loss, new_state
 
 
-LOSSES = ("ce", "mae", "gce", "truncated_gce", "sce", "nce_rce")
+def memoryless_elr(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    lam: float | jax.Array = 3.0,
+    beta: float | jax.Array = 0.7,
+) -> jax.Array:
+    r"""ELR with its targets reset to zero at every step, as the paper's official code runs it.
+
+    :func:`elr_loss` of an all-zero target buffer, without state:
+
+    .. math::
+      \ell = \mathrm{CE}(z, y) + \lambda \logig(1 - (1 - eta)\,
+             \langle \operatorname{sg}(\hat p), 	ilde p angleig),
+      \qquad \hat p = 	ilde p ig/ 	extstyle\sum_k 	ilde p_k,
+
+    with :math:`	ilde p` the softmax clipped to :math:`[10^{-4}, 1 - 10^{-4}]`. The official
+    code builds its ELR loss object, and with it the target buffer, anew at every step
+    (PARITY.md, D5), so the regularizer has no memory of earlier predictions. Liu et al.'s ELR,
+    with memory, is :func:`elr_loss`.
+
+    Args:
+      logits: array of shape ``[..., C]``.
+      labels: integer array of shape ``[...]`` with values in ``[0, C)``.
+      lam: regularization strength :math:`\lambda`, >= 0.
+      beta: target momentum, in ``[0, 1)``.
+
+    Returns:
+      The per-example loss, shape ``[...]``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from resetax import losses
+      >>> logits, labels = jnp.zeros((2, 2)), jnp.array([0, 1])
+      >>> print(losses.memoryless_elr(logits, labels).round(4))  # log 2 + 3 log(1 - 0.15)
+      [0.2056 0.2056]
+      >>> first, _ = losses.elr_loss(logits, labels, jnp.arange(2), losses.elr_init(2, 2))
+      >>> bool(jnp.allclose(first, losses.memoryless_elr(logits, labels)))  # ELR's first step
+      True
+    """
+    _HPARAM_CHECKS["lam"](lam)
+    _HPARAM_CHECKS["elr_beta"](beta)
+    logits, labels = _prepare(logits, labels)
+    probs = jnp.clip(jax.nn.softmax(logits, axis=-1), _ELR_PROB_CLIP, 1.0 - _ELR_PROB_CLIP)
+    targets = (1.0 - beta) * jax.lax.stop_gradient(probs / jnp.sum(probs, axis=-1, keepdims=True))
+    agreement = jnp.sum(targets * probs, axis=-1)
+    return cross_entropy(logits, labels) + lam * jnp.log(1.0 - agreement)
+
+
+LOSSES = ("ce", "mae", "gce", "truncated_gce", "sce", "nce_rce", "elr_official")
 """Names accepted by :func:`get_loss`. ELR keeps per-sample state: see :func:`elr_loss`."""
 
 _REGISTRY: dict[str, tuple[Callable[..., jax.Array], tuple[str, ...]]] = {
@@ -511,6 +561,7 @@ _REGISTRY: dict[str, tuple[Callable[..., jax.Array], tuple[str, ...]]] = {
     "truncated_gce": (truncated_generalized_cross_entropy, ("q", "k")),
     "sce": (symmetric_cross_entropy, ("alpha", "beta")),
     "nce_rce": (nce_rce, ("alpha", "beta")),
+    "elr_official": (memoryless_elr, ("lam", "beta")),
 }
 
 
@@ -526,6 +577,7 @@ def get_loss(name: str, **hparams: Any) -> LossFn:
     ``truncated_gce``    :func:`truncated_generalized_cross_entropy`     ``q``, ``k``
     ``sce``              :func:`symmetric_cross_entropy`                 ``alpha``, ``beta``
     ``nce_rce``          :func:`nce_rce`                                 ``alpha``, ``beta``
+    ``elr_official``     :func:`memoryless_elr`                          ``lam``, ``beta``
     ===================  ==============================================  ==================
 
     Hyperparameters left out take the function's defaults. ``truncated_gce`` here computes
@@ -558,7 +610,8 @@ def get_loss(name: str, **hparams: Any) -> LossFn:
             f"loss {name!r} takes hyperparameters {accepted or '()'}; got unexpected {unexpected}."
         )
     for key, value in hparams.items():
-        _HPARAM_CHECKS[key](value)
+        # ELR's beta is a momentum in [0, 1); the others' beta is a weight >= 0.
+        _HPARAM_CHECKS["elr_beta" if (name, key) == ("elr_official", "beta") else key](value)
     return functools.partial(fn, **hparams)
 
 
@@ -567,6 +620,8 @@ _HPARAM_CHECKS: dict[str, Callable[[Any], None]] = {
     "k": functools.partial(_checks.interval, "k", low=0, high=1, open_high=True),
     "alpha": functools.partial(_checks.finite_nonnegative, "alpha"),
     "beta": functools.partial(_checks.finite_nonnegative, "beta"),
+    "lam": functools.partial(_checks.finite_nonnegative, "lam"),
+    "elr_beta": functools.partial(_checks.interval, "beta", low=0, high=1, open_high=True),
 }
 
 

@@ -33,6 +33,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+# The patience that matches --threshold-iter lives beside the presets that use it; the tests
+# import it from here, next to the loop it is checked against.
+from resetax.experiment.config import official_patience_steps
+
+__all__ = ["OfficialTrace", "official_loop", "official_patience_steps"]
+
 LR_SCHEDULES = ("cosineannealing", "none")
 
 
@@ -227,37 +233,6 @@ def official_loop(
         params=np.stack(params_history) if replay else None,
         momentum_buffers=np.stack(buffer_history) if replay else None,
     )
-
-
-def official_patience_steps(threshold_iter: int, log_iter: int) -> int:
-    """The ``patience`` of :func:`resetax.stochastic_resetting` that matches the official loop.
-
-    The official code switches resetting on at the first evaluation at which the best value is
-    the one recorded ``ceil(T / E) - 1`` evaluations earlier, so the first reset draw comes
-    ``E * ceil(T / E) - E`` steps after the step whose parameters were best (``T`` is
-    ``--threshold-iter``, ``E`` is ``--log-iter``); resetax's patience counts those steps. With
-    ``T <= E`` the official code switches on at its second evaluation whatever the values, which
-    no patience reproduces.
-
-    Args:
-      threshold_iter: ``--threshold-iter``, greater than ``log_iter``.
-      log_iter: ``--log-iter``, positive.
-
-    Returns:
-      The patience in steps.
-
-    Examples:
-      >>> official_patience_steps(5000, 10), official_patience_steps(25, 10)
-      (4990, 20)
-    """
-    if isinstance(log_iter, bool) or not isinstance(log_iter, int) or log_iter <= 0:
-        raise ValueError(f"log_iter must be an integer > 0, got {log_iter!r}.")
-    if isinstance(threshold_iter, bool) or not isinstance(threshold_iter, int) or (
-        threshold_iter <= log_iter
-    ):
-        raise ValueError(
-            f"threshold_iter must be an integer > log_iter ({log_iter}), got {threshold_iter!r}.")
-    return log_iter * -(-threshold_iter // log_iter) - log_iter
 
 
 def _cosine_annealing_step(group_lr: float, epoch: int, t_max: int, base_lr: float) -> float:

@@ -58,15 +58,19 @@ class _FakeSource:
 
     tfds's default data-source mock sets ``__getitems__`` as an unbound partial that fails when
     called (tfds 4.9.10), so the mock's supported hook ``as_data_source_fn`` provides this one.
-    Single-item access fails the test: the loader must read in chunks.
+    Single-item access fails the test: the loader must read in chunks. As in a prepared TFDS
+    dataset, the records are stored shuffled: record ``i`` has the id ``<split>_<order[i]>``
+    (bytes, as ``tfds.data_source`` decodes a Text feature), its position in the original files.
     """
 
-    def __init__(self, features, num_examples):
+    def __init__(self, features, num_examples, split):
         from tensorflow_datasets.testing.mocking import RandomFakeGenerator
 
         self.generator = RandomFakeGenerator(features, num_examples)
         self.num_examples = num_examples
         self.num_chunk_reads = 0
+        self.order = np.random.default_rng(len(split)).permutation(num_examples)
+        self.split = split
 
     def __len__(self):
         return self.num_examples
@@ -76,7 +80,8 @@ class _FakeSource:
 
     def __getitems__(self, indices):
         self.num_chunk_reads += 1
-        return [self.generator[i] for i in indices]
+        return [dict(self.generator[i], id=f"{self.split}_{self.order[i]:05d}".encode())
+                for i in indices]
 
 
 @pytest.fixture
@@ -92,7 +97,7 @@ def mock_tfds(tmp_path):
     def as_data_source(builder, split, decoders=None, deserialize_method=None, **kwargs):
         # The split dict comes from the metadata files, so only real split names pass.
         assert split in builder.info.splits, split
-        source = _FakeSource(builder.info.features, NUM_MOCK_EXAMPLES)
+        source = _FakeSource(builder.info.features, NUM_MOCK_EXAMPLES, split)
         opened[(builder.name, split)] = source
         return source
 
@@ -105,7 +110,9 @@ def mock_tfds(tmp_path):
 
 
 def _expected(source, feature):
-    return np.stack([source.generator[i][feature] for i in range(NUM_MOCK_EXAMPLES)])
+    """The feature of every example, in the original order (the order of the ids)."""
+    stored = np.stack([source.generator[i][feature] for i in range(NUM_MOCK_EXAMPLES)])
+    return stored[np.argsort(source.order)]
 
 
 @pytest.mark.parametrize("name", TFDS_NAMES)
@@ -115,6 +122,8 @@ def test_tfds_source_reads_images_and_labels(mock_tfds, name, split, monkeypatch
     ds = data.load(name, split=split, data_dir="/nonexistent/ignored/by/mock")
     source = mock_tfds[(name, split)]
     assert source.num_chunk_reads == 3  # 12 examples in chunks of 5.
+    # Stored shuffled, loaded in the original order (that of the ids).
+    assert not np.array_equal(source.order, np.arange(NUM_MOCK_EXAMPLES))
     assert ds.inputs.shape == (NUM_MOCK_EXAMPLES, 32, 32, 3)
     assert ds.inputs.dtype == np.uint8
     np.testing.assert_array_equal(ds.inputs, _expected(source, "image"))
@@ -128,6 +137,27 @@ def test_tfds_source_reads_images_and_labels(mock_tfds, name, split, monkeypatch
         assert ds.coarse_labels is None
     if split == "test" or name in ("cifar10", "cifar100"):
         np.testing.assert_array_equal(ds.labels, ds.clean_labels)
+
+
+def test_tfds_ids_of_another_form_are_refused(mock_tfds, monkeypatch):
+    monkeypatch.setattr(_FakeSource, "__getitems__", lambda self, indices: [
+        dict(self.generator[i], id=b"record%d" % i) for i in indices])
+    with pytest.raises(ValueError, match="expected train_<position>"):
+        data.load("cifar10")
+
+
+def test_subset_first_keeps_each_class_first_in_source_order():
+    # Classes 0, 1, 2 at positions given by `indices`; rows stored out of order.
+    indices = np.array([5, 0, 3, 1, 4, 2, 7, 6, 8])
+    labels = np.array([0, 1, 0, 0, 2, 1, 2, 1, 2], np.int32)
+    ds = data.Dataset(np.zeros((9, 1)), labels, labels, indices, num_classes=3)
+    first = data.subset_per_class(ds, 2, how="first")
+    # Class 0 at positions 1, 3, 5; class 1 at 0, 2, 6; class 2 at 4, 7, 8.
+    assert sorted(first.indices.tolist()) == [0, 1, 2, 3, 4, 7]
+    assert data.subset_per_class(ds, 2, how="first", seed=3).indices.tolist() == (
+        first.indices.tolist())  # no randomness
+    with pytest.raises(ValueError, match="how must be one of"):
+        data.subset_per_class(ds, 2, how="last")
 
 
 @pytest.mark.parametrize("variant, feature", CIFAR10_N_FEATURES.items())
@@ -219,11 +249,10 @@ def test_reads_a_real_array_record_dataset(tmp_path, monkeypatch):
     tfds.builder("cifar10", data_dir=tmp_path, file_format="array_record").download_and_prepare()
 
     ds = data.load("cifar10", split="test", data_dir=tmp_path)
-    # TFDS shuffles examples when writing; match them back through the label and image.
-    order = np.lexsort((ds.inputs.reshape(20, -1)[:, 0], ds.labels))
-    expected = np.lexsort((images[1].reshape(20, -1)[:, 0], np.arange(20) % 10))
-    np.testing.assert_array_equal(ds.inputs[order], images[1][expected])
-    np.testing.assert_array_equal(ds.labels[order], (np.arange(20) % 10)[expected])
+    # TFDS shuffles examples when writing; the loader puts them back in order by their ids.
+    np.testing.assert_array_equal(ds.inputs, images[1])
+    np.testing.assert_array_equal(ds.labels, np.arange(20) % 10)
+    np.testing.assert_array_equal(ds.indices, np.arange(20))
 
 
 # --------------------------------------------------------------------------------------------

@@ -56,6 +56,8 @@ REFERENCES = {
         -alpha * np_log_prob_of_label(z, y) + beta * np_rce(z, y)
     ),
     "nce_rce": lambda z, y, alpha=1.0, beta=1.0: alpha * np_nce(z, y) + beta * np_rce(z, y),
+    # The official code's ELR: Liu et al.'s with all-zero targets before every step.
+    "elr_official": lambda z, y, lam=3.0, beta=0.7: np_elr(z, y, np.zeros(z.shape), lam, beta)[0],
 }
 HPARAMS = {
     "ce": {},
@@ -64,6 +66,7 @@ HPARAMS = {
     "truncated_gce": {"q": 0.6, "k": 0.3},
     "sce": {"alpha": 0.5, "beta": 2.0},
     "nce_rce": {"alpha": 3.0, "beta": 0.2},
+    "elr_official": {"lam": 2.0, "beta": 0.5},
 }
 
 
@@ -72,6 +75,11 @@ def random_batch(shape=(6,), num_classes=5, scale=2.0, seed=0):
     logits = scale * rng.normal(size=(*shape, num_classes))
     labels = rng.integers(0, num_classes, size=shape)
     return logits, labels
+
+
+def np_softmax_clipped_normalized(logits):
+    p = np.clip(np_softmax(logits), 1e-4, 1 - 1e-4)
+    return p / p.sum(axis=-1, keepdims=True)
 
 
 def np_elr(logits, labels, old_targets, lam, beta):
@@ -165,6 +173,11 @@ def test_gradient_matches_finite_differences(name, enable_x64):
         assert np.all(np.abs(np_prob_of_label(logits, labels) - HPARAMS[name]["k"]) > 1e-3)
         assert np.any(np_prob_of_label(logits, labels) > HPARAMS[name]["k"])
     reference = REFERENCES[name]
+    if name == "elr_official":  # its targets carry no gradient: held at this point's values
+        targets = (1 - HPARAMS[name]["beta"]) * np_softmax_clipped_normalized(logits)
+        reference = lambda z, y, lam, beta: (  # noqa: E731
+            -np_log_prob_of_label(z, y)
+            + lam * np.log(1 - np.sum(targets * np.clip(np_softmax(z), 1e-4, 1 - 1e-4), -1)))
 
     def total(z):
         return reference(z, labels, **HPARAMS[name]).sum()
@@ -380,6 +393,8 @@ def test_unknown_loss_and_hyperparameters():
         ("truncated_gce", {"k": -0.1}, "k"),
         ("sce", {"alpha": -1.0}, "alpha"),
         ("nce_rce", {"beta": float("inf")}, "beta"),
+        ("elr_official", {"beta": 1.0}, "beta"),
+        ("elr_official", {"lam": -1.0}, "lam"),
     ],
 )
 def test_bad_hyperparameters(name, hparams, argument):
@@ -390,6 +405,7 @@ def test_bad_hyperparameters(name, hparams, argument):
         "truncated_gce": losses.truncated_generalized_cross_entropy,
         "sce": losses.symmetric_cross_entropy,
         "nce_rce": losses.nce_rce,
+        "elr_official": losses.memoryless_elr,
     }[name]
     with pytest.raises(ValueError, match=argument):
         fn(jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32), **hparams)

@@ -23,7 +23,7 @@ from resetax.data.batching import (
     epoch_order,
     sample_batch_indices,
 )
-from resetax.data.dataset import Dataset, subset_per_class, train_val_split
+from resetax.data.dataset import SUBSET_METHODS, Dataset, subset_per_class, train_val_split
 from resetax.data.sources import (
     DATASETS,
     LABEL_VARIANTS,
@@ -43,6 +43,7 @@ __all__ = [
     "LABEL_VARIANTS",
     "PAD_MODES",
     "SPLITS",
+    "SUBSET_METHODS",
     "Dataset",
     "augment_cifar",
     "batch_from_order",

@@ -85,8 +85,13 @@ class Dataset:
         )
 
 
-def subset_per_class(dataset: Dataset, samples_per_class: int, *, seed: int = 0) -> Dataset:
-    """Keeps ``samples_per_class`` random examples of every class (the small-data setting).
+SUBSET_METHODS = ("random", "first")
+"""Values of :func:`subset_per_class`'s ``how``."""
+
+
+def subset_per_class(dataset: Dataset, samples_per_class: int, *, seed: int = 0,
+                     how: str = "random") -> Dataset:
+    """Keeps ``samples_per_class`` examples of every class (the small-data setting).
 
     Classes are those of ``clean_labels`` when known (so that a subset drawn after noise
     injection is still balanced in the true classes), else of ``labels``. The kept examples stay
@@ -97,6 +102,9 @@ def subset_per_class(dataset: Dataset, samples_per_class: int, *, seed: int = 0)
       samples_per_class: how many examples to keep per class, a positive integer no larger than
         the smallest class.
       seed: seed of the draw; the same seed gives the same subset.
+      how: ``"random"``: a uniform draw from each class; ``"first"``: the first examples of each
+        class in the order of ``indices`` (their positions in the source: for CIFAR-10's
+        training split and 50 per class, ciFAIR-10's ``trainval0``); ``seed`` is then unused.
 
     Returns:
       A :class:`Dataset` with ``samples_per_class * num_classes`` examples.
@@ -112,8 +120,11 @@ def subset_per_class(dataset: Dataset, samples_per_class: int, *, seed: int = 0)
       >>> small = data.subset_per_class(ds, 2, seed=0)
       >>> len(small), np.bincount(small.labels).tolist()
       (4, [2, 2])
+      >>> data.subset_per_class(ds, 2, how="first").indices.tolist()  # 0, 2 and 1, 3
+      [0, 1, 2, 3]
     """
     _checks.positive_int("samples_per_class", samples_per_class)
+    _checks.one_of("how", how, SUBSET_METHODS)
     classes = dataset.labels if dataset.clean_labels is None else dataset.clean_labels
     counts = np.bincount(classes, minlength=dataset.num_classes)
     if samples_per_class > counts.min():
@@ -121,11 +132,13 @@ def subset_per_class(dataset: Dataset, samples_per_class: int, *, seed: int = 0)
             f"samples_per_class={samples_per_class} exceeds the smallest class of {dataset.name!r}"
             f" ({counts.min()} examples); use 1..{counts.min()}."
         )
-    rng = np.random.default_rng(seed)
-    # One shuffle, then a stable sort by class: the first samples_per_class of each class block
-    # are a uniform draw from that class.
-    shuffled = rng.permutation(len(dataset))
-    by_class = shuffled[np.argsort(classes[shuffled], kind="stable")]
+    if how == "first":
+        order = np.argsort(dataset.indices, kind="stable")
+    else:
+        order = np.random.default_rng(seed).permutation(len(dataset))
+    # Then a stable sort by class: the first samples_per_class of each class block are the
+    # class's first in `order` (for a random order, a uniform draw from the class).
+    by_class = order[np.argsort(classes[order], kind="stable")]
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     keep = by_class[(starts[:, None] + np.arange(samples_per_class)).ravel()]
     return dataset.take(np.sort(keep))

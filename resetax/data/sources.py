@@ -65,6 +65,7 @@ LABEL_VARIANTS = {
 """For each dataset, the accepted ``label_variant`` values; the first is the default."""
 
 _CLEAN_FEATURE = "label"
+_ID_FEATURE = "id"
 _READ_CHUNK = 4096
 _DIGITS_TEST_FRACTION = 0.2
 
@@ -284,10 +285,14 @@ def _load_tfds(name: str, split: str, label_variant: str, data_dir) -> Dataset:
 
     # CIFAR-N's human labels exist on the train split only (the test split stores -1).
     label_feature = spec.label_features[label_variant] if split == "train" else _CLEAN_FEATURE
-    features = {"image", _CLEAN_FEATURE, label_feature}
+    features = {"image", _CLEAN_FEATURE, label_feature, _ID_FEATURE}
     if spec.coarse_feature:
         features.add(spec.coarse_feature)
     columns = _read_columns(source, sorted(features))
+    # TFDS stores the records shuffled; the id gives each one's position in the original files.
+    positions = _positions_from_ids(columns.pop(_ID_FEATURE), split, name)
+    order = np.argsort(positions, kind="stable")
+    columns = {key: value[order] for key, value in columns.items()}
 
     clean_labels = columns[_CLEAN_FEATURE].astype(np.int32)
     variant = f"/{label_variant}" if len(spec.label_features) > 1 else ""
@@ -295,13 +300,27 @@ def _load_tfds(name: str, split: str, label_variant: str, data_dir) -> Dataset:
         inputs=columns["image"].astype(np.uint8, copy=False),
         labels=columns[label_feature].astype(np.int32),
         clean_labels=clean_labels,
-        indices=np.arange(len(clean_labels), dtype=np.int64),
+        indices=positions[order],
         num_classes=spec.num_classes,
         coarse_labels=(
             columns[spec.coarse_feature].astype(np.int32) if spec.coarse_feature else None
         ),
         name=f"{name}{variant}:{split}",
     )
+
+
+def _positions_from_ids(ids: np.ndarray, split: str, name: str) -> np.ndarray:
+    """``int64`` positions in the original files from TFDS's ids, ``"train_00042"`` -> 42."""
+    prefix = f"{split}_"
+    positions = np.empty(len(ids), np.int64)
+    for i, raw in enumerate(ids):
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        digits = text[len(prefix):]
+        if not (text.startswith(prefix) and digits.isdigit()):
+            raise ValueError(f"TFDS dataset {name!r} has an id {text!r} on its {split} split; "
+                             f"expected {prefix}<position>, as TFDS's CIFAR builders write it.")
+        positions[i] = int(digits)
+    return positions
 
 
 def _read_columns(source, keys: list[str]) -> dict[str, np.ndarray]:

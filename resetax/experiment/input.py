@@ -41,10 +41,14 @@ class ExperimentData(NamedTuple):
 
 
 def load_data(config: Config) -> ExperimentData:
-    """Loads the config's dataset, corrupts the training labels and splits off validation.
+    """Loads the config's dataset, corrupts the training labels and sets up validation.
 
-    The noise hits the training data before the validation split, so the validation set is as
-    noisy as the training set unless ``clean_validation`` is set (the paper's two settings).
+    With ``val_source="train"`` the noise hits the training data before the validation split,
+    so the validation set is as noisy as the training set unless ``clean_validation`` is set
+    (the paper's two settings). With ``"train_unused"`` the validation set is ``val_size``
+    random training images outside the ``num_per_class`` subset, with ``"test"`` the test
+    images; in both their labels are drawn from the noise model with a seed of their own unless
+    ``clean_validation`` is set.
 
     Example:
       >>> from resetax.experiment.config import get_config
@@ -65,29 +69,74 @@ def load_data(config: Config) -> ExperimentData:
       0.41 of its two parts); the quick preset gives the validation part its true labels back.
       The test split is always clean.
     """
-    from resetax import data, noise
+    from resetax import data
 
-    train = data.load(config.dataset, split="train", label_variant=config.label_variant,
-                      data_dir=config.data_dir, samples_per_class=config.num_per_class,
-                      seed=config.seed)
+    full = data.load(config.dataset, split="train", label_variant=config.label_variant,
+                     data_dir=config.data_dir)
     test = data.load(config.dataset, split="test", label_variant=config.label_variant,
                      data_dir=config.data_dir)
-    if config.noise != "none" and config.noise_rate > 0:
-        extra = {}
-        if config.noise == "asymmetric_cifar100":
-            extra["coarse_labels"] = train.coarse_labels
-        if config.noise == "instance_dependent":
-            extra["inputs"] = train.inputs
-        noisy, _ = noise.apply_noise(config.noise, train.labels, config.noise_rate,
-                                     train.num_classes, seed=config.seed, **extra)
-        train = dataclasses.replace(train, labels=np.asarray(noisy, np.int32))
-    train, val = data.train_val_split(train, config.val_fraction, seed=config.seed,
-                                      clean_val=config.clean_validation)
+    train = full
+    if config.num_per_class is not None:
+        train = data.subset_per_class(full, config.num_per_class, seed=config.seed,
+                                      how=config.subset)
+    train = _corrupt(config, train, config.seed)
+    if config.val_source == "train":
+        train, val = data.train_val_split(train, config.val_fraction, seed=config.seed,
+                                          clean_val=config.clean_validation)
+    elif config.val_source == "train_unused":
+        val = _validation_from(config, _unused_images(config, full, train))
+    else:
+        val = _validation_from(config, test)
     return ExperimentData(train, val, test, train.num_classes)
 
 
-def preprocess(x: jax.Array) -> jax.Array:
+def _corrupt(config: Config, dataset: Any, seed: Any) -> Any:
+    """``dataset`` with its labels drawn from the config's noise model."""
+    from resetax import noise
+
+    if config.noise == "none" or config.noise_rate == 0:
+        return dataset
+    extra = {}
+    if config.noise == "asymmetric_cifar100":
+        extra["coarse_labels"] = dataset.coarse_labels
+    if config.noise == "instance_dependent":
+        extra["inputs"] = dataset.inputs
+    noisy, _ = noise.apply_noise(config.noise, dataset.labels, config.noise_rate,
+                                 dataset.num_classes, seed=seed, **extra)
+    return dataclasses.replace(dataset, labels=np.asarray(noisy, np.int32))
+
+
+def _unused_images(config: Config, full: Any, subset: Any) -> Any:
+    """``val_size`` random images of ``full`` outside ``subset``, in their original order."""
+    from resetax.experiment.config import DEFAULT_VAL_SIZE
+
+    size = DEFAULT_VAL_SIZE if config.val_size is None else config.val_size
+    unused = np.flatnonzero(~np.isin(full.indices, subset.indices))
+    if size > len(unused):
+        raise ValueError(f"val_size ({size}) must be at most the {len(unused)} training images "
+                         f"outside the num_per_class subset.")
+    rng = np.random.default_rng([config.seed, 1])  # apart from the subset's and the noise's draws
+    return full.take(np.sort(rng.choice(unused, size, replace=False)))
+
+
+def _validation_from(config: Config, images: Any) -> Any:
+    """A validation set of other images than the training ones: clean labels, or labels drawn
+    from the noise model with a seed of their own."""
+    clean = dataclasses.replace(images, labels=images.clean_labels)
+    if config.clean_validation:
+        return clean
+    return _corrupt(config, clean, np.random.default_rng([config.seed, 2]))
+
+
+_CIFAR100_DATASETS = ("cifar100", "cifar100_n")
+
+
+def preprocess(x: jax.Array, dataset: str | None = None) -> jax.Array:
     """Maps stored inputs to model inputs: uint8 images are normalized, floats pass through.
+
+    Images are normalized with the channel statistics of their dataset's training images:
+    CIFAR-100's for ``"cifar100"`` and ``"cifar100_n"``, CIFAR-10's otherwise (``None``
+    included).
 
     Example:
       >>> from resetax.experiment.input import preprocess
@@ -95,13 +144,17 @@ def preprocess(x: jax.Array) -> jax.Array:
       >>> x = preprocess(images)  # (x / 255 - mean) / std with CIFAR-10's channel statistics
       >>> x.dtype, x.shape, x[0, 0, 0].round(2).tolist()
       (dtype('float32'), (2, 32, 32, 3), [2.06, 2.13, 2.12])
+      >>> preprocess(images, "cifar100")[0, 0, 0].round(2).tolist()  # CIFAR-100's statistics
+      [1.84, 2.0, 2.03]
       >>> preprocess(jnp.array([0.5, -1.0], jnp.float16))  # features are only cast to float32
       Array([ 0.5, -1. ], dtype=float32)
     """
     if x.dtype == jnp.uint8:
-        from resetax.data import normalize
+        from resetax import data
 
-        return normalize(x)
+        if dataset in _CIFAR100_DATASETS:
+            return data.normalize(x, data.CIFAR100_MEAN, data.CIFAR100_STD)
+        return data.normalize(x)
     return x.astype(jnp.float32)
 
 

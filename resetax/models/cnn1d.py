@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resetax.models.initializers import conv_fan_in, layer_initializers
 from resetax.models.resnet import batch_norm
 
 
@@ -27,6 +28,8 @@ class CNN1D(nn.Module):
       use_batch_norm: whether each convolution has a BatchNorm before its ReLU.
       dtype: computation dtype; parameters stay float32, logits are float32.
       axis_name: BatchNorm's cross-replica axis under ``pmap``, or ``None``.
+      init_scheme: ``"flax"`` or ``"pytorch"`` (see
+        :func:`~resetax.models.initializers.layer_initializers`).
 
     Examples:
       >>> from resetax import models
@@ -48,6 +51,7 @@ class CNN1D(nn.Module):
     use_batch_norm: bool = True
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    init_scheme: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -56,10 +60,13 @@ class CNN1D(nn.Module):
         if x.ndim == 2:
             x = x[..., None]
         for width in self.channels:
-            x = nn.Conv(width, (self.kernel_size,), strides=self.strides, dtype=self.dtype)(x)
+            init = layer_initializers(self.init_scheme, conv_fan_in(x, (self.kernel_size,)))
+            x = nn.Conv(width, (self.kernel_size,), strides=self.strides, dtype=self.dtype,
+                        **init)(x)
             if self.use_batch_norm:
                 x = batch_norm(train, self.dtype, self.axis_name)(x)
             x = nn.relu(x)
         x = x.reshape(x.shape[0], -1)
-        x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype,
+                     **layer_initializers(self.init_scheme, x.shape[-1]))(x)
         return jnp.asarray(x, jnp.float32)

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resetax.models.initializers import layer_initializers
 from resetax.models.resnet import batch_norm
 
 
@@ -21,6 +22,8 @@ class MLP(nn.Module):
       use_batch_norm: whether each hidden layer has a BatchNorm before its ReLU.
       dtype: computation dtype; parameters stay float32, logits are float32.
       axis_name: BatchNorm's cross-replica axis under ``pmap``, or ``None``.
+      init_scheme: ``"flax"`` or ``"pytorch"`` (see
+        :func:`~resetax.models.initializers.layer_initializers`).
 
     Examples:
       >>> from resetax import models
@@ -36,15 +39,18 @@ class MLP(nn.Module):
     use_batch_norm: bool = True
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    init_scheme: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Returns the logits ``float32 [N, num_classes]`` of inputs ``[N, ...]``."""
         x = jnp.asarray(x, self.dtype).reshape(x.shape[0], -1)
         for width in self.hidden_sizes:
-            x = nn.Dense(width, dtype=self.dtype)(x)
+            x = nn.Dense(width, dtype=self.dtype,
+                         **layer_initializers(self.init_scheme, x.shape[-1]))(x)
             if self.use_batch_norm:
                 x = batch_norm(train, self.dtype, self.axis_name)(x)
             x = nn.relu(x)
-        x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype,
+                     **layer_initializers(self.init_scheme, x.shape[-1]))(x)
         return jnp.asarray(x, jnp.float32)

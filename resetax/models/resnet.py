@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resetax.models.initializers import conv_fan_in, layer_initializers
+
 # Kaiming-normal fan-out initialization, the usual choice for ReLU ResNets (torchvision's).
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -51,6 +53,8 @@ class BasicBlock(nn.Module):
       strides: stride of the first convolution and of the projection.
       dtype: computation dtype.
       axis_name: BatchNorm's cross-replica axis, or ``None``.
+      init_scheme: ``"flax"`` or ``"pytorch"`` (see
+        :func:`~resetax.models.initializers.layer_initializers`).
 
     Examples:
       >>> from resetax.models.resnet import BasicBlock
@@ -65,19 +69,25 @@ class BasicBlock(nn.Module):
     strides: int = 1
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    init_scheme: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init)
+        def conv(inputs, kernel_size, **kwargs):
+            init = layer_initializers(self.init_scheme, conv_fan_in(inputs, kernel_size),
+                                      flax_kernel=_conv_init)
+            return nn.Conv(self.features, kernel_size, use_bias=False, dtype=self.dtype,
+                           kernel_init=init["kernel_init"], **kwargs)(inputs)
+
         norm = functools.partial(batch_norm, train, self.dtype, self.axis_name)
         # Explicit symmetric padding: 'SAME' would pad a stride-2 conv asymmetrically.
-        y = conv(self.features, (3, 3), strides=self.strides, padding=1)(x)
+        y = conv(x, (3, 3), strides=self.strides, padding=1)
         y = nn.relu(norm()(y))
-        y = conv(self.features, (3, 3), padding=1)(y)
+        y = conv(y, (3, 3), padding=1)
         y = norm()(y)
         shortcut = x
         if self.strides != 1 or x.shape[-1] != self.features:
-            shortcut = conv(self.features, (1, 1), strides=self.strides, padding=0)(x)
+            shortcut = conv(x, (1, 1), strides=self.strides, padding=0)
             shortcut = norm()(shortcut)
         return nn.relu(y + shortcut)
 
@@ -95,6 +105,9 @@ class ResNet(nn.Module):
       dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32 and the logits
         are returned as float32.
       axis_name: BatchNorm's cross-replica axis under ``pmap``, or ``None``.
+      init_scheme: ``"flax"`` (He normal convolutions, LeCun normal Dense, zero bias) or
+        ``"pytorch"`` (PyTorch's defaults, see
+        :func:`~resetax.models.initializers.layer_initializers`).
 
     Examples:
       >>> from resetax.models.resnet import ResNet
@@ -114,18 +127,21 @@ class ResNet(nn.Module):
     num_filters: int = 64
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    init_scheme: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Returns the logits ``float32 [N, num_classes]`` of images ``[N, H, W, C]``."""
         x = jnp.asarray(x, self.dtype)
+        stem = layer_initializers(self.init_scheme, conv_fan_in(x, (3, 3)),
+                                  flax_kernel=_conv_init)
         x = nn.Conv(
             self.num_filters,
             (3, 3),
             padding=1,
             use_bias=False,
             dtype=self.dtype,
-            kernel_init=_conv_init,
+            kernel_init=stem["kernel_init"],
         )(x)
         x = nn.relu(batch_norm(train, self.dtype, self.axis_name)(x))
         for i, num_blocks in enumerate(self.stage_sizes):
@@ -135,9 +151,11 @@ class ResNet(nn.Module):
                     strides=2 if i > 0 and j == 0 else 1,
                     dtype=self.dtype,
                     axis_name=self.axis_name,
+                    init_scheme=self.init_scheme,
                 )(x, train)
         x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype,
+                     **layer_initializers(self.init_scheme, x.shape[-1]))(x)
         return jnp.asarray(x, jnp.float32)
 
 

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resetax.models.initializers import conv_fan_in, layer_initializers
 from resetax.models.resnet import batch_norm
 
 
@@ -24,6 +25,8 @@ class VCNN(nn.Module):
       dropout_rate: dropout before the first Dense layer (paper: 0.2).
       dtype: computation dtype; parameters stay float32, logits are float32.
       axis_name: BatchNorm's cross-replica axis under ``pmap``, or ``None``.
+      init_scheme: ``"flax"`` or ``"pytorch"`` (see
+        :func:`~resetax.models.initializers.layer_initializers`).
 
     Examples:
       >>> from resetax import models
@@ -41,6 +44,7 @@ class VCNN(nn.Module):
     dropout_rate: float = 0.2
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    init_scheme: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -52,13 +56,16 @@ class VCNN(nn.Module):
         x = jnp.asarray(x, self.dtype)
         for widths in ((32, 64), (128, 128), (256, 256)):
             for width in widths:
-                x = nn.Conv(width, (3, 3), padding=1, dtype=self.dtype)(x)
+                init = layer_initializers(self.init_scheme, conv_fan_in(x, (3, 3)))
+                x = nn.Conv(width, (3, 3), padding=1, dtype=self.dtype, **init)(x)
                 x = nn.relu(batch_norm(train, self.dtype, self.axis_name)(x))
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         for width in (1024, 512):
-            x = nn.Dense(width, dtype=self.dtype)(x)
+            x = nn.Dense(width, dtype=self.dtype,
+                         **layer_initializers(self.init_scheme, x.shape[-1]))(x)
             x = nn.relu(batch_norm(train, self.dtype, self.axis_name)(x))
-        x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype,
+                     **layer_initializers(self.init_scheme, x.shape[-1]))(x)
         return jnp.asarray(x, jnp.float32)
