@@ -514,11 +514,11 @@ def memoryless_elr(
     :func:`elr_loss` of an all-zero target buffer, without state:
 
     .. math::
-      \ell = \mathrm{CE}(z, y) + \lambda \logig(1 - (1 - eta)\,
-             \langle \operatorname{sg}(\hat p), 	ilde p angleig),
-      \qquad \hat p = 	ilde p ig/ 	extstyle\sum_k 	ilde p_k,
+      \ell = \mathrm{CE}(z, y) + \lambda \log\big(1 - (1 - \beta)\,
+             \langle \operatorname{sg}(\hat p), \tilde p \rangle\big),
+      \qquad \hat p = \tilde p \big/ \textstyle\sum_k \tilde p_k,
 
-    with :math:`	ilde p` the softmax clipped to :math:`[10^{-4}, 1 - 10^{-4}]`. The official
+    with :math:`\tilde p` the softmax clipped to :math:`[10^{-4}, 1 - 10^{-4}]`. The official
     code builds its ELR loss object, and with it the target buffer, anew at every step
     (PARITY.md, D5), so the regularizer has no memory of earlier predictions. Liu et al.'s ELR,
     with memory, is :func:`elr_loss`.

@@ -245,21 +245,26 @@ def _state_key(tx, params):
     return jax.random.wrap_key_data(resetax.find_resetting_state(tx.init(params)).key)
 
 
-def _drive(tx, params, grads, values):
-    """Runs ``tx`` over the updates inside one jitted scan; returns per-update records."""
+def _drive(tx, params, grads, values, learning_rate=None):
+    """Runs ``tx`` over the updates inside one jitted scan; returns per-update records.
+
+    ``learning_rate(state, step)``, if given, is recorded from the state before each update.
+    """
 
     def step(carry, inputs):
         params, state = carry
-        grad, value = inputs
+        grad, value, t = inputs
+        record = {} if learning_rate is None else {"learning_rate": learning_rate(state, t)}
         updates, state = tx.update(grad, state, params, value=value)
         params = resetax.apply_updates(params, updates, state)
         resetting = resetax.find_resetting_state(state)
-        record = dict(params=params, updates=updates, did_reset=resetting.did_reset,
+        record.update(params=params, updates=updates, did_reset=resetting.did_reset,
                       active=resetting.active, checkpoint_updated=resetting.checkpoint_updated)
         return (params, state), record
 
     run = jax.jit(lambda carry, xs: jax.lax.scan(step, carry, xs))
-    _, records = run((params, tx.init(params)), (jnp.asarray(grads), jnp.asarray(values)))
+    xs = (jnp.asarray(grads), jnp.asarray(values), jnp.arange(len(values), dtype=jnp.int32))
+    _, records = run((params, tx.init(params)), xs)
     return jax.tree.map(np.asarray, records)
 
 
@@ -324,18 +329,21 @@ def test_core_transform_draws_one_uniform_per_update_from_its_key():
 
 
 def _trainer_transform(params, **fields):
+    """The trainer's optimizer and its ``learning_rate(opt_state, step)`` metric."""
     from resetax.experiment import steps
     from resetax.experiment.config import get_config
 
     config = get_config("quick", num_steps=_N, eval_every=_E, reset_prob=_R, seed=0,
                         schedule="cosine", learning_rate=0.1, reset_inner_state=True, **fields)
-    return steps.make_optimizer(config, params)
+    return (steps.make_optimizer(config, params),
+            lambda opt_state, step: steps.learning_rate(config, opt_state, step))
 
 
 def _trainer_run(params, grads, values, **fields):
-    tx = _trainer_transform(params, **fields)
+    tx, learning_rate = _trainer_transform(params, **fields)
     draws = _uniforms(_state_key(tx, params), _N)
-    return _drive(tx, params, grads, _values_by_update(values, _N, _E)), draws
+    records = _drive(tx, params, grads, _values_by_update(values, _N, _E), learning_rate)
+    return records, draws
 
 
 def _learning_rates_outside_resets(records, trace):
@@ -380,10 +388,6 @@ def test_trainer_learning_rate_continues_through_resets():
     np.testing.assert_allclose(ours, official, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planned (PARITY.md, learning rate on a reset): Config.schedule_on_reset='restore' "
-           "restores the checkpoint's learning rate inside the jitted step.")
 def test_trainer_learning_rate_restore_matches_scheduler_reset_1():
     values = _validation_sequence(len(range(0, _N, _E)), seed=0)
     params = jnp.zeros(1, jnp.float32)
@@ -397,10 +401,25 @@ def test_trainer_learning_rate_restore_matches_scheduler_reset_1():
     # float32 rounds 1 + cos(pi t / N) to ~2**-23 absolute, a relative error of ~1e-7 / f(t)
     # that grows towards the end of the schedule, where f(t) = 1 + cos(pi t / N) -> 0; a restored
     # rate carries it, scaled up with the rate. Allowed: 1e-5 relative plus four such roundings.
-    # A prototype of the planned state used 12% of this; restoring the rate one step off moves it
-    # by ~1e-3 relative mid-schedule, not restoring it by a factor of 2.
+    # scale_by_restorable_schedule uses 10% of this; restoring the rate one step off moves it by
+    # ~1e-3 relative mid-schedule, not restoring it by a factor of 2.
     f = 1 + np.cos(np.pi * steps / _N)
     np.testing.assert_array_less(np.abs(ours - official), official * (1e-5 + 4 * 2.0**-23 / f))
+    # The trainer's learning_rate metric is the rate each update used, reset steps included
+    # (the official iteration takes its step at that rate before it resets).
+    f = 1 + np.cos(np.pi * np.arange(_N) / _N)
+    np.testing.assert_array_less(np.abs(records["learning_rate"] - trace.learning_rates),
+                                 trace.learning_rates * (1e-5 + 4 * 2.0**-23 / f))
+
+
+def test_trainer_learning_rate_metric_is_the_schedule_with_continue():
+    values = _validation_sequence(len(range(0, _N, _E)), seed=0)
+    params = jnp.zeros(1, jnp.float32)
+    records, _ = _trainer_run(params, np.ones((_N, 1), np.float32), values, momentum=0.0,
+                              patience=official_patience_steps(_T, _E))
+    assert records["did_reset"].sum() >= 10
+    kept = ~records["did_reset"]
+    np.testing.assert_array_equal(records["learning_rate"][kept], -records["updates"][kept, 0])
 
 
 # The presets against the official command line (README.md of the official repository):
@@ -425,14 +444,8 @@ def test_paper_presets_match_the_official_command(preset):
     assert (config.reset_prob, config.adaptive, config.augment) == (1e-3, True, True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planned (PARITY.md): reset_inner_state=True (--opt-reset 1), patience 4990 "
-           "(--threshold-iter 5000 with --log-iter 10), eval_every=10 (--log-iter 10), "
-           "schedule_on_reset='restore' (--scheduler-reset 1), val_loss='train', "
-           "batch_sampling='iid', init='pytorch'.")
 @pytest.mark.parametrize("preset", _PAPER_PRESETS)
-def test_paper_presets_follow_the_planned_official_flags(preset):
+def test_paper_presets_follow_the_official_flags(preset):
     from resetax.experiment.config import get_config
 
     config = get_config(preset)
@@ -445,10 +458,6 @@ def test_paper_presets_follow_the_planned_official_flags(preset):
     assert config.init == "pytorch"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planned (PARITY.md, setting 1): ciFAIR-10 trainval0 (the first 50 images per class), "
-           "reflect-padded crops and flips, clean validation on 10,000 unused training images.")
 def test_setting1_preset_follows_the_official_data():
     from resetax.experiment.config import get_config
 

@@ -47,8 +47,11 @@ def plot_run(run_dir: str | os.PathLike) -> Path:
     ax_loss.plot(steps, _column(rows, "val_loss"), label="validation loss")
     ax_loss.plot(steps, _column(rows, "train_loss"), label="train loss", alpha=0.6)
     ax_acc.plot(steps, 100 * _column(rows, "val_acc"), color="C1", label="validation accuracy")
-    if np.isfinite(_column(rows, "test_acc")).any():  # measured only with eval_test
-        ax_acc.plot(steps, 100 * _column(rows, "test_acc"), color="C2", label="test accuracy")
+    test_acc = _column(rows, "test_acc")
+    tested = np.isfinite(test_acc)  # measured only with eval_test, every test_every steps
+    if tested.any():
+        ax_acc.plot(np.asarray(steps)[tested], 100 * test_acc[tested], color="C2",
+                    label="test accuracy")
     for ax in axes.ravel():
         # One collection of lines per kind: thousands of axvline calls cost seconds.
         ax.vlines(resets, 0, 1, transform=ax.get_xaxis_transform(), color="C3", alpha=0.25,

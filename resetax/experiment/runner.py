@@ -137,27 +137,30 @@ def setup(config: Config, data: ExperimentData) -> Experiment:
     from resetax import models
 
     placement = Placement(tuple(_devices(config)), pmap=config.parallel == "pmap")
-    model = models.get_model(config.model, data.num_classes)
+    model = models.get_model(config.model, data.num_classes, init_scheme=config.init)
     sample = jnp.asarray(data.train.inputs[:1])
     params = jax.eval_shape(lambda x: steps_lib.init_variables(config, model, x), sample)
     tx = steps_lib.make_optimizer(config, params["params"])
     loss_fn, loss_state = steps_lib.make_loss(config, len(data.train), data.num_classes)
     replicas = steps_lib.Replicas(placement.axis_name)
-    synced = models.get_model(config.model, data.num_classes, axis_name=placement.axis_name)
+    synced = models.get_model(config.model, data.num_classes, axis_name=placement.axis_name,
+                              init_scheme=config.init)
     train_step = steps_lib.make_train_step(config, synced, tx, loss_fn, len(data.train),
                                            replicas=replicas,
                                            batch_sharding=placement.batch_sharding)
     eval_step = steps_lib.make_eval_step(config, synced, EVAL_BATCH_SIZE, replicas)
     chunk = steps_lib.fuse_steps(train_step, eval_step, config.eval_every)
     device_data = placement.place_data(data)
-    # The summary measures the test set whatever eval_test says: with it, one program serves.
-    evaluate = placement.compile_eval(eval_step if config.eval_test else steps_lib.make_eval_step(
-        config.replace(eval_test=True), synced, EVAL_BATCH_SIZE, replicas))
+    # The summary measures the test set whatever eval_test and test_every say: when the
+    # in-loop evaluation tests at every window, one program serves both.
+    tests_every_window = config.eval_test and config.test_every in (None, config.eval_every)
+    evaluate = placement.compile_eval(eval_step if tests_every_window else steps_lib.make_eval_step(
+        config.replace(eval_test=True, test_every=None), synced, EVAL_BATCH_SIZE, replicas))
     if dispatch_mode(config) == "scan":
         run_steps = placement.compile_chunk(chunk, device_data)
     else:
         run_steps = placement.compile_steps(
-            train_step, evaluate if config.eval_test else placement.compile_eval(eval_step),
+            train_step, evaluate if tests_every_window else placement.compile_eval(eval_step),
             config.eval_every, device_data)
     return Experiment(
         config=config, data=data, model=model, tx=tx,
@@ -167,7 +170,8 @@ def setup(config: Config, data: ExperimentData) -> Experiment:
             sample, loss_state)),
         placement=placement, device_data=device_data, train_chunk=chunk, run_steps=run_steps,
         evaluate=lambda state: evaluate(state, device_data),
-        diagnose=make_diagnose(model, data) if config.diagnostics_every else None,
+        diagnose=(make_diagnose(model, data, config.dataset) if config.diagnostics_every
+                  else None),
     )
 
 
@@ -524,9 +528,11 @@ class Placement:
         return run_steps
 
 
-def make_diagnose(model: Any, data: ExperimentData) -> Callable:
+def make_diagnose(model: Any, data: ExperimentData, dataset: str | None = None) -> Callable:
     """Returns ``diagnose(host_state) -> dict``: latent-gradient-bias diagnostics on the
     training set (its first ``DIAGNOSTICS_SAMPLES`` examples) at the state's params.
+
+    ``dataset`` (the config's) picks the normalization of images.
 
     The keys are ``grad_*`` (cosines and norms of the correct-label and wrong-label gradient
     parts, :class:`resetax.diagnostics.GradientAlignment`) and ``mem_*`` (memorization fractions,
@@ -545,8 +551,8 @@ def make_diagnose(model: Any, data: ExperimentData) -> Callable:
     @jax.jit
     def run(params, batch_stats):
         def apply_fn(p, xb):
-            return model.apply({"params": p, "batch_stats": batch_stats}, preprocess(xb),
-                               train=False)
+            return model.apply({"params": p, "batch_stats": batch_stats},
+                               preprocess(xb, dataset), train=False)
 
         parts = diagnostics.decompose_gradients(
             apply_fn, optax.softmax_cross_entropy_with_integer_labels, params, x, noisy,
@@ -583,13 +589,17 @@ def check_run(config: Config) -> ExperimentData:
     """
     check_devices(config)
     data = load_data(config)
+    if config.val_source == "test":
+        workdir.note("val_source='test': the best model and the resetting checkpoint are chosen "
+                     "on the test images (the official protocol, PARITY.md D3), so the test "
+                     "accuracy it reports is optimistic.")
     if config.batch_size > len(data.train):
         raise ValueError(f"batch_size ({config.batch_size}) must be at most the number of "
                          f"training examples ({len(data.train)}).")
     if config.reset_layers is not None:
         from resetax import models
 
-        model = models.get_model(config.model, data.num_classes)
+        model = models.get_model(config.model, data.num_classes, init_scheme=config.init)
         params = jax.eval_shape(lambda x: steps_lib.init_variables(config, model, x),
                                 jnp.asarray(data.train.inputs[:1]))["params"]
         mask = steps_lib.reset_mask(config, params)

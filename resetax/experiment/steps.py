@@ -181,14 +181,18 @@ def make_optimizer(config: Config, params: Any) -> optax.GradientTransformationE
 
       The quick preset's SGD (learning rate 0.05) moved ``Dense_0``; resetting, on from the
       start (``patience=None``) with ``reset_prob=1``, sent ``Dense_1`` back to its checkpoint.
+
+      With ``schedule_on_reset="restore"`` the learning rate is carried in the optimizer state
+      (:func:`resetax.scale_by_restorable_schedule`), which a reset restores with the momentum:
+
+      >>> config = get_config("quick", schedule="cosine", num_steps=100, learning_rate=0.1,
+      ...                     reset_inner_state=True, schedule_on_reset="restore")
+      >>> from resetax.experiment.steps import learning_rate
+      >>> tx = make_optimizer(config, params)
+      >>> float(learning_rate(config, tx.init(params), step=0))  # the rate of update 0
+      0.1
     """
-    schedule = learning_rate_schedule(config)
-    if config.optimizer == "adam":
-        inner = optax.adam(schedule)
-    else:
-        inner = optax.sgd(schedule, momentum=config.momentum or None)
-    if config.weight_decay:
-        inner = optax.chain(optax.add_decayed_weights(config.weight_decay), inner)
+    inner = inner_optimizer(config)
     # reset_prob is a hyperparameter in the state, not a constant of the compiled step: a
     # baseline (0) and its resetting run (r) then compile to the same program, which the
     # persistent compilation cache serves the second time.
@@ -205,6 +209,107 @@ def make_optimizer(config: Config, params: Any) -> optax.GradientTransformationE
         mask=reset_mask(config, params),
         mode="min",  # accuracies are negated before they reach the transformation
     )
+
+
+def inner_optimizer(config: Config) -> optax.GradientTransformation:
+    """The optimizer that :func:`make_optimizer` wraps in stochastic resetting.
+
+    SGD (momentum ``config.momentum``) or Adam, after weight decay added to the gradients, at
+    the rate of :func:`learning_rate_schedule`. With ``schedule_on_reset="restore"`` the rate is
+    applied by :func:`resetax.scale_by_restorable_schedule`, whose float state a reset restores
+    together with the momentum (the official code's ``--scheduler-reset 1``); the updates are
+    the same as with ``"continue"`` until a reset.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.steps import inner_optimizer
+      >>> config = get_config("quick", momentum=0.0, learning_rate=0.1)
+      >>> tx = inner_optimizer(config)
+      >>> updates, _ = tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))
+      >>> updates.tolist()
+      [-0.1, -0.1]
+      >>> restoring = inner_optimizer(config.replace(reset_inner_state=True,
+      ...                                            schedule_on_reset="restore"))
+      >>> bool((restoring.update(jnp.ones(2), restoring.init(jnp.zeros(2)))[0] == updates).all())
+      True
+    """
+    schedule = learning_rate_schedule(config)
+    momentum = config.momentum or None
+    if config.schedule_on_reset == "continue":
+        parts = [optax.adam(schedule) if config.optimizer == "adam"
+                 else optax.sgd(schedule, momentum=momentum)]
+    else:
+        # optax.sgd and optax.adam with their rate step taken apart, so that it can be restored.
+        parts = [optax.scale_by_adam()] if config.optimizer == "adam" else (
+            [optax.trace(momentum)] if momentum else [])
+        parts += [resetax.scale_by_restorable_schedule(schedule), optax.scale(-1.0)]
+    if config.weight_decay:
+        parts.insert(0, optax.add_decayed_weights(config.weight_decay))
+    return parts[0] if len(parts) == 1 else optax.chain(*parts)
+
+
+def learning_rate(config: Config, opt_state: Any, step: jax.Array) -> jax.Array:
+    """The learning rate of the update at ``step`` from ``opt_state`` (the state before it).
+
+    The schedule's value, or with ``schedule_on_reset="restore"`` the rate the optimizer state
+    carries (:func:`resetax.restorable_learning_rate`), which a reset may have restored.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.steps import learning_rate, make_optimizer
+      >>> config = get_config("quick", schedule="cosine", learning_rate=0.1, num_steps=10)
+      >>> opt_state = make_optimizer(config, jnp.zeros(2)).init(jnp.zeros(2))
+      >>> float(learning_rate(config, opt_state, jnp.int32(5)))  # half-way down the cosine
+      0.05
+    """
+    schedule = learning_rate_schedule(config)
+    if config.schedule_on_reset == "restore":
+        return resetax.restorable_learning_rate(opt_state, schedule)
+    return jnp.asarray(schedule(step), jnp.float32)
+
+
+def loss_hyperparameters(config: Config) -> dict[str, float]:
+    """The hyperparameters of ``config.loss`` from the config's fields, by their loss names.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.steps import loss_hyperparameters
+      >>> loss_hyperparameters(get_config("quick", loss="sce", sce_alpha=6.0, sce_beta=0.1))
+      {'alpha': 6.0, 'beta': 0.1}
+      >>> loss_hyperparameters(get_config("quick", loss="ce"))
+      {}
+    """
+    return {
+        "gce": dict(q=config.gce_q),
+        "truncated_gce": dict(q=config.gce_q, k=config.truncated_gce_k),
+        "sce": dict(alpha=config.sce_alpha, beta=config.sce_beta),
+        "nce_rce": dict(alpha=config.nce_rce_alpha, beta=config.nce_rce_beta),
+        "elr": dict(lam=config.elr_lambda, beta=config.elr_beta),
+        "elr_official": dict(lam=config.elr_lambda, beta=config.elr_beta),
+    }.get(config.loss, {})
+
+
+def validation_loss(config: Config) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The per-example validation loss ``fn(logits, labels)`` of ``config.val_loss``.
+
+    ``"ce"``: the cross-entropy. ``"train"``: the training loss with its hyperparameters, as
+    the official code validates; the cross-entropy for ``elr`` and ``elr_official`` (whose
+    regularizer needs training targets), as the official code too.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.steps import validation_loss
+      >>> logits, labels = jnp.log(jnp.array([[0.25, 0.75]])), jnp.array([0])
+      >>> validation_loss(get_config("quick", loss="mae"))(logits, labels)  # cross-entropy
+      Array([1.3862944], dtype=float32)
+      >>> validation_loss(get_config("quick", loss="mae", val_loss="train"))(logits, labels)
+      Array([1.5], dtype=float32)
+    """
+    from resetax import losses
+
+    if config.val_loss == "ce" or config.loss in ("elr", "elr_official"):
+        return optax.softmax_cross_entropy_with_integer_labels
+    return losses.get_loss(config.loss, **loss_hyperparameters(config))
 
 
 def make_loss(config: Config, num_train: int, num_classes: int) -> tuple[Callable, Any]:
@@ -227,11 +332,15 @@ def make_loss(config: Config, num_train: int, num_classes: int) -> tuple[Callabl
       >>> elr_state.targets.shape  # one target distribution per training example
       (100, 10)
     """
+    import functools
+
     from resetax import losses
 
+    hyperparameters = loss_hyperparameters(config)
     if config.loss == "elr":
-        return losses.elr_loss, losses.elr_init(num_train, num_classes)
-    per_example = losses.get_loss(config.loss)
+        return (functools.partial(losses.elr_loss, **hyperparameters),
+                losses.elr_init(num_train, num_classes))
+    per_example = losses.get_loss(config.loss, **hyperparameters)
 
     def loss_fn(logits, labels, indices, loss_state):
         return per_example(logits, labels), loss_state
@@ -255,8 +364,8 @@ def init_variables(config: Config, model: Any, sample_input: jax.Array) -> dict[
       (['batch_stats', 'params'], (4, 16))
     """
     init_key, _ = jax.random.split(jax.random.key(config.seed))
-    return model.init({"params": init_key, "dropout": init_key}, preprocess(sample_input),
-                      train=False)
+    return model.init({"params": init_key, "dropout": init_key},
+                      preprocess(sample_input, config.dataset), train=False)
 
 
 def init_state(config: Config, model: Any, tx: optax.GradientTransformation,
@@ -379,13 +488,16 @@ class Evaluation(NamedTuple):
         return cls(nan, nan, nan)
 
 
-def make_evaluate(model: Any, eval_batch_size: int, replicas: Replicas = GLOBAL_BATCH
-                  ) -> Callable:
+def make_evaluate(model: Any, eval_batch_size: int, replicas: Replicas = GLOBAL_BATCH, *,
+                  loss: Callable | None = None, dataset: str | None = None) -> Callable:
     """Returns ``evaluate(params, batch_stats, x, y, weight) -> (mean loss, accuracy)``.
 
     Every example counts exactly once, with its weight (0 for padding), whatever the set's size:
     the set is processed in chunks of ``eval_batch_size`` with ``lax.map`` and the remainder in
     one smaller chunk. Under pmap each replica evaluates its part and the sums are combined.
+    ``loss`` is the per-example ``fn(logits, labels)`` averaged (the cross-entropy when None,
+    see :func:`validation_loss`); ``dataset`` picks the normalization of images
+    (:func:`~resetax.experiment.input.preprocess`).
 
     Example:
       >>> from resetax import models
@@ -410,12 +522,14 @@ def make_evaluate(model: Any, eval_batch_size: int, replicas: Replicas = GLOBAL_
       True
     """
 
+    per_example = optax.softmax_cross_entropy_with_integer_labels if loss is None else loss
+
     def sums(params, batch_stats, x, y, weight):
-        logits = model.apply({"params": params, "batch_stats": batch_stats}, preprocess(x),
-                             train=False)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+        logits = model.apply({"params": params, "batch_stats": batch_stats},
+                             preprocess(x, dataset), train=False)
+        values = per_example(logits.astype(jnp.float32), y)
         correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-        return jnp.stack([jnp.sum(loss * weight), jnp.sum(correct * weight), jnp.sum(weight)])
+        return jnp.stack([jnp.sum(values * weight), jnp.sum(correct * weight), jnp.sum(weight)])
 
     def evaluate(params, batch_stats, x, y, weight):
         n = x.shape[0]
@@ -436,7 +550,8 @@ def make_eval_step(config: Config, model: Any, eval_batch_size: int,
                    replicas: Replicas = GLOBAL_BATCH) -> Callable:
     """Returns ``eval_step(state, data) -> Evaluation`` at the state's params.
 
-    The test accuracy is measured only with ``config.eval_test`` (NaN otherwise).
+    The validation loss is :func:`validation_loss`'s. The test accuracy is measured only with
+    ``config.eval_test`` and at steps divisible by ``config.test_every`` (NaN otherwise).
 
     Example:
       >>> from resetax import models
@@ -450,16 +565,30 @@ def make_eval_step(config: Config, model: Any, eval_batch_size: int,
       >>> evaluation = steps.make_eval_step(config, model, 100)(state, data)
       >>> sorted(evaluation._asdict()), bool(jnp.isnan(evaluation.test_acc))
       (['test_acc', 'val_acc', 'val_loss'], True)
+      >>> every_20 = steps.make_eval_step(config.replace(eval_test=True, eval_every=10,
+      ...                                                test_every=20), model, 100)
+      >>> [bool(jnp.isnan(every_20(state._replace(step=jnp.int32(s)), data).test_acc))
+      ...  for s in (0, 10, 20)]
+      [False, True, False]
     """
-    evaluate = make_evaluate(model, eval_batch_size, replicas)
+    evaluate = make_evaluate(model, eval_batch_size, replicas, loss=validation_loss(config),
+                             dataset=config.dataset)
+    test_every = config.test_every or config.eval_every
+
+    def test_accuracy(state: TrainState, data: DeviceData) -> jax.Array:
+        _, accuracy = evaluate(state.params, state.batch_stats, data.test_x, data.test_y,
+                               data.test_weight)
+        return accuracy
 
     def eval_step(state: TrainState, data: DeviceData) -> Evaluation:
         val_loss, val_acc = evaluate(state.params, state.batch_stats, data.val_x, data.val_y,
                                      data.val_weight)
         test_acc = Evaluation.missing().test_acc
-        if config.eval_test:
-            _, test_acc = evaluate(state.params, state.batch_stats, data.test_x, data.test_y,
-                                   data.test_weight)
+        if config.eval_test and test_every == config.eval_every:
+            test_acc = test_accuracy(state, data)
+        elif config.eval_test:
+            test_acc = jax.lax.cond(state.step % test_every == 0, test_accuracy,
+                                    lambda *_: test_acc, state, data)
         return Evaluation(val_loss, val_acc, test_acc)
 
     return eval_step
@@ -522,29 +651,46 @@ def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation
       >>> int(state.step), int(metrics["step"]), sorted(metrics)[:4]
       (1, 0, ['active', 'did_reset', 'did_rollback', 'distance'])
     """
-    from resetax.data import augment_cifar, batch_from_order, epoch_order
+    from resetax.data import (
+        augment_cifar,
+        batch_from_order,
+        epoch_order,
+        sample_batch_indices,
+    )
     from resetax.diagnostics import distance_to_checkpoint
-
-    schedule = learning_rate_schedule(config)
 
     num_batches = num_train // config.batch_size
 
-    def sample_batch(state: TrainState, data: DeviceData):
-        data_key = jax.random.wrap_key_data(state.key)
-        aug_key, dropout_key = jax.random.split(jax.random.fold_in(data_key, state.step))
+    def batch_indices(state: TrainState, data_key: jax.Array, step_key: jax.Array):
+        """The global batch's indices, the epoch's order and the step's other keys."""
+        if config.batch_sampling == "iid":
+            # A fresh draw without replacement at every step, as the official loop's
+            # next(iter(DataLoader(shuffle=True))).
+            aug_key, dropout_key, batch_key = jax.random.split(step_key, 3)
+            indices = sample_batch_indices(batch_key, num_train, config.batch_size,
+                                           replace=False)
+            return indices, state.epoch_order, aug_key, dropout_key
+        aug_key, dropout_key = jax.random.split(step_key)
         # The epoch's order is drawn at its first step only: a permutation costs more than a
         # small model's step on a CPU. It equals batch_indices_at_step's at every step.
         order = jax.lax.cond(
             state.step % num_batches == 0,
             lambda: epoch_order(data_key, state.step // num_batches, num_train),
             lambda: state.epoch_order)
-        indices = replicas.local_batch(batch_from_order(order, state.step, config.batch_size))
+        return batch_from_order(order, state.step, config.batch_size), order, aug_key, dropout_key
+
+    def sample_batch(state: TrainState, data: DeviceData):
+        data_key = jax.random.wrap_key_data(state.key)
+        global_indices, order, aug_key, dropout_key = batch_indices(
+            state, data_key, jax.random.fold_in(data_key, state.step))
+        indices = replicas.local_batch(global_indices)
         x, y = data.train_x[indices], data.train_y[indices]
         if batch_sharding is not None:
             x, y = jax.lax.with_sharding_constraint((x, y), batch_sharding)
         if config.augment:
-            x = augment_cifar(replicas.local_key(aug_key), x)
-        return preprocess(x), y, indices, replicas.local_key(dropout_key), order
+            x = augment_cifar(replicas.local_key(aug_key), x, pad_mode=config.pad_mode)
+        return (preprocess(x, config.dataset), y, indices, replicas.local_key(dropout_key),
+                order)
 
     def window_end_distance(state: TrainState, params: Any, checkpoint: Any) -> jax.Array:
         # Logged once per evaluation window, for its last step: not worth a pass every step.
@@ -580,7 +726,8 @@ def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation
         before = resetax.find_resetting_state(state.opt_state)
         resetting = resetax.find_resetting_state(opt_state)
         metrics = dict(
-            step=state.step, train_loss=train_loss, learning_rate=schedule(state.step),
+            step=state.step, train_loss=train_loss,
+            learning_rate=learning_rate(config, state.opt_state, state.step),
             did_reset=resetting.num_resets > before.num_resets,
             did_rollback=resetting.num_nonfinite_resets > before.num_nonfinite_resets,
             active=resetting.active, num_resets=resetting.num_resets,
