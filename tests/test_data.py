@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tfds_mock import REAL_SPLITS, TFDS_NAMES, FakeSource, mock_cifar, write_metadata
 
 from resetax import data
 from resetax.data import sources
@@ -19,8 +20,6 @@ from resetax.data import sources
 # The split names and label features below are read off the TFDS builder sources
 # (tensorflow_datasets/image_classification/{cifar.py, cifar10_n/, cifar100_n/}).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TFDS_NAMES = ("cifar10", "cifar100", "cifar10_n", "cifar100_n")
-REAL_SPLITS = ("train", "test")
 NUM_MOCK_EXAMPLES = 12
 CIFAR10_N_FEATURES = {
     "aggre": "aggre_label",
@@ -36,76 +35,10 @@ CIFAR10_N_FEATURES = {
 # TFDS sources under tfds.testing.mock_data
 
 
-def _write_metadata(data_dir, name, file_format="array_record"):
-    """Writes the dataset_info.json that a prepared dataset has, with the real split names."""
-    import tensorflow_datasets as tfds
-
-    builder = tfds.builder(name, data_dir=data_dir, file_format=file_format)
-    builder.info.set_splits(
-        tfds.core.SplitDict(
-            [
-                tfds.core.SplitInfo(name=split, shard_lengths=[NUM_MOCK_EXAMPLES], num_bytes=0)
-                for split in REAL_SPLITS
-            ]
-        )
-    )
-    os.makedirs(builder.data_dir, exist_ok=True)
-    builder.info.write_to_directory(builder.data_dir)
-
-
-class _FakeSource:
-    """A random-access source of deterministic fake examples built from the real features.
-
-    tfds's default data-source mock sets ``__getitems__`` as an unbound partial that fails when
-    called (tfds 4.9.10), so the mock's supported hook ``as_data_source_fn`` provides this one.
-    Single-item access fails the test: the loader must read in chunks. As in a prepared TFDS
-    dataset, the records are stored shuffled: record ``i`` has the id ``<split>_<order[i]>``
-    (bytes, as ``tfds.data_source`` decodes a Text feature), its position in the original files.
-    """
-
-    def __init__(self, features, num_examples, split):
-        from tensorflow_datasets.testing.mocking import RandomFakeGenerator
-
-        self.generator = RandomFakeGenerator(features, num_examples)
-        self.num_examples = num_examples
-        self.num_chunk_reads = 0
-        self.order = np.random.default_rng(len(split)).permutation(num_examples)
-        self.split = split
-
-    def __len__(self):
-        return self.num_examples
-
-    def __getitem__(self, index):
-        raise AssertionError("examples must be read in chunks through __getitems__")
-
-    def __getitems__(self, indices):
-        self.num_chunk_reads += 1
-        return [dict(self.generator[i], id=f"{self.split}_{self.order[i]:05d}".encode())
-                for i in indices]
-
-
 @pytest.fixture
 def mock_tfds(tmp_path):
     """Mocks TFDS with real metadata (split names) for every CIFAR source; yields the sources."""
-    import tensorflow_datasets as tfds
-
-    metadata_dir = tmp_path / "metadata"
-    for name in TFDS_NAMES:
-        _write_metadata(metadata_dir, name)
-    opened = {}
-
-    def as_data_source(builder, split, decoders=None, deserialize_method=None, **kwargs):
-        # The split dict comes from the metadata files, so only real split names pass.
-        assert split in builder.info.splits, split
-        source = _FakeSource(builder.info.features, NUM_MOCK_EXAMPLES, split)
-        opened[(builder.name, split)] = source
-        return source
-
-    with tfds.testing.mock_data(
-        policy=tfds.testing.MockPolicy.USE_FILES,
-        data_dir=str(metadata_dir),
-        as_data_source_fn=as_data_source,
-    ):
+    with mock_cifar(tmp_path / "metadata", NUM_MOCK_EXAMPLES) as opened:
         yield opened
 
 
@@ -140,7 +73,7 @@ def test_tfds_source_reads_images_and_labels(mock_tfds, name, split, monkeypatch
 
 
 def test_tfds_ids_of_another_form_are_refused(mock_tfds, monkeypatch):
-    monkeypatch.setattr(_FakeSource, "__getitems__", lambda self, indices: [
+    monkeypatch.setattr(FakeSource, "__getitems__", lambda self, indices: [
         dict(self.generator[i], id=b"record%d" % i) for i in indices])
     with pytest.raises(ValueError, match="expected train_<position>"):
         data.load("cifar10")
@@ -203,7 +136,7 @@ def test_not_prepared_fails_fast_with_the_prepare_command(tmp_path, name):
 
 
 def test_prepared_without_array_record_is_refused(tmp_path):
-    _write_metadata(tmp_path, "cifar10", file_format="tfrecord")
+    write_metadata(tmp_path, "cifar10", NUM_MOCK_EXAMPLES, file_format="tfrecord")
     with pytest.raises(FileNotFoundError, match="array_record"):
         data.load("cifar10", data_dir=tmp_path)
 

@@ -269,3 +269,49 @@ def test_get_model_rejects_bad_input():
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match="num_classes"):
             models.get_model("mlp", bad)
+
+
+@pytest.mark.parametrize("make, shape", [
+    # XLA:CPU compiles the initializers of the two CNNs in about 10 s each.
+    pytest.param(
+        lambda **kw: models.ResNet(stage_sizes=(1, 1), num_classes=10, num_filters=8, **kw),
+        (2, 8, 8, 3), marks=pytest.mark.slow, id="resnet"),
+    pytest.param(lambda **kw: models.VCNN(10, **kw), (2, 8, 8, 3), marks=pytest.mark.slow,
+                 id="vcnn"),
+    pytest.param(lambda **kw: models.MLP(10, hidden_sizes=(64,), **kw), (2, 40), id="mlp"),
+    pytest.param(lambda **kw: models.CNN1D(10, **kw), (2, 40), id="cnn1d"),
+])
+def test_pytorch_initialization_is_uniform_in_one_over_sqrt_fan_in(make, shape):
+    params = jax.jit(make(init_scheme="pytorch").init)(jax.random.key(0), jnp.zeros(shape))[
+        "params"]
+    flax_params = jax.jit(make().init)(jax.random.key(0), jnp.zeros(shape))["params"]
+    checked = 0
+    for path, kernel in jax.tree_util.tree_leaves_with_path(params):
+        if path[-1].key != "kernel":
+            continue
+        fan_in = math.prod(kernel.shape[:-1])
+        bound = 1 / math.sqrt(fan_in)
+        assert np.abs(kernel).max() <= bound, path
+        if kernel.size >= 1000:
+            # U(-b, b) has s.d. b / sqrt(3); the sample s.d. of n draws has s.d. b / sqrt(15 n)
+            # ((mu4 - sigma^4) / (4 sigma^2 n) with mu4 = b^4 / 5): 4 of those allowed. Flax's
+            # LeCun normal has s.d. b, He normal more: both far outside.
+            np.testing.assert_allclose(np.std(kernel), bound / math.sqrt(3),
+                                       atol=4 * bound / math.sqrt(15 * kernel.size))
+            checked += 1
+        layer = path[:-1]
+        bias = params
+        for key in layer:
+            bias = bias[key.key]
+        if "bias" in bias:  # PyTorch draws biases too, with the layer's fan-in
+            assert np.abs(bias["bias"]).max() <= bound and np.abs(bias["bias"]).max() > 0, path
+    assert checked > 0
+    # The Flax scheme is another distribution: not bounded by 1/sqrt(fan_in) everywhere.
+    assert any(np.abs(k).max() > 1 / math.sqrt(math.prod(k.shape[:-1]))
+               for p, k in jax.tree_util.tree_leaves_with_path(flax_params)
+               if p[-1].key == "kernel")
+
+
+def test_unknown_init_scheme_is_refused():
+    with pytest.raises(ValueError, match="init_scheme must be one of"):
+        models.get_model("mlp", 10, init_scheme="xavier")
