@@ -12,6 +12,7 @@ synthetic CIFAR-10-shaped source (random uint8 images and labels, 45,000 train /
   (compilation, checkpoints, metrics and the final summary included).
 
     python benchmarks/setting2_steps.py [--preset setting2-cifar10] [--num-steps 2000]
+    python benchmarks/setting2_steps.py --preset setting1 --sizes 500 10000 10000
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def main():
     parser.add_argument("--dispatch", default=None, choices=("scan", "step"))
     parser.add_argument("--smoke", action="store_true",
                         help="2,000/500/500 examples instead of 45,000/5,000/10,000 (a CPU check)")
+    parser.add_argument("--sizes", type=int, nargs=3, default=None,
+                        metavar=("TRAIN", "VAL", "TEST"),
+                        help="examples per split (setting 1: 500 10000 10000)")
     args = parser.parse_args()
     overrides = {k: v for k, v in (("model", args.model), ("batch_size", args.batch_size),
                                    ("eval_every", args.eval_every),
@@ -57,7 +61,7 @@ def main():
     full = get_config(args.preset, **overrides)
     config = full.replace(num_steps=args.num_steps, checkpoint_every=min(
         full.checkpoint_every, args.num_steps // full.eval_every * full.eval_every))
-    sizes = (2_000, 500, 500) if args.smoke else (45_000, 5_000, 10_000)
+    sizes = args.sizes or ((2_000, 500, 500) if args.smoke else (45_000, 5_000, 10_000))
     data = ExperimentData(*(synthetic(n, seed) for seed, n in enumerate(sizes)), 10)
     devices = jax.devices()
     print(f"devices: {len(devices)}x {devices[0].device_kind}, jax {jax.__version__}, "

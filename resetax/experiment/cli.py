@@ -1,4 +1,4 @@
-"""Command line: ``resetax train`` and ``resetax compare``.
+"""Command line: ``resetax train``, ``resetax compare`` and ``resetax reproduce``.
 
 Every :class:`~resetax.experiment.config.Config` field is a flag (``--noise-rate 0.6``,
 ``--patience none``); a preset supplies the defaults.
@@ -127,6 +127,48 @@ def _report_compare(summaries: dict[str, dict[str, Any]], config, run_dir: Path)
         report.plot_compare(accuracy["baseline"], accuracy["resetting"], run_dir / "compare.png")
 
 
+def _reproduce(args) -> int:
+    """``resetax reproduce TABLE``: every run of a paper table, then the table beside the paper's
+    (:mod:`resetax.experiment.reproduce`)."""
+    from resetax.experiment import distributed, reproduce, runner, workdir
+
+    table = reproduce.TABLES[args.table]
+    run_dir = Path(args.run_dir or _default_run_dir(f"reproduce-{args.table}"))
+    overrides, seeds = _overrides(args), args.seeds
+    cells = None if args.cells is None else [c for c in args.cells.split(",") if c]
+    if args.resume and args.overwrite:
+        raise ValueError("resume and overwrite exclude each other; pass at most one.")
+    if args.resume:
+        overrides, seeds, cells = reproduce.resume_plan(run_dir, table, overrides, seeds, cells)
+    seeds = reproduce.DEFAULT_SEEDS if seeds is None else seeds
+    runs = reproduce.plan_runs(table, seeds, overrides, cells)
+    if args.dry_run:
+        _print(reproduce.dry_run(table, runs))
+        return 0
+    _start_processes(args)
+    # An existing table is continued (--resume) or replaced (--overwrite), never mixed into.
+    workdir.check_run_dir(run_dir, resume=False, overwrite=args.overwrite or args.resume)
+    if not args.resume:  # fail before anything is written: devices and every dataset
+        datasets = {(run.config.dataset, run.config.label_variant): run.config for run in runs}
+        for config in datasets.values():
+            runner.check_run(config)
+    with workdir.RunLock(run_dir):
+        if not args.resume:
+            reproduce.prepare_run_dir(run_dir, table, overrides, seeds, cells,
+                                      overwrite=args.overwrite)
+        summaries = reproduce.run_table(
+            table, runs, run_dir, resume=args.resume, announce=_print,
+            train=lambda config, path, resume: runner.train(
+                config, path, resume=resume, progress=not args.quiet))
+        stopped = [s for s in summaries.values() if "stopped_at" in s]
+        if stopped:
+            return _stopped(stopped[0], run_dir, args)
+        if distributed.is_primary():
+            _print(reproduce.write_report(table, summaries, run_dir, seeds))
+    _print(f"run directory: {run_dir}")
+    return _diverged(summaries)
+
+
 def _run_group(run_dir: Path, config: config_lib.Config,
                parts: list[tuple[str, config_lib.Config]], args, report) -> int:
     """Trains several runs under one directory (a pair, or compare's seeds), resumably.
@@ -206,10 +248,11 @@ def _stopped(result: dict[str, Any], run_dir: Path, args) -> int:
     from resetax.experiment import distributed
 
     name = result.get("signal", "SIGTERM")
+    command = " ".join([args.command.__name__[1:], *([args.table] if "table" in args else [])])
     if distributed.is_primary():
         print(f"resetax: stopped by {name} at step {result['stopped_at']}, after a checkpoint in "
-              f"{run_dir}; run `resetax {args.command.__name__[1:]} --run-dir {run_dir} "
-              f"--resume` to continue.", file=sys.stderr, flush=True)
+              f"{run_dir}; run `resetax {command} --run-dir {run_dir} --resume` to continue.",
+              file=sys.stderr, flush=True)
     return 128 + signal.Signals[name].value
 
 
@@ -287,13 +330,18 @@ def _parser(preset: str | None = None) -> argparse.ArgumentParser:
     for name, func, help_text in (
         ("train", _train, "train one run, or a baseline-plus-resetting pair (--baseline)"),
         ("compare", _compare, "baseline vs resetting over several seeds"),
+        ("reproduce", _reproduce, "every run of one of the paper's tables, and the table beside "
+                                  "the paper's numbers (table.md, table.png)"),
     ):
         # No abbreviated flags: among 40 flags a typo must not silently pick one.
         sub = commands.add_parser(name, help=help_text, description=help_text,
                                   allow_abbrev=False)
         sub.set_defaults(command=func, parser=sub)
-        sub.add_argument("--preset", default=None, choices=sorted(config_lib.PRESETS),
-                         help=f"the defaults of the fields below (default: {DEFAULT_PRESET})")
+        if name == "reproduce":
+            _add_reproduce_arguments(sub)
+        else:
+            sub.add_argument("--preset", default=None, choices=sorted(config_lib.PRESETS),
+                             help=f"the defaults of the fields below (default: {DEFAULT_PRESET})")
         sub.add_argument("--run-dir", default=None,
                          help="where to write the run (default: runs/<preset>-<time>)")
         sub.add_argument("--resume", action="store_true",
@@ -309,8 +357,22 @@ def _parser(preset: str | None = None) -> argparse.ArgumentParser:
             sub.add_argument("--seeds", type=int, default=None,
                              help="number of paired seeds (default: 3)")
         for field in dataclasses.fields(config_lib.Config):
-            _add_field(sub, field, shown)
+            _add_field(sub, field, "setting2-cifar10" if name == "reproduce" else shown)
     return parser
+
+
+def _add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
+    from resetax.experiment import reproduce
+
+    parser.add_argument("table", choices=sorted(reproduce.TABLES),
+                        help="the paper table to reproduce")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help=f"seeds per cell (default: {reproduce.DEFAULT_SEEDS}, the paper's)")
+    parser.add_argument("--cells", default=None,
+                        help="comma-separated names of the cells to run (default: all; "
+                             "--dry-run lists them)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the runs and an estimate of the GPU hours; run nothing")
 
 
 def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, preset: str) -> None:

@@ -1,0 +1,139 @@
+"""Tests of ``resetax reproduce``: the tables' runs, dry run, end to end on mocked CIFAR, resume."""
+
+import json
+
+import pytest
+from runs import without_times
+from tfds_mock import mock_cifar
+
+from resetax.experiment import cli, reproduce, runner, workdir
+from resetax.experiment.config import PRESETS
+
+# A tiny version of every run: an MLP for a few steps on mocked CIFAR (40 images per split).
+TINY_FLAGS = ["--quiet", "--model", "mlp", "--num-steps", "20", "--eval-every", "10",
+              "--checkpoint-every", "10", "--steps-per-dispatch", "10", "--patience", "0",
+              "--batch-size", "8", "--data-dir", "/ignored/by/the/mock"]
+CELLS = "cifar10n-aggre-ce,cifar100n-gce"
+
+
+def test_tables_hold_the_papers_cells():
+    assert set(reproduce.TABLES) >= {"table1-cifar10", "table1-cifar100", "table2-cifar-n",
+                                     "setting1"}
+    for table in reproduce.TABLES.values():
+        assert len({c.name for c in table.cells}) == len(table.cells), table.name
+        for cell in table.cells:
+            assert cell.preset in PRESETS and cell.row in table.rows, cell
+            assert cell.column in table.columns, cell
+    # Every number of the paper's tables (PAPER.md, section 5; ANIMAL-10N is out of scope).
+    numbers = {(t, c.row, c.column): c.paper for t, table in reproduce.TABLES.items()
+               for c in table.cells}
+    assert numbers[("table1-cifar10", "40%", "CE")] == (80.8, 86.3)
+    assert numbers[("table1-cifar100", "60%", "SCE")] == (50.4, 54.1)
+    assert numbers[("table2-cifar-n", "CIFAR-100N", "GCE")] == (55.8, 58.0)
+    assert sum(p is not None for p in numbers.values()) == 9 + 9 + 5
+
+
+def test_cells_set_noise_loss_and_the_robust_losses_learning_rate():
+    runs = reproduce.plan_runs(reproduce.TABLES["table1-cifar100"], seeds=3)
+    assert len(runs) == 9 * 2 * 3
+    by_path = {r.path: r.config for r in runs}
+    ce, sce = by_path["sym60-ce/resetting-seed2"], by_path["sym60-sce/baseline-seed1"]
+    assert (ce.dataset, ce.noise_rate, ce.loss, ce.learning_rate, ce.seed) == (
+        "cifar100", 0.6, "ce", 0.1, 2)
+    assert ce.reset_prob == 1e-3 and sce.reset_prob == 0.0
+    assert (sce.loss, sce.learning_rate, sce.sce_alpha, sce.sce_beta) == ("sce", 0.01, 0.1, 1.0)
+    # A pair differs in its resets only.
+    base = by_path["sym20-gce/baseline-seed0"]
+    assert base.replace(reset_prob=1e-3) == by_path["sym20-gce/resetting-seed0"]
+
+
+def test_dry_run_lists_the_runs_and_writes_nothing(tmp_path, capsys):
+    run_dir = tmp_path / "table"
+    code = cli.main(["reproduce", "table1-cifar10", "--dry-run", "--seeds", "2", "--run-dir",
+                     str(run_dir)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.count("-seed0 ") == 18 and out.count("-seed1 ") == 18
+    assert "sym60-sce/resetting-seed1" in out and "loss=sce learning_rate=0.01" in out
+    # 36 runs of 50,000 steps at 21.43 ms/step (validation every 10 steps): 10.7 hours.
+    assert "36 runs, 1,800,000 steps: about 10.7 GPU hours on one H100" in out
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--noise-rate", "0.3"], "reproduce sets noise_rate"),
+        (["--reset-prob", "0.1"], "reproduce sets reset_prob"),
+        (["--cells", "sym90-ce"], "cells must be among"),
+        (["--seeds", "0"], "seeds must be"),
+        (["--data-dir", "{tmp}/tfds"], "tfds build cifar10"),
+    ],
+)
+def test_bad_input_fails_before_writing(tmp_path, capsys, flags, message):
+    run_dir = tmp_path / "table"
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    assert cli.main(["reproduce", "table1-cifar10", "--quiet", "--run-dir", str(run_dir),
+                     *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+@pytest.mark.slow
+def test_table_end_to_end_with_an_interruption_and_resume(tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "table"
+    calls = []
+    train = runner.train
+
+    def interrupted(config, path, *, resume=False, progress=True, **kwargs):
+        calls.append((path.relative_to(run_dir).as_posix(), resume))
+        if calls == [("cifar10n-aggre-ce/baseline-seed0", False),
+                     ("cifar10n-aggre-ce/resetting-seed0", False)]:
+            kwargs["stop_after"] = 10  # the second run stops after step 10, as on a SIGTERM
+        return train(config, path, resume=resume, progress=progress, **kwargs)
+
+    monkeypatch.setattr(runner, "train", interrupted)
+    args = ["reproduce", "table2-cifar-n", "--seeds", "1", "--cells", CELLS, "--run-dir",
+            str(run_dir), *TINY_FLAGS]
+    with mock_cifar(tmp_path / "metadata", 40):
+        assert cli.main(args) == 128 + 15  # stopped as by a SIGTERM
+        err = capsys.readouterr().err
+        assert f"resetax reproduce table2-cifar-n --run-dir {run_dir} --resume" in err
+        assert not (run_dir / "table.md").exists()
+        # Given again, the flags must be the saved ones.
+        assert cli.main([*args[:2], "--seeds", "2", "--run-dir", str(run_dir), "--resume"]) == 2
+        assert "--seeds 2 (saved 1)" in capsys.readouterr().err
+
+        calls.clear()
+        assert cli.main(["reproduce", "table2-cifar-n", "--run-dir", str(run_dir), "--resume",
+                         "--quiet"]) == 0
+        # The finished run is kept, the stopped one resumed, the others started.
+        assert calls == [("cifar10n-aggre-ce/resetting-seed0", True),
+                         ("cifar100n-gce/baseline-seed0", False),
+                         ("cifar100n-gce/resetting-seed0", False)]
+        # The resumed run ends as an uninterrupted one does.
+        resumed = json.loads((run_dir / "cifar10n-aggre-ce/resetting-seed0/summary.json")
+                             .read_text())
+        config = workdir.load_config(run_dir / "cifar10n-aggre-ce/resetting-seed0")
+        whole = train(config, tmp_path / "whole", progress=False)
+    assert without_times(resumed) == without_times(whole)
+
+    markdown = (run_dir / "table.md").read_text()
+    assert markdown in capsys.readouterr().out
+    table = json.loads((run_dir / "table.json").read_text())
+    for cell, kind in (("cifar10n-aggre-ce", "baseline"), ("cifar100n-gce", "resetting")):
+        summary = json.loads((run_dir / cell / f"{kind}-seed0" / "summary.json").read_text())
+        assert table["cells"][cell][kind]["mean"] == pytest.approx(100 * summary["test_acc"],
+                                                                   abs=1e-4)
+        assert table["cells"][cell]["n"] == 1
+    assert table["cells"]["cifar10n-random1-ce"]["n"] == 0
+    lines = markdown.splitlines()
+    # The paper's layout: a paper line and an ours line per row, the paper's numbers beside.
+    assert "| labels | | CE | GCE |" in lines
+    assert "| CIFAR-10N aggre | paper | 86.1 → 90.2 (+4.1) |  |" in lines
+    assert lines[lines.index("| CIFAR-10N rand1 | paper | 82.8 → 87.8 (+5.0) |  |") + 1] == (
+        "| | ours | not run |  |")
+    aggre = table["cells"]["cifar10n-aggre-ce"]
+    assert (f"| | ours | {aggre['baseline']['mean']:.2f} → {aggre['resetting']['mean']:.2f} "
+            f"({aggre['difference']['mean']:+.2f}) |  |") in lines
+    assert (run_dir / "table.png").read_bytes()[1:4] == b"PNG"
