@@ -176,6 +176,13 @@ def asymmetric_cifar10_noise(
     noise rate over a balanced set is ``noise_rate / 2``. The map is
     :data:`CIFAR10_ASYMMETRIC_MAP`.
 
+    .. note::
+      This nominal transition matrix is the intended one. The official code of Bae et al.
+      (``--class-dependent 1``) flips exactly ``ceil(noise_rate * n)`` samples per class and draws
+      the dog flips from labels that already hold the cats moved to dog, so it realizes cat → dog
+      with probability ``noise_rate * (1 - noise_rate)`` and an overall rate of
+      ``noise_rate * (5 - noise_rate) / 10`` (PARITY.md, D7).
+
     Args:
       labels: 1-D integer array of clean CIFAR-10 labels in ``[0, 10)``.
       noise_rate: flip probability in ``[0, 1]`` of each source-class sample.
