@@ -324,8 +324,13 @@ def test_compare_writes_paired_table(tmp_path, capsys):
     assert code == 0
     assert "resetting − baseline" in capsys.readouterr().out
     table = json.loads((run_dir / "compare.json").read_text())
-    assert len(table["baseline"]) == len(table["resetting"]) == 2
-    diffs = np.subtract(table["resetting"], table["baseline"])
+    baseline, resetting = table["baseline"]["per_seed"], table["resetting"]["per_seed"]
+    assert len(baseline) == len(resetting) == 2
+    for name, accs in (("baseline", baseline), ("resetting", resetting)):
+        assert accs == [json.loads((run_dir / f"{name}-seed{s}" / "summary.json").read_text())[
+            "test_acc"] for s in (0, 1)]
+        assert table[name]["mean"] == pytest.approx(np.mean(accs))
+    diffs = np.subtract(resetting, baseline)
     assert table["difference"]["mean"] == pytest.approx(diffs.mean())
     assert table["difference"]["se"] == pytest.approx(diffs.std(ddof=1) / np.sqrt(2))
     for name in ("baseline-seed0", "resetting-seed1"):

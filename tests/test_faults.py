@@ -95,6 +95,7 @@ def test_divergence_without_rollback_is_logged_as_null_and_ends_the_run(tmp_path
     assert cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--resume"]) == 1
 
 
+@pytest.mark.slow
 def test_two_runs_into_one_directory(tmp_path):
     # Started together into a fresh directory: one trains, the other is refused, and the
     # directory holds the winner's config, metrics and summary only.
@@ -133,6 +134,7 @@ def test_a_lock_left_behind_is_reported_and_taken_over(tmp_path, capsys):
     assert (target / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_compare_interrupted_then_resumed_matches_an_uninterrupted_one(tmp_path):
     flags = ("--seeds", "2", "--num-steps", "60", "--checkpoint-every", "30")
     reference = tmp_path / "reference"
@@ -228,6 +230,7 @@ def immutable(path: Path):
         subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
+@pytest.mark.slow
 def test_a_run_directory_that_becomes_unwritable(long_reference, tmp_path):
     if shutil.which("chattr") is None or not immutable_supported(tmp_path):
         pytest.skip("needs chattr +i (ext4-like filesystem) to make a directory unwritable")

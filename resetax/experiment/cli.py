@@ -122,8 +122,10 @@ def _report_compare(summaries: dict[str, dict[str, Any]], config, run_dir: Path)
     _print(markdown)
     if distributed.is_primary():
         (run_dir / "compare.md").write_text(markdown)
-        (run_dir / "compare.json").write_text(
-            json.dumps(dict(table, **accuracy), indent=2) + "\n")
+        # Each arm's mean and standard error with its per-seed accuracies (seed order).
+        result = {**table, **{name: {**table[name], "per_seed": accuracy[name]}
+                              for name in accuracy}}
+        (run_dir / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
         report.plot_compare(accuracy["baseline"], accuracy["resetting"], run_dir / "compare.png")
 
 

@@ -238,11 +238,11 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
             _save(manager, placement.fetch(state), wall_time)
     timing = {"wall_time_s": wall_time, "compile_time_s": compiling.seconds}
     if _diverged(nonfinite_since, step, config):
-        return _finish(experiment, run_dir, placement.fetch(state), timing,
+        return _finish(experiment, run_dir, state, timing,
                        diverged_at=nonfinite_since)
     if step < config.num_steps:
         return {"stopped_at": step, **({"signal": stop.signal_name} if stop.requested else {})}
-    return _finish(experiment, run_dir, placement.fetch(state), timing)
+    return _finish(experiment, run_dir, state, timing)
 
 
 def nonfinite_streak(since: int | None, rows: list[dict[str, Any]]) -> int | None:
@@ -377,9 +377,11 @@ def fold_rows(window: Window, rows: list[dict[str, Any]], config: Config,
     return window, lines
 
 
-def summarize(experiment: Experiment, final: steps_lib.TrainState, wall_time_s: float,
+def summarize(experiment: Experiment, state: steps_lib.TrainState, wall_time_s: float,
               compile_time_s: float = 0.0) -> dict[str, Any]:
     """The run's ``summary.json``: the best-validation model's metrics, measured anew.
+
+    ``state`` is the final train state as placed on the devices.
 
     Returns best step, best validation loss and accuracy, the test accuracy of the best model and
     of the last params, the numbers of resets and of rollbacks of non-finite updates, steps,
@@ -389,11 +391,12 @@ def summarize(experiment: Experiment, final: steps_lib.TrainState, wall_time_s: 
     from resetax import find_resetting_state
 
     placement = experiment.placement
-    best = placement.fetch(experiment.evaluate(placement.place_state(
-        final._replace(params=final.best_params, batch_stats=final.best_batch_stats))))
-    last = placement.fetch(experiment.evaluate(placement.place_state(final)))
-    best_val_loss, best_val_acc, best_test_acc = best
-    last_test_acc = last.test_acc
+    best_model = placement.on_devices(
+        lambda s: s._replace(params=s.best_params, batch_stats=s.best_batch_stats))
+    best_val_loss, best_val_acc, best_test_acc = placement.fetch(
+        experiment.evaluate(best_model(state)))
+    last_test_acc = placement.fetch(experiment.evaluate(state)).test_acc
+    final = placement.fetch(state)
     devices = experiment.placement.devices
     return {
         "best_step": int(final.best_step),
@@ -492,6 +495,22 @@ class Placement:
                                out_shardings=NamedSharding(self.mesh, P()))
         return lambda state, step, num_steps: compiled(state, data, num_steps)
 
+    def constant(self, make: Callable[[], Any]) -> Any:
+        """``make()``'s pytree, built on the devices with this placement's layout.
+
+        Built there rather than transferred: a multi-process ``device_put`` checks that every
+        process passes equal values, which NaN never is.
+        """
+        if self.pmap:
+            return self.place_state(jax.tree.map(np.asarray, make()))
+        return jax.jit(make, out_shardings=NamedSharding(self.mesh, P()))()
+
+    def on_devices(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """``fn`` applied to a placed pytree where it lies, the result placed alike."""
+        if self.pmap:
+            return jax.pmap(fn, axis_name=self.axis_name, devices=self.devices)
+        return jax.jit(fn, out_shardings=NamedSharding(self.mesh, P()))
+
     def compile_eval(self, eval_step: Callable) -> Callable:
         """``eval_step(state, data)`` compiled for this placement."""
         if self.pmap:
@@ -512,7 +531,7 @@ class Placement:
         else:
             train = jax.jit(train_step, donate_argnums=0,
                             out_shardings=NamedSharding(self.mesh, P()))
-        missing = self.place_state(steps_lib.Evaluation.missing())
+        missing = self.constant(steps_lib.Evaluation.missing)
 
         def run_steps(state, step: int, num_steps: int):
             metrics = []
@@ -746,10 +765,11 @@ def _save(manager: checkpoint.CheckpointManager, host_state: Any, wall_time: flo
     return int(host_state.step)
 
 
-def _finish(experiment: Experiment, run_dir: Path, final: steps_lib.TrainState,
+def _finish(experiment: Experiment, run_dir: Path, state: steps_lib.TrainState,
             timing: dict[str, float], diverged_at: int | None = None) -> dict[str, Any]:
+    final = experiment.placement.fetch(state)
     checkpoint.save_best(run_dir / "best", final.best_params, final.best_batch_stats)
-    summary = summarize(experiment, final, **timing)
+    summary = summarize(experiment, state, **timing)
     if diverged_at is not None:
         summary["diverged_at"] = diverged_at
     if distributed.is_primary():
