@@ -414,12 +414,12 @@ def test_help_comes_from_field_metadata(capsys):
 
 
 def test_bool_flags_and_no_mutation():
-    parser = cli._parser()
+    parser = cli.parser()
     for flags, expected in ((["--no-baseline"], False), (["--baseline"], True),
                             (["--baseline", "false"], False), ([], True)):
         args = parser.parse_args(["train", *flags])
         before = dict(vars(args))
-        assert cli._config_from_args(args).baseline is expected, flags
+        assert cli.config_from_args(args).baseline is expected, flags
         assert vars(args) == before
 
 

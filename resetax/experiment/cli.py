@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from resetax.experiment.workdir import RunError
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    args, unknown = _parser(_preset_in(argv)).parse_known_args(argv)
+    args, unknown = parser(_preset_in(argv)).parse_known_args(argv)
     _use_compilation_cache()
     if unknown:  # the command's own usage, not the top-level one
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -62,7 +62,7 @@ def _train(args) -> int:
     from resetax.experiment import runner
 
     run_dir = Path(args.run_dir or _default_run_dir(args.preset or DEFAULT_PRESET))
-    config = _resumed_config(args, run_dir) if args.resume else _config_from_args(args)
+    config = _resumed_config(args, run_dir) if args.resume else config_from_args(args)
     plan = _plan(run_dir, args)  # a resumed group of runs must be a pair, not a compare
     _start_processes(args)
     if config.baseline or plan:
@@ -96,7 +96,7 @@ def _compare(args) -> int:
                              f"--seeds {args.seeds} would change it (saved {saved_seeds}).")
         args = argparse.Namespace(**{**vars(args), "seeds": saved_seeds})
     else:
-        config = _config_from_args(args)
+        config = config_from_args(args)
     seeds = 3 if args.seeds is None else args.seeds
     if config.reset_prob == 0:
         raise ValueError("reset_prob must be > 0 for compare (the baseline uses 0).")
@@ -322,8 +322,16 @@ def _side_by_side(summaries: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _parser(preset: str | None = None) -> argparse.ArgumentParser:
-    """The ``resetax`` parser; each Config field's help shows its default and ``preset``'s value."""
+def parser(preset: str | None = None) -> argparse.ArgumentParser:
+    """The ``resetax`` parser; each Config field's help shows its default and ``preset``'s value.
+
+    Example:
+      >>> from resetax.experiment import cli
+      >>> args = cli.parser().parse_args(["train", "--noise-rate", "0.6", "--no-baseline"])
+      >>> config = cli.config_from_args(args)
+      >>> config.noise_rate, config.baseline
+      (0.6, False)
+    """
     parser = argparse.ArgumentParser(
         prog="resetax", description="Train with stochastic resetting on noisy labels.",
         allow_abbrev=False)
@@ -425,7 +433,18 @@ def _overrides(args) -> dict[str, Any]:
     return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
 
 
-def _config_from_args(args) -> config_lib.Config:
+def config_from_args(args) -> config_lib.Config:
+    """The Config that parsed command-line ``args`` ask for: the preset with the given flags.
+
+    ``args`` is not changed.
+
+    Example:
+      >>> from resetax.experiment import cli
+      >>> args = cli.parser().parse_args(["train", "--preset", "setting1", "--seed", "3"])
+      >>> config = cli.config_from_args(args)
+      >>> config.model, config.seed
+      ('vcnn', 3)
+    """
     return config_lib.get_config(args.preset or DEFAULT_PRESET, **_overrides(args))
 
 
@@ -437,7 +456,7 @@ def _resumed_config(args, run_dir: Path) -> config_lib.Config:
     saved = workdir.load_config(run_dir)
     given = _overrides(args)
     if args.preset is not None:  # every field of that preset counts as given
-        given = dataclasses.asdict(_config_from_args(args))
+        given = dataclasses.asdict(config_from_args(args))
     changed = [f"{name} (saved {_show(getattr(saved, name))}, given {_show(value)})"
                for name, value in given.items() if getattr(saved, name) != value]
     if changed:
