@@ -184,6 +184,7 @@ def corrupt_latest(run_dir, how):
     return latest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncated", "empty_metadata"])
 def test_a_corrupted_latest_checkpoint_falls_back_to_an_intact_one(long_reference, tmp_path,
                                                                   capsys, how):
@@ -197,6 +198,7 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_an_intact_one(long_referenc
     assert len(err.splitlines()) <= 3  # one line per broken checkpoint, no tensorstore dump
 
 
+@pytest.mark.slow
 def test_no_intact_checkpoint_is_one_line(tmp_path):
     target = tmp_path / "run"
     runner.train(tiny(num_steps=600), target, progress=False, stop_after=120)
@@ -342,6 +344,7 @@ def test_kill_9_at_random_moments_then_resume_is_identical(long_reference, tmp_p
         assert (target / "summary.json").exists(), (kind, n)
 
 
+@pytest.mark.slow
 def test_a_metrics_line_cut_short_by_a_kill_is_dropped_on_resume(long_reference, tmp_path):
     target = tmp_path / "run"
     runner.train(tiny(num_steps=600), target, progress=False, stop_after=120)
