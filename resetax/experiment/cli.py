@@ -20,7 +20,6 @@ from typing import Any
 from resetax.experiment import config as config_lib
 
 DEFAULT_PRESET = "quick"
-PLAN_FILE = "plan.json"  # a group of runs (a pair, compare's seeds): which command, how many seeds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,7 +159,7 @@ def _reproduce(args) -> int:
                                       overwrite=args.overwrite)
         summaries = reproduce.run_table(
             table, runs, run_dir, resume=args.resume, announce=_print,
-            train=lambda config, path, resume: runner.train(
+            train=lambda config, path, resume: runner.train_or_reuse(
                 config, path, resume=resume, progress=not args.quiet))
         stopped = [s for s in summaries.values() if "stopped_at" in s]
         if stopped:
@@ -188,8 +187,8 @@ def _run_group(run_dir: Path, config: config_lib.Config,
         if not args.resume:
             workdir.prepare_run_dir(run_dir, config, overwrite=args.overwrite)
             if distributed.is_primary():
-                workdir.write_json(run_dir / PLAN_FILE, {"command": args.command.__name__[1:],
-                                                         "seeds": getattr(args, "seeds", None)})
+                workdir.write_json(run_dir / workdir.PLAN_FILE, {
+                    "command": args.command.__name__[1:], "seeds": getattr(args, "seeds", None)})
         summaries = {}
         for name, part in parts:
             _print(f"== {name} (reset_prob={part.reset_prob}, seed {part.seed})")
@@ -207,7 +206,9 @@ def _plan(run_dir: Path, args) -> dict[str, Any] | None:
     It must be a group of the same command: a compare is resumed by ``compare``, a pair by
     ``train``.
     """
-    path = run_dir / PLAN_FILE
+    from resetax.experiment import workdir
+
+    path = run_dir / workdir.PLAN_FILE
     command = args.command.__name__[1:]
     if not args.resume or not (path.exists() or command == "compare"):
         return None
@@ -236,13 +237,10 @@ def _diverged(summaries: dict[str, dict[str, Any]]) -> int:
 
 def _run_part(config: config_lib.Config, run_dir: Path, args) -> dict[str, Any]:
     """Trains one of several runs under a parent directory; a finished one is reused on resume."""
-    from resetax.experiment import runner, workdir
+    from resetax.experiment import runner
 
-    if args.resume and (run_dir / workdir.SUMMARY_FILE).exists():
-        return json.loads((run_dir / workdir.SUMMARY_FILE).read_text())
-    resume = args.resume and (run_dir / workdir.CONFIG_FILE).exists()
-    return runner.train(config, run_dir, resume=resume, overwrite=args.overwrite,
-                        progress=not args.quiet)
+    return runner.train_or_reuse(config, run_dir, resume=args.resume, overwrite=args.overwrite,
+                                 progress=not args.quiet)
 
 
 def _stopped(result: dict[str, Any], run_dir: Path, args) -> int:
@@ -332,10 +330,10 @@ def parser(preset: str | None = None) -> argparse.ArgumentParser:
       >>> config.noise_rate, config.baseline
       (0.6, False)
     """
-    parser = argparse.ArgumentParser(
+    root = argparse.ArgumentParser(
         prog="resetax", description="Train with stochastic resetting on noisy labels.",
         allow_abbrev=False)
-    commands = parser.add_subparsers(required=True)
+    commands = root.add_subparsers(required=True)
     shown = preset if preset in config_lib.PRESETS else DEFAULT_PRESET
     for name, func, help_text in (
         ("train", _train, "train one run, or a baseline-plus-resetting pair (--baseline)"),
@@ -368,7 +366,7 @@ def parser(preset: str | None = None) -> argparse.ArgumentParser:
                              help="number of paired seeds (default: 3)")
         for field in dataclasses.fields(config_lib.Config):
             _add_field(sub, field, "setting2-cifar10" if name == "reproduce" else shown)
-    return parser
+    return root
 
 
 def _add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:

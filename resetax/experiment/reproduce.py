@@ -21,7 +21,6 @@ import numpy as np
 
 from resetax.experiment.config import Config, get_config
 
-PLAN_FILE = "plan.json"
 DEFAULT_SEEDS = 5  # the paper's runs per cell
 ROBUST_LEARNING_RATE = 0.01  # the paper's rate for MAE, GCE and SCE (PARITY.md, row 26)
 
@@ -307,23 +306,21 @@ def run_table(table: Table, runs: Sequence[Run], run_dir: Path, *, resume: bool,
               announce: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Trains ``runs`` one after the other under ``run_dir``; returns their summaries by path.
 
-    A run whose ``summary.json`` exists is reused on ``resume``, one with a ``config.json`` but no
-    summary is resumed, the others start. ``train(config, run_dir, resume)`` trains one run (the
-    CLI passes :func:`~resetax.experiment.runner.train`). It stops at the first run that returns
-    ``{"stopped_at": ...}`` (a signal), returning the summaries so far and that one.
+    ``train(config, run_dir, resume)`` trains one run, or with ``resume`` reuses a finished one
+    and resumes an interrupted one (the CLI passes
+    :func:`~resetax.experiment.runner.train_or_reuse`); a reused run is not announced. It stops
+    at the first run that returns ``{"stopped_at": ...}`` (a signal), returning the summaries so
+    far and that one.
     """
     from resetax.experiment import workdir
 
     summaries = {}
     for i, run in enumerate(runs):
         path = run_dir / run.path
-        if resume and (path / workdir.SUMMARY_FILE).exists():
-            summaries[run.path] = json.loads((path / workdir.SUMMARY_FILE).read_text())
-            continue
-        announce(f"== [{i + 1}/{len(runs)}] {table.name} {run.path} "
-                 f"(reset_prob={run.config.reset_prob}, seed {run.config.seed})")
-        summaries[run.path] = train(run.config, path,
-                                    resume and (path / workdir.CONFIG_FILE).exists())
+        if not (resume and (path / workdir.SUMMARY_FILE).exists()):  # finished runs are reused
+            announce(f"== [{i + 1}/{len(runs)}] {table.name} {run.path} "
+                     f"(reset_prob={run.config.reset_prob}, seed {run.config.seed})")
+        summaries[run.path] = train(run.config, path, resume)
         if "stopped_at" in summaries[run.path]:
             break
     return summaries
@@ -516,9 +513,11 @@ def resume_plan(run_dir: Path, table: Table, overrides: Mapping[str, Any],
       ...
       ValueError: --resume continues the table in '...' with its saved plan; these flags would change it: --seeds 5 (saved 3).
     """  # noqa: E501
-    path = Path(run_dir) / PLAN_FILE
+    from resetax.experiment import workdir
+
+    path = Path(run_dir) / workdir.PLAN_FILE
     if not path.exists():
-        raise FileNotFoundError(f"nothing to resume: {str(run_dir)!r} holds no {PLAN_FILE}.")
+        raise FileNotFoundError(f"nothing to resume: {str(run_dir)!r} holds no {path.name}.")
     plan = json.loads(path.read_text())
     if plan.get("command") != "reproduce" or plan.get("table") != table.name:
         saved = plan.get("table") or f"a `resetax {plan.get('command')}` run"
@@ -559,6 +558,6 @@ def write_plan(run_dir: Path, table: Table, overrides: Mapping[str, Any], seeds:
     """Writes ``plan.json``: what :func:`resume_plan` reads back."""
     from resetax.experiment import workdir
 
-    workdir.write_json(Path(run_dir) / PLAN_FILE, {
+    workdir.write_json(Path(run_dir) / workdir.PLAN_FILE, {
         "command": "reproduce", "table": table.name, "seeds": seeds,
         "cells": None if cells is None else list(cells), "overrides": dict(overrides)})

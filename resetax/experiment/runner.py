@@ -6,6 +6,7 @@ checks.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import signal
 import threading
@@ -78,6 +79,29 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
             workdir.prepare_run_dir(run_dir, config, overwrite=overwrite)
         return train_loop(setup(config, data), run_dir, resume=resume, progress=progress,
                           stop_after=stop_after)
+
+
+def train_or_reuse(config: Config, run_dir: str | Path, *, resume: bool,
+                   overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """One run of a group (a pair, ``compare``'s seeds, a paper table): :func:`train`, but with
+    ``resume`` a finished run's summary is read back, an interrupted one (its ``config.json``
+    written) is resumed and one that never started starts.
+
+    Example:
+      >>> import json, tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import runner
+      >>> from resetax.experiment.config import get_config
+      >>> run_dir = Path(tempfile.mkdtemp())
+      >>> _ = (run_dir / "summary.json").write_text(json.dumps({"test_acc": 0.5}))
+      >>> runner.train_or_reuse(get_config("quick"), run_dir, resume=True)  # finished: reused
+      {'test_acc': 0.5}
+    """
+    run_dir = Path(run_dir)
+    if resume and (run_dir / workdir.SUMMARY_FILE).exists():
+        return json.loads((run_dir / workdir.SUMMARY_FILE).read_text())
+    return train(config, run_dir, resume=resume and (run_dir / workdir.CONFIG_FILE).exists(),
+                 overwrite=overwrite, progress=progress)
 
 
 @dataclasses.dataclass(frozen=True)

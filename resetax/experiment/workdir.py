@@ -17,6 +17,7 @@ from resetax.experiment.config import Config, validate
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
 LOCK_FILE = ".lock"
+PLAN_FILE = "plan.json"  # a group of runs (a pair, compare's seeds, a paper table): its plan
 
 
 class RunError(RuntimeError):
