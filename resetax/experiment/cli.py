@@ -392,12 +392,12 @@ def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, preset
     parse = _parser_for(field)
     if parse.__name__ == "bool":
         parser.add_argument(flag, dest=f"cfg_{field.name}", type=parse, nargs="?", const=True,
-                            default=None, metavar="BOOL", help=help_text)
+                            default=argparse.SUPPRESS, metavar="BOOL", help=help_text)
         parser.add_argument(f"--no-{flag[2:]}", dest=f"cfg_{field.name}", action="store_false",
-                            default=None, help=argparse.SUPPRESS)
-    else:
-        parser.add_argument(flag, dest=f"cfg_{field.name}", type=parse, default=None,
-                            metavar="VALUE", help=help_text)
+                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    else:  # absent unless given: "--patience none" is given, and None
+        parser.add_argument(flag, dest=f"cfg_{field.name}", type=parse,
+                            default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
 
 
 def _show(value: Any) -> str:
@@ -428,7 +428,7 @@ def _parser_for(field: dataclasses.Field):
 
 
 def _overrides(args) -> dict[str, Any]:
-    return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
 
 
 def config_from_args(args) -> config_lib.Config:
@@ -442,6 +442,9 @@ def config_from_args(args) -> config_lib.Config:
       >>> config = cli.config_from_args(args)
       >>> config.model, config.seed
       ('vcnn', 3)
+      >>> args = cli.parser().parse_args(["train", "--patience", "none"])  # quick's is 200
+      >>> cli.config_from_args(args).patience is None
+      True
     """
     return config_lib.get_config(args.preset or DEFAULT_PRESET, **_overrides(args))
 
