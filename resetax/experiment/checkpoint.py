@@ -7,11 +7,16 @@ killed in the middle of a write resumes from the previous complete checkpoint.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+# Orbax's saves and restores in one process must not overlap: two at once (the runs of a group
+# trained side by side) wait on each other's completion signals until they time out.
+_ORBAX = threading.RLock()
 
 
 class CheckpointManager:
@@ -55,10 +60,11 @@ class CheckpointManager:
 
         self._ocp = ocp
         self.directory = Path(directory).absolute()
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        )
+        with _ORBAX:
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            )
 
     def latest_step(self) -> int | None:
         """The step of the newest complete checkpoint, or None."""
@@ -78,10 +84,11 @@ class CheckpointManager:
             probe = self.directory / f".probe-{os.getpid()}"
             probe.touch()
             probe.unlink()
-            self._manager.save(
-                step, args=ocp.args.Composite(state=ocp.args.StandardSave(_host(state)),
-                                              meta=ocp.args.JsonSave(meta)))
-            self._manager.wait_until_finished()
+            with _ORBAX:
+                self._manager.save(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardSave(_host(state)),
+                                                  meta=ocp.args.JsonSave(meta)))
+                self._manager.wait_until_finished()
         except Exception as err:  # OSError, or whatever Orbax and tensorstore raise for it
             raise RunError(f"cannot write the checkpoint of step {step} to "
                            f"{str(self.directory)!r}: {_first_line(err)}; the earlier "
@@ -122,9 +129,11 @@ class CheckpointManager:
         ocp = self._ocp
         step = self.latest_step() if step is None else step
         try:
-            restored = self._manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_host(template)),
-                                              meta=ocp.args.JsonRestore()))
+            with _ORBAX:
+                restored = self._manager.restore(
+                    step, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(_host(template)),
+                        meta=ocp.args.JsonRestore()))
         except (ValueError, KeyError) as err:
             legacy = self._restore_legacy(template, step)
             if legacy is None:
@@ -138,9 +147,10 @@ class CheckpointManager:
         from resetax.experiment.workdir import RunError
 
         ocp = self._ocp
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                          meta=ocp.args.JsonRestore()))
+        with _ORBAX:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                              meta=ocp.args.JsonRestore()))
         stored = restored.state
         if not (isinstance(stored, dict) and stored and all(k.isdigit() for k in stored)):
             return None
@@ -189,7 +199,7 @@ def save_best(directory: str | os.PathLike, params: Any, batch_stats: Any) -> No
     variables = {"params": params}
     if jax.tree.leaves(batch_stats):
         variables["batch_stats"] = batch_stats
-    with ocp.StandardCheckpointer() as checkpointer:
+    with _ORBAX, ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(Path(directory).absolute(), variables, force=True)
 
 
@@ -214,7 +224,7 @@ def load_best(directory: str | os.PathLike) -> dict[str, Any]:
     """
     import orbax.checkpoint as ocp
 
-    with ocp.StandardCheckpointer() as checkpointer:
+    with _ORBAX, ocp.StandardCheckpointer() as checkpointer:
         variables = checkpointer.restore(Path(directory).absolute())
     variables.setdefault("batch_stats", {})
     return variables

@@ -175,11 +175,13 @@ def _run_group(run_dir: Path, config: config_lib.Config,
     """Trains several runs under one directory (a pair, or compare's seeds), resumably.
 
     The directory holds the group's config, its plan and one subdirectory per run; a finished run
-    is reused on ``--resume`` and an interrupted one resumed.
+    is reused on ``--resume`` and an interrupted one resumed. ``--jobs`` of them train at once
+    (:func:`~resetax.experiment.group.train_group`).
     """
-    from resetax.experiment import distributed, runner, workdir
+    from resetax.experiment import distributed, group, runner, workdir
 
     workdir.check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
+    jobs = group.resolve_jobs(args.jobs)
     if not args.resume:
         runner.check_run(config)  # fail before anything is written
     with workdir.RunLock(run_dir):
@@ -189,12 +191,13 @@ def _run_group(run_dir: Path, config: config_lib.Config,
             if distributed.is_primary():
                 workdir.write_json(run_dir / workdir.PLAN_FILE, {
                     "command": args.command.__name__[1:], "seeds": getattr(args, "seeds", None)})
-        summaries = {}
-        for name, part in parts:
-            _print(f"== {name} (reset_prob={part.reset_prob}, seed {part.seed})")
-            summaries[name] = _run_part(part, run_dir / name, args)
-            if "stopped_at" in summaries[name]:
-                return _stopped(summaries[name], run_dir, args)
+        summaries = group.train_group(
+            [(name, part, run_dir / name) for name, part in parts], jobs=jobs,
+            resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
+            announce=_print)
+        stopped = [s for s in summaries.values() if "stopped_at" in s]
+        if stopped:
+            return _stopped(stopped[0], run_dir, args)
         report(summaries, config, run_dir)
     _print(f"run directory: {run_dir}")
     return _diverged(summaries)
@@ -233,14 +236,6 @@ def _diverged(summaries: dict[str, dict[str, Any]]) -> int:
               f"{step}; its summary reports the best model before that. Lower the learning "
               f"rate.", file=sys.stderr)
     return 1 if diverged else 0
-
-
-def _run_part(config: config_lib.Config, run_dir: Path, args) -> dict[str, Any]:
-    """Trains one of several runs under a parent directory; a finished one is reused on resume."""
-    from resetax.experiment import runner
-
-    return runner.train_or_reuse(config, run_dir, resume=args.resume, overwrite=args.overwrite,
-                                 progress=not args.quiet)
 
 
 def _stopped(result: dict[str, Any], run_dir: Path, args) -> int:
@@ -364,9 +359,23 @@ def parser(preset: str | None = None) -> argparse.ArgumentParser:
         if name == "compare":
             sub.add_argument("--seeds", type=int, default=None,
                              help="number of paired seeds (default: 3)")
+        if name != "reproduce":
+            sub.add_argument("--jobs", type=_jobs, default="auto",
+                             help="runs of a pair or a compare trained at once, side by side "
+                                  "(default: auto, 2 on a CPU and 1 on accelerators); the "
+                                  "results do not depend on it")
         for field in dataclasses.fields(config_lib.Config):
             _add_field(sub, field, "setting2-cifar10" if name == "reproduce" else shown)
     return root
+
+
+def _jobs(text: str) -> int | str:
+    """``--jobs``: ``auto`` or a positive integer."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text!r}")
+    return int(text)
 
 
 def _add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,8 @@ checks.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import json
 import math
@@ -32,8 +34,8 @@ DIAGNOSTICS_SAMPLES = 4096  # training samples the diagnostics look at (the firs
 
 
 def train(config: Config, run_dir: str | Path, *, resume: bool = False,
-          overwrite: bool = False, progress: bool = True, stop_after: int | None = None
-          ) -> dict[str, Any]:
+          overwrite: bool = False, progress: bool = True, stop_after: int | None = None,
+          member: GroupMember | None = None) -> dict[str, Any]:
     """Trains one run and writes its directory; returns the summary.
 
     ``config.baseline`` is ignored (recorded as False): this is one run, and ``resetax train
@@ -44,7 +46,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
     uninterrupted one. ``stop_after`` stops at the first evaluation window that starts at or
     after that step, after a checkpoint there, as an interruption would. A SIGTERM or Ctrl-C
     stops the run at the end of the current evaluation window, after a checkpoint; the result is
-    then ``{"stopped_at": step, "signal": "SIGTERM"}``.
+    then ``{"stopped_at": step, "signal": "SIGTERM"}``. ``member`` is given when the run is one of
+    a group's runs trained side by side (:func:`resetax.experiment.group.train_group`).
 
     Example:
       >>> import tempfile
@@ -77,12 +80,14 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
         workdir.check_run_dir(run_dir, resume=resume, overwrite=overwrite)
         if not resume:
             workdir.prepare_run_dir(run_dir, config, overwrite=overwrite)
-        return train_loop(setup(config, data), run_dir, resume=resume, progress=progress,
-                          stop_after=stop_after)
+        experiment = member.setups.get(config, data) if member else setup(config, data)
+        return train_loop(experiment, run_dir, resume=resume, progress=progress,
+                          stop_after=stop_after, member=member)
 
 
 def train_or_reuse(config: Config, run_dir: str | Path, *, resume: bool,
-                   overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                   overwrite: bool = False, progress: bool = True,
+                   member: GroupMember | None = None) -> dict[str, Any]:
     """One run of a group (a pair, ``compare``'s seeds, a paper table): :func:`train`, but with
     ``resume`` a finished run's summary is read back, an interrupted one (its ``config.json``
     written) is resumed and one that never started starts.
@@ -101,7 +106,7 @@ def train_or_reuse(config: Config, run_dir: str | Path, *, resume: bool,
     if resume and (run_dir / workdir.SUMMARY_FILE).exists():
         return json.loads((run_dir / workdir.SUMMARY_FILE).read_text())
     return train(config, run_dir, resume=resume and (run_dir / workdir.CONFIG_FILE).exists(),
-                 overwrite=overwrite, progress=progress)
+                 overwrite=overwrite, progress=progress, member=member)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +204,101 @@ def setup(config: Config, data: ExperimentData) -> Experiment:
     )
 
 
+def with_config(experiment: Experiment, config: Config) -> Experiment:
+    """``experiment`` for ``config``, which may differ from ``experiment.config`` in
+    ``reset_prob`` only: the compiled steps are the same (the probability is a hyperparameter in
+    the optimizer state), only the initial state's probability changes.
+
+    Example:
+      >>> from resetax.experiment import runner
+      >>> from resetax.experiment.config import get_config
+      >>> baseline = get_config("quick", dataset="digits", model="mlp", reset_prob=0.0,
+      ...                       baseline=False)
+      >>> experiment = runner.setup(baseline, runner.load_data(baseline))
+      >>> resetting = runner.with_config(experiment, baseline.replace(reset_prob=0.1))
+      >>> resetting.run_steps is experiment.run_steps  # nothing built or compiled again
+      True
+      >>> float(resetting.init_state.opt_state.hyperparams["reset_prob"])
+      0.1...
+      >>> runner.with_config(experiment, baseline.replace(seed=1))
+      Traceback (most recent call last):
+      ...
+      ValueError: an experiment serves configs that differ in reset_prob only, not in ['seed'].
+    """
+    changed = [f.name for f in dataclasses.fields(Config) if f.name != "reset_prob"
+               and getattr(config, f.name) != getattr(experiment.config, f.name)]
+    if changed:
+        raise ValueError(f"an experiment serves configs that differ in reset_prob only, "
+                         f"not in {changed}.")
+    opt_state = experiment.init_state.opt_state
+    old = opt_state.hyperparams["reset_prob"]
+    hyperparams = {**opt_state.hyperparams,
+                   "reset_prob": np.asarray(config.reset_prob, np.asarray(old).dtype)}
+    init_state = experiment.init_state._replace(
+        opt_state=opt_state._replace(hyperparams=hyperparams))
+    return dataclasses.replace(experiment, config=config, init_state=init_state)
+
+
+class Setups:
+    """Experiments built once for the runs of a group that differ in ``reset_prob`` only (a pair,
+    one seed of ``compare``); safe to share between threads.
+
+    The first run to ask builds the experiment (:func:`setup`); a run asking meanwhile waits for
+    it rather than building and compiling the same steps a second time, then gets it for its own
+    config (:func:`with_config`). The ``size`` most recently asked experiments are kept.
+
+    Example:
+      >>> from resetax.experiment import runner
+      >>> from resetax.experiment.config import get_config
+      >>> config = get_config("quick", dataset="digits", model="mlp", baseline=False)
+      >>> setups, data = runner.Setups(size=2), runner.load_data(config)
+      >>> baseline = setups.get(config.replace(reset_prob=0.0), data)
+      >>> resetting = setups.get(config, data)
+      >>> resetting.run_steps is baseline.run_steps, resetting.config.reset_prob
+      (True, 0.03)
+      >>> setups.get(config.replace(seed=1), data).run_steps is baseline.run_steps
+      False
+    """
+
+    def __init__(self, size: int = 1):
+        self.size = size
+        self._lock = threading.Lock()
+        # config with reset_prob 0 -> [lock, experiment or None while it is built]
+        self._entries: collections.OrderedDict[Config, list] = collections.OrderedDict()
+
+    def get(self, config: Config, data: ExperimentData) -> Experiment:
+        """The experiment for ``config``; ``data`` is :func:`check_run`'s for it."""
+        key = dataclasses.replace(config, reset_prob=0.0)  # not validated: only a key
+        with self._lock:
+            entry = self._entries.pop(key, None) or [threading.Lock(), None]
+            self._entries[key] = entry  # the most recent last
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        lock = entry[0]
+        with lock:  # one build; a second asker waits for it
+            if entry[1] is None:
+                entry[1] = setup(config, data)
+        return with_config(entry[1], config)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupMember:
+    """How a run takes part in a group trained side by side
+    (:func:`resetax.experiment.group.train_group`).
+
+    Attributes:
+      stop: The group's stop request, its signal handlers installed by the main thread.
+      setups: The group's shared experiments (:class:`Setups`).
+      label: The run's name on its progress bar.
+      position: The line of its progress bar.
+    """
+
+    stop: StopRequest
+    setups: Setups
+    label: str
+    position: int
+
+
 def dispatch_mode(config: Config) -> str:
     """``config.dispatch``, with ``auto`` resolved for the default backend.
 
@@ -220,7 +320,8 @@ def dispatch_mode(config: Config) -> str:
 
 
 def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
-               progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+               progress: bool = True, stop_after: int | None = None,
+               member: GroupMember | None = None) -> dict[str, Any]:
     """Trains from the initial state, or from the last intact checkpoint with ``resume``.
 
     Writes ``metrics.jsonl`` as evaluation windows complete, a checkpoint every
@@ -228,16 +329,20 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
     ``curves.png``. Returns the summary; ``{"stopped_at": step}`` (with ``"signal"`` after a
     SIGTERM or SIGINT) when it stopped early, see :func:`train`. A run whose train loss stays
     non-finite for a whole evaluation window ends there: its summary (of the best model before
-    that) holds ``"diverged_at"``, the first step of that stretch.
+    that) holds ``"diverged_at"``, the first step of that stretch. A ``member`` of a group stops
+    on its group's :class:`StopRequest` and shows its progress bar on its own line.
     """
     config, placement = experiment.config, experiment.placement
     manager = checkpoint.CheckpointManager(run_dir / "checkpoints")
     host_state, wall_time = _initial_state(experiment, manager, resume, run_dir)
     step = saved_step = int(host_state.step)
     state = placement.place_state(host_state)
-    window, stop, nonfinite_since = Window(), StopRequest(), None
-    with stop, CompileTimer() as compiling, workdir.MetricsLog(run_dir, step) as log, \
-            _ProgressBar(config.num_steps, step, progress and distributed.is_primary()) as bar:
+    window, nonfinite_since = Window(), None
+    stop = member.stop if member else StopRequest()
+    with (contextlib.nullcontext() if member else stop), CompileTimer() as compiling, \
+            workdir.MetricsLog(run_dir, step) as log, \
+            _ProgressBar(config.num_steps, step, progress and distributed.is_primary(),
+                         member) as bar:
         while step < config.num_steps:
             stopping = stop.agreed()  # the same decision on every process
             if _stops_here(step, config, stopping, stop_after) or _diverged(
@@ -690,12 +795,15 @@ class CompileTimer:
 
     def __init__(self):
         self.seconds = 0.0
+        self._thread = threading.get_ident()  # JAX compiles on the thread that calls
 
     def _listen(self, event: str, duration: float, **kwargs) -> None:
-        if event.startswith(self.EVENTS):
+        # Only this thread's compilations: a group's runs side by side each time their own.
+        if event.startswith(self.EVENTS) and threading.get_ident() == self._thread:
             self.seconds += duration
 
     def __enter__(self) -> CompileTimer:
+        self._thread = threading.get_ident()
         jax.monitoring.register_event_duration_secs_listener(self._listen)
         return self
 
@@ -725,11 +833,16 @@ class StopRequest:
 
     def __init__(self):
         self.signum: int | None = None
+        self.stopping = False  # asked by the program (a failed run of a group), not a signal
         self._previous: dict[int, Any] = {}
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None
+        return self.signum is not None or self.stopping
+
+    def request(self) -> None:
+        """Stops the runs watching this request at their window ends, as a signal would."""
+        self.stopping = True
 
     @property
     def signal_name(self) -> str | None:
@@ -746,7 +859,7 @@ class StopRequest:
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second signal: its default action, now
+        if self.signum is not None:  # a second signal: its default action, now
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
         self.signum = signum
@@ -826,11 +939,12 @@ def _handler_or_default(handler):
 class _ProgressBar:
     """A tqdm bar over steps, with the last window's losses and the resets."""
 
-    def __init__(self, total: int, initial: int, enabled: bool):
+    def __init__(self, total: int, initial: int, enabled: bool, member: GroupMember | None):
         from tqdm.auto import tqdm
 
         self._bar = tqdm(total=total, initial=initial, disable=not enabled, unit="step",
-                         dynamic_ncols=True)
+                         dynamic_ncols=True, desc=member.label if member else None,
+                         position=member.position if member else None)
 
     def __enter__(self) -> _ProgressBar:
         return self

@@ -1,0 +1,107 @@
+"""Tests of a group's runs trained side by side: same numbers, one build, stops and failures."""
+
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from runs import read_lines, summary_without_time, tiny
+
+from resetax.experiment import cli, group, runner, workdir
+
+
+def test_a_pair_side_by_side_equals_the_pair_one_after_the_other(tmp_path):
+    flags = ["--dataset=digits", "--model=mlp", "--noise-rate=0.4", "--num-steps=60",
+             "--eval-every=10", "--steps-per-dispatch=10", "--checkpoint-every=30",
+             "--reset-prob=0.1", "--patience=none"]
+    for jobs in ("1", "2"):
+        assert cli.main(["train", "--quiet", "--jobs", jobs, "--run-dir",
+                         str(tmp_path / jobs), *flags]) == 0
+    for name in ("baseline", "resetting"):
+        assert read_lines(tmp_path / "2" / name) == read_lines(tmp_path / "1" / name)
+        assert summary_without_time(tmp_path / "2" / name) == summary_without_time(
+            tmp_path / "1" / name)
+    assert summary_without_time(tmp_path / "2" / "resetting")["num_resets"] > 0
+
+
+def test_an_experiment_for_another_reset_prob_equals_a_fresh_one():
+    baseline = tiny(reset_prob=0.0, baseline=False)
+    data = runner.load_data(baseline)
+    shared = runner.with_config(runner.setup(baseline, data), baseline.replace(reset_prob=0.1))
+    fresh = runner.setup(baseline.replace(reset_prob=0.1), data)
+    assert shared.config == fresh.config
+    assert jax.tree.structure(shared.init_state) == jax.tree.structure(fresh.init_state)
+    for ours, theirs in zip(jax.tree.leaves(shared.init_state),
+                            jax.tree.leaves(fresh.init_state), strict=True):
+        assert np.asarray(ours).dtype == np.asarray(theirs).dtype
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_setups_build_once_for_runs_asking_at_the_same_time(monkeypatch):
+    built, release = [], threading.Event()
+    original = runner.setup
+
+    def slow_setup(config, data):
+        built.append(config.reset_prob)
+        release.wait(10)  # the second run asks while the first builds
+        return original(config, data)
+
+    monkeypatch.setattr(runner, "setup", slow_setup)
+    setups, config = runner.Setups(size=2), tiny(baseline=False)
+    data = runner.load_data(config)
+    results = {}
+    threads = [threading.Thread(target=lambda p=p: results.__setitem__(
+        p, setups.get(config.replace(reset_prob=p), data))) for p in (0.0, 0.1)]
+    for thread in threads:
+        thread.start()
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert len(built) == 1
+    assert results[0.0].run_steps is results[0.1].run_steps
+    assert [results[p].config.reset_prob for p in (0.0, 0.1)] == [0.0, 0.1]
+
+
+def test_a_failing_run_stops_the_others_at_their_window_end(tmp_path, monkeypatch):
+    original = runner.train_or_reuse
+    first = tmp_path / "first"
+
+    def train_or_reuse(config, run_dir, **kwargs):
+        if run_dir.name == "failing":  # fails once the first run is training
+            while not ((first / "metrics.jsonl").exists() and read_lines(first)):
+                threading.Event().wait(0.05)
+            raise workdir.RunError("the disk is full")
+        return original(config, run_dir, **kwargs)
+
+    monkeypatch.setattr(runner, "train_or_reuse", train_or_reuse)
+    config = tiny(num_steps=100_000, checkpoint_every=100_000)
+    parts = [("first", config, first), ("failing", config, tmp_path / "failing"),
+             ("third", config, tmp_path / "third")]
+    with pytest.raises(workdir.RunError, match="the disk is full"):
+        group.train_group(parts, jobs=2, progress=False, announce=lambda _: None)
+    steps = sorted(int(p.name) for p in (first / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps and steps[-1] % config.eval_every == 0 and steps[-1] < config.num_steps
+    assert not (first / "summary.json").exists()  # stopped, resumable
+    assert not (tmp_path / "third").exists()  # never started
+
+
+def test_compile_time_counts_the_timing_thread_only():
+    other = threading.Thread(target=lambda: jax.jit(lambda x: x * 7.0 - 2.0)(jnp.ones(5)))
+    with runner.CompileTimer() as timer:
+        other.start()
+        other.join()
+    assert timer.seconds == 0.0
+    with runner.CompileTimer() as timer:
+        jax.jit(lambda x: x * 5.0 - 3.0)(jnp.ones(5))
+    assert timer.seconds > 0.0
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1", "two"])
+def test_bad_jobs_is_one_line(tmp_path, capsys, jobs):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--jobs", jobs, "--run-dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --jobs: must be 'auto' or a positive integer" in err
+    assert not (tmp_path / "run").exists()
