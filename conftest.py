@@ -5,11 +5,22 @@ must be set before jax is first imported, which is why this file sits at the rep
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One JAX compilation cache for the whole session, shared by its workers and the CLI processes
+# the tests start, fresh each session: a program that several tests build is compiled once, and
+# the suite's time does not depend on what earlier runs left in ~/.cache (the CLI leaves a
+# cache the user configured as it is).
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+    tempfile.gettempdir(),
+    f"resetax-tests-jax-{os.environ.get('PYTEST_XDIST_TESTRUNUID') or os.getpid()}")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 import jax
 import jax.numpy as jnp
@@ -36,3 +47,9 @@ def enable_x64():
     from jax.experimental import enable_x64 as experimental_enable_x64
 
     return experimental_enable_x64
+
+
+def pytest_unconfigure(config):
+    """The session's compilation cache goes with it (once, by the controller of the workers)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
