@@ -903,11 +903,14 @@ class _Saver:
     """Writes the checkpoints in a thread of their own, one at a time, while the steps go on.
 
     Each save waits for the previous one and raises its error, if any; leaving the context waits
-    for the last (raising its error unless another is on its way).
+    for the last (raising its error unless another is on its way). In a multi-process run the
+    saves are made in the training thread: Orbax synchronizes the processes at each save, in
+    step with their other collectives.
     """
 
     def __init__(self, manager: checkpoint.CheckpointManager):
         self._manager = manager
+        self._background = jax.process_count() == 1
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -931,8 +934,12 @@ class _Saver:
             except BaseException as err:  # raised in the training thread, at the next wait
                 self._error = err
 
-        self._thread = threading.Thread(target=write, name="checkpoint")
-        self._thread.start()
+        if self._background:
+            self._thread = threading.Thread(target=write, name="checkpoint")
+            self._thread.start()
+        else:
+            write()
+            self.wait()
         return int(state.step)
 
     def wait(self) -> None:
