@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -70,28 +69,6 @@ def plot_run(run_dir: str | os.PathLike) -> Path:
     out = Path(run_dir) / "curves.png"
     fig.savefig(out, dpi=100)
     return out
-
-
-def import_in_background() -> threading.Thread:
-    """Starts importing what the plots need (matplotlib, about a second) in a thread, so that a
-    run's end does not wait for it: started when training starts, it overlaps the steps, which
-    leave the interpreter idle while the devices compute.
-
-    Example:
-      >>> from resetax.experiment import report
-      >>> report.import_in_background().join()
-      >>> import sys
-      >>> "matplotlib.backends.backend_agg" in sys.modules
-      True
-    """
-
-    def load():
-        import matplotlib.backends.backend_agg
-        import matplotlib.figure  # noqa: F401
-
-    thread = threading.Thread(target=load, name="import-matplotlib")
-    thread.start()
-    return thread
 
 
 def _figure(size: tuple[float, float]):

@@ -337,12 +337,10 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
     host_state, wall_time = _initial_state(experiment, manager, resume, run_dir)
     step = saved_step = int(host_state.step)
     state = placement.place_state(host_state)
-    if distributed.is_primary():  # the plots at the end, without waiting for their imports
-        report.import_in_background()
     window, nonfinite_since = Window(), None
     stop = member.stop if member else StopRequest()
     with (contextlib.nullcontext() if member else stop), CompileTimer() as compiling, \
-            workdir.MetricsLog(run_dir, step) as log, _Saver(manager) as saver, \
+            workdir.MetricsLog(run_dir, step) as log, \
             _ProgressBar(config.num_steps, step, progress and distributed.is_primary(),
                          member) as bar:
         while step < config.num_steps:
@@ -364,9 +362,9 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
             nonfinite_since = nonfinite_streak(nonfinite_since, rows)
             step = rows[-1]["step"] + 1
             if step % config.checkpoint_every == 0 or step == config.num_steps:
-                saved_step = saver.save(placement.fetch(state), wall_time)
+                saved_step = _save(manager, placement.fetch(state), wall_time)
         if step < config.num_steps and saved_step != step:
-            saver.save(placement.fetch(state), wall_time)
+            _save(manager, placement.fetch(state), wall_time)
     timing = {"wall_time_s": wall_time, "compile_time_s": compiling.seconds}
     if _diverged(nonfinite_since, step, config):
         return _finish(experiment, run_dir, state, timing,
@@ -899,57 +897,9 @@ def _initial_state(experiment: Experiment, manager: checkpoint.CheckpointManager
     return state, meta["wall_time"]
 
 
-class _Saver:
-    """Writes the checkpoints in a thread of their own, one at a time, while the steps go on.
-
-    Each save waits for the previous one and raises its error, if any; leaving the context waits
-    for the last (raising its error unless another is on its way). In a multi-process run the
-    saves are made in the training thread: Orbax synchronizes the processes at each save, in
-    step with their other collectives.
-    """
-
-    def __init__(self, manager: checkpoint.CheckpointManager):
-        self._manager = manager
-        self._background = jax.process_count() == 1
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    def __enter__(self) -> _Saver:
-        return self
-
-    def __exit__(self, kind, value, traceback) -> None:
-        if kind is None:
-            self.wait()
-        elif self._thread is not None:
-            self._thread.join()
-
-    def save(self, host_state: Any, wall_time: float) -> int:
-        """Starts writing ``host_state`` (a copy of it) with its wall time; returns its step."""
-        self.wait()
-        state = jax.tree.map(np.array, host_state)  # the thread's own copy
-
-        def write():
-            try:
-                self._manager.save(state, {"wall_time": wall_time})
-            except BaseException as err:  # raised in the training thread, at the next wait
-                self._error = err
-
-        if self._background:
-            self._thread = threading.Thread(target=write, name="checkpoint")
-            self._thread.start()
-        else:
-            write()
-            self.wait()
-        return int(state.step)
-
-    def wait(self) -> None:
-        """Waits for the checkpoint being written; raises its error if it failed."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+def _save(manager: checkpoint.CheckpointManager, host_state: Any, wall_time: float) -> int:
+    manager.save(host_state, {"wall_time": wall_time})
+    return int(host_state.step)
 
 
 def _finish(experiment: Experiment, run_dir: Path, state: steps_lib.TrainState,
