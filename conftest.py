@@ -17,9 +17,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # the tests start, fresh each session: a program that several tests build is compiled once, and
 # the suite's time does not depend on what earlier runs left in ~/.cache (the CLI leaves a
 # cache the user configured as it is).
+# The session's name is drawn once, by the process that starts pytest; its workers inherit it.
+os.environ.setdefault("RESETAX_TEST_SESSION", os.urandom(8).hex())
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
-    tempfile.gettempdir(),
-    f"resetax-tests-jax-{os.environ.get('PYTEST_XDIST_TESTRUNUID') or os.getpid()}")
+    tempfile.gettempdir(), f"resetax-tests-jax-{os.environ['RESETAX_TEST_SESSION']}")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 import jax
