@@ -1,6 +1,7 @@
 """Tests of a group's runs trained side by side: same numbers, one build, stops and failures."""
 
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -69,8 +70,10 @@ def test_a_failing_run_stops_the_others_at_their_window_end(tmp_path, monkeypatc
 
     def train_or_reuse(config, run_dir, **kwargs):
         if run_dir.name == "failing":  # fails once the first run is training
+            deadline = time.monotonic() + 300  # a hang guard, not a timing check
             while not ((first / "metrics.jsonl").exists() and read_lines(first)):
-                threading.Event().wait(0.05)
+                assert time.monotonic() < deadline, "the first run never wrote a window"
+                time.sleep(0.05)
             raise workdir.RunError("the disk is full")
         return original(config, run_dir, **kwargs)
 
