@@ -10,10 +10,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resetax.models.initializers import conv_fan_in, layer_initializers
+from resetax.models.initializers import conv_fan_in, layer_initializers, variance_scaling
 
 # Kaiming-normal fan-out initialization, the usual choice for ReLU ResNets (torchvision's).
-_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+_conv_init = variance_scaling(2.0, "fan_out", "normal")
 
 
 def batch_norm(train: bool, dtype: Any, axis_name: str | None) -> nn.BatchNorm:
