@@ -358,16 +358,36 @@ def test_diagnostics_logged_and_plotted(tmp_path):
     assert (tmp_path / "run" / "curves.png").exists()
 
 
-@pytest.mark.parametrize("num_devices", [1, 8])
-@pytest.mark.parametrize("parallel", ["sharded", "pmap"])
-def test_evaluation_counts_every_example_once(num_devices, parallel):
-    # Sizes below, at and above the eval batch (1000) and 1000 x devices, primes included.
-    from resetax import data as data_lib
+@pytest.fixture(scope="module")
+def eval_sets():
+    """A tiny model and evaluation sets of sizes below, at and above the eval batch (1000) and
+    1000 x devices, primes included, with their exact loss and accuracy computed in float64 from
+    the logits of all examples at once (evaluation mode: each example's logits are its own)."""
     from resetax import models
 
     model = models.get_model("mlp", 3, hidden_sizes=(8,))
     rng = np.random.default_rng(0)
     variables = model.init(jax.random.key(0), np.zeros((1, 5), np.float32))
+    sizes = (1, 7, 997, 1000, 1001, 1500, 2003, 8009)
+    xs = [rng.normal(size=(n, 5)).astype(np.float32) for n in sizes]
+    ys = [rng.integers(0, 3, n).astype(np.int32) for n in sizes]
+    all_logits = np.asarray(jax.jit(model.apply)(variables, np.concatenate(xs)), np.float64)
+    sets, start = [], 0
+    for x, y in zip(xs, ys, strict=True):
+        n = len(x)
+        logits, start = all_logits[start:start + n], start + n
+        top = logits.max(1, keepdims=True)
+        log_probs = logits - top - np.log(np.exp(logits - top).sum(1, keepdims=True))
+        sets.append((x, y, -log_probs[np.arange(n), y].mean(), (logits.argmax(1) == y).mean()))
+    return model, variables, sets
+
+
+@pytest.mark.parametrize("num_devices", [1, 8])
+@pytest.mark.parametrize("parallel", ["sharded", "pmap"])
+def test_evaluation_counts_every_example_once(eval_sets, num_devices, parallel):
+    from resetax import data as data_lib
+
+    model, variables, sets = eval_sets
     placement = runner.Placement(tuple(jax.devices()[:num_devices]), pmap=parallel == "pmap")
     eval_step = steps.make_eval_step(tiny(eval_test=True), model, runner.EVAL_BATCH_SIZE,
                                      steps.Replicas(placement.axis_name))
@@ -376,23 +396,24 @@ def test_evaluation_counts_every_example_once(num_devices, parallel):
         step=0, params=variables["params"], batch_stats=variables["batch_stats"],
         opt_state=(), model_checkpoint=(), best_params=(), best_batch_stats=(), best_value=0.0,
         best_step=0, loss_state=(), key=0, epoch_order=0))
-    for n in (1, 7, 997, 1000, 1001, 1500, 2003, 8009):
-        x = rng.normal(size=(n, 5)).astype(np.float32)
-        y = rng.integers(0, 3, n).astype(np.int32)
+    for x, y, expected_loss, expected_acc in sets:
+        n = len(x)
         split = data_lib.Dataset(x, y, y, np.arange(n), 3)
         device_data = placement.place_data(ExperimentData(split, split, split, 3))
         evaluation = placement.fetch(compiled(state, device_data))
-        logits = np.asarray(model.apply(variables, x, train=False), np.float64)
-        log_probs = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1,
-                                    keepdims=True)) - logits.max(1, keepdims=True)
-        expected_loss = -log_probs[np.arange(n), y].mean()
-        expected_acc = (logits.argmax(1) == y).mean()
         assert float(evaluation.val_acc) == pytest.approx(expected_acc, abs=1e-6), n
         assert float(evaluation.test_acc) == pytest.approx(expected_acc, abs=1e-6), n
         assert float(evaluation.val_loss) == pytest.approx(expected_loss, rel=1e-5), n
-        # The summary's evaluation runs on the unpadded set outside any placement.
-        loss, acc = jax.jit(steps.make_evaluate(model, runner.EVAL_BATCH_SIZE))(
-            variables["params"], variables["batch_stats"], x, y, np.ones(n, np.float32))
+
+
+def test_summary_evaluation_counts_every_example_once(eval_sets):
+    # The summary's evaluation runs on the unpadded set outside any placement.
+    model, variables, sets = eval_sets
+    evaluate = jax.jit(steps.make_evaluate(model, runner.EVAL_BATCH_SIZE))
+    for x, y, expected_loss, expected_acc in sets:
+        n = len(x)
+        loss, acc = evaluate(variables["params"], variables["batch_stats"], x, y,
+                             np.ones(n, np.float32))
         assert float(acc) == pytest.approx(expected_acc, abs=1e-6), n
         assert float(loss) == pytest.approx(expected_loss, rel=1e-5), n
 
