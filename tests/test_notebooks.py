@@ -1,4 +1,8 @@
-"""The notebooks: executed end to end on tiny settings, and stored with outputs of their code."""
+"""The notebooks: stored with outputs of their code, and executed end to end on tiny settings.
+
+The executions start a kernel each and take 8-30 s per notebook: they are end-to-end tests and
+run with the slow ones (``pytest -m slow``, which ``.ci/run`` runs after the default suite).
+"""
 
 import importlib.util
 import os
@@ -26,6 +30,7 @@ def test_all_notebooks_are_covered():
                               "theory.ipynb"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs(name, monkeypatch, tmp_path):
     monkeypatch.setenv("RESETAX_NOTEBOOK_SMALL", "1")
