@@ -250,7 +250,7 @@ def test_a_run_directory_that_becomes_unwritable(long_reference, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["file", "proc", "read_only"])
-def test_bad_run_directories_are_one_line(tmp_path, case):
+def test_bad_run_directories_are_one_line(tmp_path, capsys, case):
     if case == "file":
         run_dir = tmp_path / "a_file"
         run_dir.write_text("notes")
@@ -266,8 +266,8 @@ def test_bad_run_directories_are_one_line(tmp_path, case):
         run_dir = parent / "run"
         message = "cannot create run directory"
     with immutable(run_dir.parent) if case == "read_only" else contextlib.nullcontext():
-        code, err = run_cli(*cli_args(run_dir, "--num-steps", "20", "--checkpoint-every",
-                                      "20")[3:])
+        code = cli.main(cli_args(run_dir, "--num-steps", "20", "--checkpoint-every", "20")[3:])
+    err = capsys.readouterr().err
     assert code == 2, err
     assert message in one_line_error(err)
     if case == "file":
@@ -286,10 +286,12 @@ def test_unknown_flag_shows_the_command_usage(tmp_path):
     (["--batch-size", "100000"], "batch_size (100000) must be at most"),
     (["--reset-layers", "Conv_9"], "matches no parameter of mlp; its layers are ['BatchNorm_0'"),
 ])
-def test_checks_that_need_the_data_or_model_come_before_writing(tmp_path, flags, message):
+def test_checks_that_need_the_data_or_model_come_before_writing(tmp_path, capsys, flags,
+                                                                message):
     for mode in ("--baseline", "--no-baseline"):
         run_dir = tmp_path / mode
-        code, err = run_cli(*cli_args(run_dir, mode, *flags)[3:])
+        code = cli.main(cli_args(run_dir, mode, *flags)[3:])
+        err = capsys.readouterr().err
         assert code == 2, err
         assert message in one_line_error(err)
         assert not run_dir.exists()

@@ -321,11 +321,9 @@ def test_variance_scaling_draws_jax_initializers_values_bit_for_bit():
     from resetax.models.initializers import variance_scaling
 
     cases = [(True, (5, 1, 32), 1.0, "fan_in", "truncated_normal", jnp.float32),
-             (True, (2, 2, 1, 128), 2.0, "fan_out", "normal", jnp.float32),
              (True, (1, 1, 16, 3), 1 / 3, "fan_in", "uniform", jnp.bfloat16),
-             (True, (7, 10), 1.0, "fan_out", "truncated_normal", jnp.float16),
-             (False, (2, 2, 1, 128), 2.0, "fan_out", "normal", jnp.float32),
-             (False, (5, 1, 32), 1 / 3, "fan_in", "uniform", jnp.float32)]
+             (True, (7, 10), 2.0, "fan_out", "normal", jnp.float16),
+             (False, (2, 2, 1, 128), 2.0, "fan_out", "normal", jnp.float32)]
     for i, (partitionable, shape, scale, mode, distribution, dtype) in enumerate(cases):
         with jax.threefry_partitionable(partitionable):
             key = jax.random.key(i)
