@@ -156,7 +156,7 @@ def test_reduced_precision_computes_in_dtype_with_float32_params():
     half = models.CNN1D(3, dtype=jnp.bfloat16)
     variables = _fake_variables(full, x)
     assert _shapes(half, x)["params"]["Conv_0"]["kernel"].dtype == jnp.float32
-    out_full, out_half = full.apply(variables, x), half.apply(variables, x)
+    out_full, out_half = jax.jit(full.apply)(variables, x), jax.jit(half.apply)(variables, x)
     assert out_half.dtype == jnp.float32
     np.testing.assert_allclose(out_half, out_full, rtol=0.1, atol=0.1)
     assert not np.array_equal(out_half, out_full)  # Rounded to bfloat16 along the way.
@@ -208,7 +208,8 @@ def test_vcnn_dropout_only_in_train_mode():
     b, _ = train_out(jax.random.key(1))
     assert not np.allclose(a, b)
     np.testing.assert_array_equal(a, train_out(jax.random.key(0))[0])
-    np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
+    eval_out = jax.jit(model.apply)  # eager, each of the VCNN's operations would compile alone
+    np.testing.assert_array_equal(eval_out(variables, x), eval_out(variables, x))
 
 
 # --------------------------------------------------------------------------------------------
