@@ -320,7 +320,8 @@ def test_compare_writes_paired_table(tmp_path, capsys):
     run_dir = tmp_path / "compare"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "num_steps"]
     code = cli.main(["compare", "--quiet", "--seeds", "2", "--run-dir", str(run_dir),
-                     "--num-steps", "60", "--checkpoint-every", "60", *flags])
+                     "--num-steps", "60", "--checkpoint-every", "60", "--num-devices", "1",
+                     *flags])  # one device per run: two runs side by side
     assert code == 0
     assert "resetting − baseline" in capsys.readouterr().out
     table = json.loads((run_dir / "compare.json").read_text())

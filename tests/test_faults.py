@@ -136,7 +136,8 @@ def test_a_lock_left_behind_is_reported_and_taken_over(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_compare_interrupted_then_resumed_matches_an_uninterrupted_one(tmp_path):
-    flags = ("--seeds", "2", "--num-steps", "60", "--checkpoint-every", "30")
+    # One device per run: the first two runs train side by side, and the signal stops both.
+    flags = ("--seeds", "2", "--num-steps", "60", "--checkpoint-every", "30", "--num-devices", "1")
     reference = tmp_path / "reference"
     code, err = run_cli(*cli_args(reference, *flags, command="compare")[3:])
     assert code == 0, err

@@ -15,7 +15,7 @@ from resetax.experiment import cli, group, runner, workdir
 def test_a_pair_side_by_side_equals_the_pair_one_after_the_other(tmp_path):
     flags = ["--dataset=digits", "--model=mlp", "--noise-rate=0.4", "--num-steps=60",
              "--eval-every=10", "--steps-per-dispatch=10", "--checkpoint-every=30",
-             "--reset-prob=0.1", "--patience=none"]
+             "--reset-prob=0.1", "--patience=none", "--num-devices=1"]
     for jobs in ("1", "2"):
         assert cli.main(["train", "--quiet", "--jobs", jobs, "--run-dir",
                          str(tmp_path / jobs), *flags]) == 0
@@ -78,7 +78,7 @@ def test_a_failing_run_stops_the_others_at_their_window_end(tmp_path, monkeypatc
         return original(config, run_dir, **kwargs)
 
     monkeypatch.setattr(runner, "train_or_reuse", train_or_reuse)
-    config = tiny(num_steps=100_000, checkpoint_every=100_000)
+    config = tiny(num_steps=100_000, checkpoint_every=100_000, num_devices=1)
     parts = [("first", config, first), ("failing", config, tmp_path / "failing"),
              ("third", config, tmp_path / "third")]
     with pytest.raises(workdir.RunError, match="the disk is full"):
@@ -87,6 +87,41 @@ def test_a_failing_run_stops_the_others_at_their_window_end(tmp_path, monkeypatc
     assert steps and steps[-1] % config.eval_every == 0 and steps[-1] < config.num_steps
     assert not (first / "summary.json").exists()  # stopped, resumable
     assert not (tmp_path / "third").exists()  # never started
+
+
+def test_runs_on_several_devices_train_one_at_a_time(tmp_path, monkeypatch, capsys):
+    # Two programs with collectives over the same devices in flight at once can hold each
+    # other's devices: XLA:CPU then aborts the process after 40 s (found with 8 devices and
+    # --jobs 2). Runs on several devices train one at a time, in the calling thread.
+    threads = {}
+
+    def train_or_reuse(config, run_dir, **kwargs):
+        threads[run_dir.name] = threading.current_thread()
+        return {"num_steps": 0}
+
+    monkeypatch.setattr(runner, "train_or_reuse", train_or_reuse)
+    parts = [(name, tiny(), tmp_path / name) for name in ("a", "b", "c")]  # all 8 devices
+    assert len(runner.devices(parts[0][1])) == 8
+    group.train_group(parts, jobs="auto", progress=False, announce=lambda _: None)
+    assert set(threads.values()) == {threading.main_thread()}
+    with pytest.raises(ValueError, match=r"jobs must be 1 when each run trains on several "
+                                         r"devices \(8\), got 2"):
+        group.train_group(parts, jobs=2, progress=False, announce=lambda _: None)
+    # One device each: side by side, in the pool's threads.
+    threads.clear()
+    parts = [(name, tiny(num_devices=1), tmp_path / name) for name in ("a", "b", "c")]
+    group.train_group(parts, jobs=2, progress=False, announce=lambda _: None)
+    assert sorted(threads) == ["a", "b", "c"] and threading.main_thread() not in set(
+        threads.values())
+    # The CLI says so in one line, before anything is written.
+    code = cli.main(["train", "--quiet", "--jobs", "2", "--run-dir", str(tmp_path / "pair"),
+                     "--dataset=digits", "--model=mlp"])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("resetax: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "jobs must be 1 when each run trains on several devices (8), got 2" in lines[0]
+    assert not (tmp_path / "pair").exists()
 
 
 def test_compile_time_counts_the_timing_thread_only():

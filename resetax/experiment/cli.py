@@ -181,7 +181,7 @@ def _run_group(run_dir: Path, config: config_lib.Config,
     from resetax.experiment import distributed, group, runner, workdir
 
     workdir.check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
-    jobs = group.resolve_jobs(args.jobs)
+    jobs = group.resolve_jobs(args.jobs, len(runner.devices(config)))
     if not args.resume:
         runner.check_run(config)  # fail before anything is written
     with workdir.RunLock(run_dir):
@@ -362,8 +362,8 @@ def parser(preset: str | None = None) -> argparse.ArgumentParser:
         if name != "reproduce":
             sub.add_argument("--jobs", type=_jobs, default="auto",
                              help="runs of a pair or a compare trained at once, side by side "
-                                  "(default: auto, 2 on a CPU and 1 on accelerators); the "
-                                  "results do not depend on it")
+                                  "(default: auto, 2 on a CPU when each run trains on one "
+                                  "device, else 1); the results do not depend on it")
         for field in dataclasses.fields(config_lib.Config):
             _add_field(sub, field, "setting2-cifar10" if name == "reproduce" else shown)
     return root

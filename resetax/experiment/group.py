@@ -23,33 +23,44 @@ from resetax.experiment.config import Config
 Part = tuple[str, Config, Path]  # a run's name, config and directory
 
 
-def resolve_jobs(jobs: int | str) -> int:
+def resolve_jobs(jobs: int | str, num_devices: int = 1) -> int:
     """How many runs of a group train at once: ``jobs``, or for ``"auto"`` 2 on a CPU with two
-    cores or more in a single process, 1 otherwise.
+    cores or more, in a single process, when each run trains on one device; 1 otherwise.
+
+    Runs on several devices each (``num_devices``) train one at a time: their collectives wait
+    for every device's part of one program, and two programs in flight at once can hold each
+    other's devices (XLA:CPU aborts after 40 s waiting), so ``jobs > 1`` is refused for them.
 
     Example:
       >>> from resetax.experiment.group import resolve_jobs
       >>> resolve_jobs(3)
       3
-      >>> resolve_jobs("auto") in (1, 2)
-      True
+      >>> resolve_jobs("auto") in (1, 2), resolve_jobs("auto", num_devices=8)
+      (True, 1)
       >>> resolve_jobs(0)
       Traceback (most recent call last):
       ...
       ValueError: jobs must be 'auto' or a positive integer, got 0.
+      >>> resolve_jobs(2, num_devices=8)
+      Traceback (most recent call last):
+      ...
+      ValueError: jobs must be 1 when each run trains on several devices (8), got 2.
     """
     if jobs == "auto":
         cpu = jax.default_backend() == "cpu" and (os.cpu_count() or 1) >= 2
-        return 2 if cpu and jax.process_count() == 1 else 1
+        return 2 if cpu and jax.process_count() == 1 and num_devices == 1 else 1
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be 'auto' or a positive integer, got {jobs!r}.")
     if jobs > 1 and jax.process_count() > 1:
         raise ValueError(f"jobs must be 1 in a multi-process run (its processes step together), "
                          f"got {jobs}.")
+    if jobs > 1 and num_devices > 1:
+        raise ValueError(f"jobs must be 1 when each run trains on several devices "
+                         f"({num_devices}), got {jobs}.")
     return jobs
 
 
-def train_group(parts: Sequence[Part], *, jobs: int = 1, resume: bool = False,
+def train_group(parts: Sequence[Part], *, jobs: int | str = 1, resume: bool = False,
                 overwrite: bool = False, progress: bool = True,
                 announce: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Trains the runs ``parts``, ``jobs`` at a time, in their order; returns their summaries.
@@ -66,8 +77,7 @@ def train_group(parts: Sequence[Part], *, jobs: int = 1, resume: bool = False,
       >>> from resetax.experiment import group
       >>> from resetax.experiment.config import get_config
       >>> config = get_config("quick", dataset="digits", model="mlp", num_steps=20,
-      ...                     eval_every=10, steps_per_dispatch=10, checkpoint_every=20,
-      ...                     baseline=False)
+      ...                     eval_every=10, checkpoint_every=20, num_devices=1, baseline=False)
       >>> root = Path(tempfile.mkdtemp())
       >>> parts = [("baseline", config.replace(reset_prob=0.0), root / "baseline"),
       ...          ("resetting", config, root / "resetting")]
@@ -75,6 +85,7 @@ def train_group(parts: Sequence[Part], *, jobs: int = 1, resume: bool = False,
       >>> list(summaries), [s["num_steps"] for s in summaries.values()]
       (['baseline', 'resetting'], [20, 20])
     """
+    jobs = resolve_jobs(jobs, max(len(runner.devices(config)) for _, config, _ in parts))
     setups = runner.Setups(size=jobs)
     results: dict[str, dict[str, Any]] = {}
     errors: list[BaseException] = []

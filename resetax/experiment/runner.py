@@ -54,15 +54,15 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
       >>> from pathlib import Path
       >>> from resetax.experiment import runner
       >>> from resetax.experiment.config import get_config
-      >>> config = get_config("quick", dataset="digits", model="mlp", num_steps=40,
-      ...                     eval_every=10, steps_per_dispatch=10, checkpoint_every=20,
-      ...                     reset_prob=0.1, patience=0, baseline=False)
+      >>> config = get_config("quick", dataset="digits", model="mlp", num_steps=120,
+      ...                     eval_every=10, checkpoint_every=60, reset_prob=0.1, patience=20,
+      ...                     baseline=False)
       >>> run_dir = Path(tempfile.mkdtemp()) / "run"
-      >>> runner.train(config, run_dir, progress=False, stop_after=20)  # as if interrupted
-      {'stopped_at': 20}
+      >>> runner.train(config, run_dir, progress=False, stop_after=60)  # as if interrupted
+      {'stopped_at': 60}
       >>> summary = runner.train(config, run_dir, progress=False, resume=True)
       >>> summary["num_steps"], summary["num_resets"] > 0, 0 <= summary["test_acc"] <= 1
-      (40, True, True)
+      (120, True, True)
       >>> sorted(p.name for p in run_dir.iterdir())
       ['best', 'checkpoints', 'config.json', 'curves.png', 'metrics.jsonl', 'summary.json']
     """
@@ -165,7 +165,7 @@ def setup(config: Config, data: ExperimentData) -> Experiment:
     """
     from resetax import models
 
-    placement = Placement(tuple(_devices(config)), pmap=config.parallel == "pmap")
+    placement = Placement(tuple(devices(config)), pmap=config.parallel == "pmap")
     model = models.get_model(config.model, data.num_classes, init_scheme=config.init)
     sample = jnp.asarray(data.train.inputs[:1])
     params = jax.eval_shape(lambda x: steps_lib.init_variables(config, model, x), sample)
@@ -773,7 +773,7 @@ def check_devices(config: Config) -> None:
     if jax.process_count() > 1 and config.parallel == "pmap":
         raise ValueError("parallel='pmap' runs on one host; multi-process runs need the "
                          "default parallel='sharded'.")
-    num_devices = len(_devices(config))
+    num_devices = len(devices(config))
     if config.batch_size % num_devices:
         raise ValueError(
             f"batch_size ({config.batch_size}) must be divisible by the number of devices "
@@ -915,7 +915,18 @@ def _finish(experiment: Experiment, run_dir: Path, state: steps_lib.TrainState,
     return summary
 
 
-def _devices(config: Config) -> list:
+def devices(config: Config) -> list:
+    """The devices a run of ``config`` trains on: its ``num_devices`` first local devices (all
+    of them when ``None``), or every device of every process in a multi-process run.
+
+    Example:
+      >>> from resetax.experiment import runner
+      >>> from resetax.experiment.config import get_config
+      >>> len(runner.devices(get_config("quick", num_devices=2)))
+      2
+      >>> len(runner.devices(get_config("quick"))) == len(jax.local_devices())
+      True
+    """
     if jax.process_count() > 1:  # every device of every process
         devices = jax.devices()
         if config.num_devices not in (None, len(devices)):
