@@ -107,8 +107,9 @@ def _indices_of_steps(config, num_train, num_steps):
     def loss_fn(logits, labels, indices, loss_state):
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels), indices
 
-    state = steps.init_state(config, model, tx, jnp.zeros((1, 2)), jnp.zeros(
-        config.batch_size, jnp.int32), num_train=num_train)
+    state = jax.jit(lambda: steps.init_state(  # one compilation, not one per operation
+        config, model, tx, jnp.zeros((1, 2)), jnp.zeros(config.batch_size, jnp.int32),
+        num_train=num_train))()
     x = jnp.ones((num_train, 2))
     data = steps.DeviceData(x, jnp.zeros(num_train, jnp.int32), x[:1], jnp.zeros(1, jnp.int32),
                             jnp.ones(1), x[:1], jnp.zeros(1, jnp.int32), jnp.ones(1))
@@ -137,15 +138,17 @@ def test_validation_loss_train_is_the_training_loss_with_its_hyperparameters():
     x = jax.random.normal(jax.random.key(0), (7, 4))
     y = jnp.arange(7) % 3
     config = get_config("quick", loss="gce", gce_q=0.3, val_loss="train", eval_test=False)
-    state = steps.init_state(config, model, optax.sgd(0.1), x[:1], num_train=7)
+    state = jax.jit(lambda: steps.init_state(config, model, optax.sgd(0.1), x[:1],
+                                             num_train=7))()
     data = steps.DeviceData(x, y, x, y, jnp.ones(7), x, y, jnp.ones(7))
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x)
-    evaluation = steps.make_eval_step(config, model, 4)(state, data)
+    evaluation = jax.jit(steps.make_eval_step(config, model, 4))(state, data)
     expected = losses.generalized_cross_entropy(logits, y, q=0.3).mean()
     np.testing.assert_allclose(evaluation.val_loss, expected, rtol=1e-6)
-    ce = steps.make_eval_step(config.replace(val_loss="ce"), model, 4)(state, data)
+    ce = jax.jit(steps.make_eval_step(config.replace(val_loss="ce"), model, 4))(state, data)
     np.testing.assert_allclose(ce.val_loss, losses.cross_entropy(logits, y).mean(), rtol=1e-6)
-    elr = steps.make_eval_step(config.replace(loss="elr_official"), model, 4)(state, data)
+    elr = jax.jit(steps.make_eval_step(config.replace(loss="elr_official"), model, 4))(
+        state, data)
     np.testing.assert_allclose(elr.val_loss, ce.val_loss, rtol=1e-6)  # CE, as the official code
 
 
@@ -192,7 +195,8 @@ def test_cifar100_images_use_cifar100_statistics_in_the_steps():
     results = {}
     for dataset in ("cifar10", "cifar100"):
         config = get_config("quick", dataset=dataset, model="mlp", eval_test=False)
-        state = steps.init_state(config, model, optax.sgd(0.1), x[:1], num_train=5)
+        state = jax.jit(lambda config=config: steps.init_state(
+            config, model, optax.sgd(0.1), x[:1], num_train=5))()
         logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                              preprocess(x, dataset))
         results[dataset] = steps.make_eval_step(config, model, 8)(state, data).val_loss
