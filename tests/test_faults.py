@@ -128,7 +128,7 @@ def test_a_lock_left_behind_is_reported_and_taken_over(tmp_path, capsys):
     target = tmp_path / "run"
     target.mkdir()
     (target / workdir.LOCK_FILE).write_text("pid 4242 on elsewhere")  # unlocked: its run died
-    runner.train(tiny(num_steps=20, checkpoint_every=20), target, progress=False)
+    runner.train(tiny(), target, progress=False)  # the tiny config's compiled steps, shared
     assert "a previous run (pid 4242 on elsewhere) ended without releasing" in (
         capsys.readouterr().err)
     assert (target / "summary.json").exists()
@@ -163,12 +163,12 @@ def test_compare_interrupted_then_resumed_matches_an_uninterrupted_one(tmp_path)
 def test_resume_of_a_directory_without_checkpoints_says_so(tmp_path, capsys):
     target = tmp_path / "run"
     workdir.make_run_dir(target)
-    workdir.write_config(target, tiny(num_steps=20, checkpoint_every=20, baseline=False))
+    workdir.write_config(target, tiny(baseline=False))
     code = cli.main(["train", "--quiet", "--run-dir", str(target), "--resume"])
     assert code == 0
     assert f"{str(target)!r} holds no checkpoint yet: starting from step 0" in (
         capsys.readouterr().err)
-    assert json.loads((target / "summary.json").read_text())["num_steps"] == 20
+    assert json.loads((target / "summary.json").read_text())["num_steps"] == TINY["num_steps"]
 
 
 def corrupt_latest(run_dir, how):
