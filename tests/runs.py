@@ -43,6 +43,14 @@ def final_state_leaves(run_dir, template):
     return jax.tree.leaves(state)
 
 
+def one_line_error(err: str) -> str:
+    """The error a user sees: exactly one ``resetax: error:`` line and no traceback."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("resetax: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 def cli_args(target, *extra, command="train"):
     """``resetax COMMAND`` with the tiny config's flags, as a subprocess's argv."""
     args = [sys.executable, "-m", "resetax.experiment.cli", command, "--quiet",

@@ -21,6 +21,7 @@ from runs import (
     ROOT,
     TINY,
     cli_args,
+    one_line_error,
     read_lines,
     resume_and_compare,
     start_cli_run,
@@ -37,14 +38,6 @@ def run_cli(*args):
     done = subprocess.run([sys.executable, "-m", "resetax.experiment.cli", *map(str, args)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     return done.returncode, done.stderr
-
-
-def one_line_error(err: str) -> str:
-    """The error a user sees: exactly one ``resetax: error:`` line and no traceback."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("resetax: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def strict_json_lines(run_dir):
