@@ -12,6 +12,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from runs import (
     TINY,
     final_state_leaves,
@@ -405,6 +407,20 @@ def test_evaluation_counts_every_example_once(eval_sets, num_devices, parallel):
         assert float(evaluation.val_acc) == pytest.approx(expected_acc, abs=1e-6), n
         assert float(evaluation.test_acc) == pytest.approx(expected_acc, abs=1e-6), n
         assert float(evaluation.val_loss) == pytest.approx(expected_loss, rel=1e-5), n
+
+
+def test_pmap_fetch_returns_the_first_replica_of_each_leaf():
+    placement = runner.Placement(tuple(jax.devices()[:4]), pmap=True)
+    stacked = {"w": np.arange(12.0, dtype=np.float32).reshape(4, 3),
+               "n": np.arange(4, dtype=np.int32) + 7}
+    placed = jax.device_put(stacked, NamedSharding(placement.mesh, P("data")))
+    from_pmap = jax.pmap(lambda t: jax.tree.map(lambda x: x * 2, t),
+                         devices=placement.devices)(placed)
+    for tree, scale in ((placed, 1), (from_pmap, 2), (stacked, 1)):  # host metrics too
+        fetched = placement.fetch(tree)
+        assert isinstance(fetched["w"], np.ndarray) and fetched["w"].shape == (3,)
+        assert fetched["w"].tolist() == [0.0, scale * 1.0, scale * 2.0]
+        assert fetched["n"].shape == () and int(fetched["n"]) == scale * 7
 
 
 def test_summary_evaluation_counts_every_example_once(eval_sets):

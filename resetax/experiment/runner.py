@@ -588,10 +588,18 @@ class Placement:
         return jax.device_put(host_state, NamedSharding(self.mesh, P()))
 
     def fetch(self, tree: Any) -> Any:
-        """The host copy (numpy) of a placed pytree; under pmap, replica 0's."""
-        if self.pmap:
-            tree = jax.tree.map(lambda x: x[0], tree)
-        return jax.tree.map(np.asarray, jax.device_get(tree))
+        """The host copy (numpy) of a placed pytree; under pmap, the first local replica's (the
+        replicas are equal).
+
+        A replica is copied from the device that holds it: indexing the stacked array instead
+        would run a program over all the devices for each leaf, every time.
+        """
+        if not self.pmap:
+            return jax.tree.map(np.asarray, jax.device_get(tree))
+        first = jax.tree.map(
+            lambda x: x.addressable_shards[0].data if isinstance(x, jax.Array) else x[0], tree)
+        return jax.tree.map(lambda x, whole: np.asarray(x).reshape(np.shape(whole)[1:]),
+                            jax.device_get(first), tree)
 
     def place_data(self, data: ExperimentData) -> steps_lib.DeviceData:
         """The training split replicated, the evaluation splits padded and split over devices."""
