@@ -337,13 +337,15 @@ def test_variance_scaling_draws_jax_initializers_values_bit_for_bit():
         assert float(jnp.std(ours.astype(jnp.float32))) > 0
 
 
-def test_variance_scaling_refuses_unknown_mode_and_distribution():
+def test_variance_scaling_refuses_bad_arguments():
     from resetax.models.initializers import variance_scaling
 
     with pytest.raises(ValueError, match="mode must be one of"):
         variance_scaling(1.0, "fan_avg", "normal")
     with pytest.raises(ValueError, match="distribution must be one of"):
         variance_scaling(1.0, "fan_in", "cauchy")
+    with pytest.raises(ValueError, match=r"shape must have at least 2 axes .*got \(5,\)"):
+        variance_scaling(1.0, "fan_in", "normal")(jax.random.key(0), (5,))
 
 
 def test_unknown_init_scheme_is_refused():

@@ -66,6 +66,9 @@ def variance_scaling(scale: float, mode: str, distribution: str) -> Initializer:
 
     def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
         shape = tuple(shape)
+        if len(shape) < 2:
+            raise ValueError(f"shape must have at least 2 axes (inputs and outputs of a kernel), "
+                             f"got {shape}.")
         receptive_field = math.prod(shape[:-2])
         fan = shape[-2] if mode == "fan_in" else shape[-1]
         variance = jnp.array(scale / (fan * receptive_field), dtype=dtype)
