@@ -258,7 +258,7 @@ def write_data(config, path: Path) -> None:
     """
     import numpy as np
 
-    from resetax.experiment.input import load_data
+    from resetax.experiment.data_input import load_data
 
     data = load_data(config)
     protocol = {field: getattr(config, field) for field in (

@@ -28,7 +28,7 @@ import numpy as np
 from resetax import data as data_lib
 from resetax.experiment import checkpoint, runner, workdir
 from resetax.experiment.config import get_config
-from resetax.experiment.input import ExperimentData
+from resetax.experiment.data_input import ExperimentData
 
 
 def synthetic(num: int, seed: int) -> data_lib.Dataset:

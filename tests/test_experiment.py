@@ -27,7 +27,7 @@ from runs import (
 
 from resetax.experiment import checkpoint, cli, runner, steps
 from resetax.experiment.config import PRESETS, Config, get_config
-from resetax.experiment.input import ExperimentData, load_data, preprocess
+from resetax.experiment.data_input import ExperimentData, load_data, preprocess
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from resetax import data as resetax_data
 from resetax import losses, models
 from resetax.experiment import runner, steps
 from resetax.experiment.config import get_config
-from resetax.experiment.input import load_data, preprocess
+from resetax.experiment.data_input import load_data, preprocess
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from resetax.experiment import checkpoint, distributed, report, workdir
 from resetax.experiment import steps as steps_lib
 from resetax.experiment.config import Config, validate
-from resetax.experiment.input import ExperimentData, load_data, pad_eval_set, preprocess
+from resetax.experiment.data_input import ExperimentData, load_data, pad_eval_set, preprocess
 
 EVAL_BATCH_SIZE = 1000
 DIAGNOSTICS_SAMPLES = 4096  # training samples the diagnostics look at (the first ones)

@@ -19,7 +19,7 @@ import optax
 import resetax
 from resetax._trees import path_name
 from resetax.experiment.config import Config
-from resetax.experiment.input import preprocess
+from resetax.experiment.data_input import preprocess
 
 
 class TrainState(NamedTuple):
@@ -80,7 +80,7 @@ class DeviceData(NamedTuple):
 
     Example:
       >>> import numpy as np
-      >>> from resetax.experiment.input import pad_eval_set
+      >>> from resetax.experiment.data_input import pad_eval_set
       >>> from resetax.experiment.steps import DeviceData
       >>> rng = np.random.default_rng(0)
       >>> x, y = rng.normal(size=(10, 4)).astype(np.float32), rng.integers(0, 3, 10, np.int32)
@@ -497,11 +497,11 @@ def make_evaluate(model: Any, eval_batch_size: int, replicas: Replicas = GLOBAL_
     one smaller chunk. Under pmap each replica evaluates its part and the sums are combined.
     ``loss`` is the per-example ``fn(logits, labels)`` averaged (the cross-entropy when None,
     see :func:`validation_loss`); ``dataset`` picks the normalization of images
-    (:func:`~resetax.experiment.input.preprocess`).
+    (:func:`~resetax.experiment.data_input.preprocess`).
 
     Example:
       >>> from resetax import models
-      >>> from resetax.experiment.input import pad_eval_set
+      >>> from resetax.experiment.data_input import pad_eval_set
       >>> from resetax.experiment.steps import make_evaluate
       >>> model = models.get_model("mlp", 3, hidden_sizes=(8,))
       >>> x = jax.random.normal(jax.random.key(0), (7, 4))
@@ -756,7 +756,7 @@ def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformatio
       >>> from resetax import models
       >>> from resetax.experiment import steps
       >>> from resetax.experiment.config import get_config
-      >>> from resetax.experiment.input import load_data, pad_eval_set
+      >>> from resetax.experiment.data_input import load_data, pad_eval_set
       >>> config = get_config("quick", dataset="digits", model="mlp", batch_size=32,
       ...                     num_steps=20, eval_every=10, steps_per_dispatch=10,
       ...                     checkpoint_every=20)

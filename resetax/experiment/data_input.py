@@ -1,4 +1,5 @@
-"""The data of an experiment: load, inject label noise, hold out validation, place on devices."""
+"""The data of an experiment, on the host: loaded, its labels corrupted, validation held out,
+evaluation sets padded (:mod:`~resetax.experiment.placement` puts them on the devices)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class ExperimentData(NamedTuple):
     Example:
       >>> import numpy as np
       >>> from resetax import data
-      >>> from resetax.experiment.input import ExperimentData
+      >>> from resetax.experiment.data_input import ExperimentData
       >>> def split(n):
       ...     labels = np.arange(n, dtype=np.int32) % 2
       ...     return data.Dataset(np.zeros((n, 3), np.float32), labels, labels, np.arange(n), 2)
@@ -52,7 +53,7 @@ def load_data(config: Config) -> ExperimentData:
 
     Example:
       >>> from resetax.experiment.config import get_config
-      >>> from resetax.experiment.input import load_data
+      >>> from resetax.experiment.data_input import load_data
       >>> config = get_config("quick", dataset="digits", model="mlp", noise_rate=0.4)
       >>> data = load_data(config)  # scikit-learn's 8x8 digits, bundled: no download
       >>> data.num_classes, len(data.train), len(data.val), len(data.test)
@@ -139,7 +140,7 @@ def preprocess(x: jax.Array, dataset: str | None = None) -> jax.Array:
     included).
 
     Example:
-      >>> from resetax.experiment.input import preprocess
+      >>> from resetax.experiment.data_input import preprocess
       >>> images = jnp.full((2, 32, 32, 3), 255, jnp.uint8)  # white CIFAR images
       >>> x = preprocess(images)  # (x / 255 - mean) / std with CIFAR-10's channel statistics
       >>> x.dtype, x.shape, x[0, 0, 0].round(2).tolist()
@@ -165,7 +166,7 @@ def pad_eval_set(inputs: np.ndarray, labels: np.ndarray, multiple: int):
 
     Example:
       >>> import numpy as np
-      >>> from resetax.experiment.input import pad_eval_set
+      >>> from resetax.experiment.data_input import pad_eval_set
       >>> inputs = np.arange(10.0).reshape(5, 2)
       >>> x, y, weight = pad_eval_set(inputs, np.array([3, 1, 4, 1, 5]), multiple=4)
       >>> x.shape, y.tolist(), weight.tolist()
