@@ -48,9 +48,9 @@ def main():
     train_step = jax.jit(steps.make_train_step(config, model, tx, loss_fn, num_train))
     missing = jax.device_put(steps.Evaluation.missing())
     chunk = jax.jit(steps.make_train_chunk(config, model, tx, loss_fn, num_train,
-                                           eval_batch_size=runner.EVAL_BATCH_SIZE),
+                                           eval_batch_size=steps.EVAL_BATCH_SIZE),
                     static_argnums=2)
-    eval_step = jax.jit(steps.make_eval_step(config, model, runner.EVAL_BATCH_SIZE))
+    eval_step = jax.jit(steps.make_eval_step(config, model, steps.EVAL_BATCH_SIZE))
     data_on_device = experiment.device_data
     x, y = data_on_device.train_x[:32], data_on_device.train_y[:32]
 

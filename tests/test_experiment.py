@@ -26,6 +26,7 @@ from runs import (
 )
 
 from resetax.experiment import checkpoint, cli, runner, steps
+from resetax.experiment import placement as placement_lib
 from resetax.experiment.config import PRESETS, Config, get_config
 from resetax.experiment.data_input import ExperimentData, load_data, preprocess
 
@@ -157,7 +158,7 @@ def _assert_close_runs(a, b):
 TWO_PROCESS_SCRIPT = """
 import json, signal, sys
 import jax
-from resetax.experiment import distributed, runner
+from resetax.experiment import distributed, placement, runner
 from resetax.experiment.config import get_config
 
 assert distributed.initialize()
@@ -167,7 +168,7 @@ stop.signum = signal.SIGTERM if jax.process_index() == 1 else None
 assert stop.agreed()
 for field, bad in (("parallel", "pmap"), ("num_devices", 4)):
     try:
-        runner.check_devices(config.replace(**{field: bad}))
+        placement.check_devices(config.replace(**{field: bad}))
         raise AssertionError(f"{field}={bad} accepted in a multi-process run")
     except ValueError as err:
         assert field in str(err), err
@@ -391,10 +392,10 @@ def test_evaluation_counts_every_example_once(eval_sets, num_devices, parallel):
     from resetax import data as data_lib
 
     model, variables, sets = eval_sets
-    placement = runner.Placement(tuple(jax.devices()[:num_devices]), pmap=parallel == "pmap")
-    eval_step = steps.make_eval_step(tiny(eval_test=True), model, runner.EVAL_BATCH_SIZE,
-                                     steps.Replicas(placement.axis_name))
-    compiled = jax.pmap(eval_step, axis_name="data") if placement.pmap else jax.jit(eval_step)
+    placement = placement_lib.placement_for(tiny(num_devices=num_devices, parallel=parallel))
+    eval_step = steps.make_eval_step(tiny(eval_test=True), model, steps.EVAL_BATCH_SIZE,
+                                     placement.replicas)
+    compiled = placement.compile_eval(eval_step)
     state = placement.place_state(steps.TrainState(
         step=0, params=variables["params"], batch_stats=variables["batch_stats"],
         opt_state=(), model_checkpoint=(), best_params=(), best_batch_stats=(), best_value=0.0,
@@ -410,7 +411,7 @@ def test_evaluation_counts_every_example_once(eval_sets, num_devices, parallel):
 
 
 def test_pmap_fetch_returns_the_first_replica_of_each_leaf():
-    placement = runner.Placement(tuple(jax.devices()[:4]), pmap=True)
+    placement = placement_lib.Pmap(tuple(jax.devices()[:4]))
     stacked = {"w": np.arange(12.0, dtype=np.float32).reshape(4, 3),
                "n": np.arange(4, dtype=np.int32) + 7}
     placed = jax.device_put(stacked, NamedSharding(placement.mesh, P("data")))
@@ -426,7 +427,7 @@ def test_pmap_fetch_returns_the_first_replica_of_each_leaf():
 def test_summary_evaluation_counts_every_example_once(eval_sets):
     # The summary's evaluation runs on the unpadded set outside any placement.
     model, variables, sets = eval_sets
-    evaluate = jax.jit(steps.make_evaluate(model, runner.EVAL_BATCH_SIZE))
+    evaluate = jax.jit(steps.make_evaluate(model, steps.EVAL_BATCH_SIZE))
     for x, y, expected_loss, expected_acc in sets:
         n = len(x)
         loss, acc = evaluate(variables["params"], variables["batch_stats"], x, y,

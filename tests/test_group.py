@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from runs import one_line_error, read_lines, summary_without_time, tiny
 
-from resetax.experiment import cli, group, runner, workdir
+from resetax.experiment import cli, group, placement, runner, workdir
 
 
 def test_a_pair_side_by_side_equals_the_pair_one_after_the_other(tmp_path):
@@ -104,7 +104,7 @@ def test_runs_on_several_devices_train_one_at_a_time(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(runner, "train_or_reuse", train_or_reuse)
     parts = [(name, tiny(), tmp_path / name) for name in ("a", "b", "c")]  # all 8 devices
-    assert len(runner.devices(parts[0][1])) == 8
+    assert len(placement.devices(parts[0][1])) == 8
     group.train_group(parts, jobs="auto", progress=False, announce=lambda _: None)
     assert set(threads.values()) == {threading.main_thread()}
     with pytest.raises(ValueError, match=r"jobs must be 1 when each run trains on several "

@@ -178,10 +178,10 @@ def _run_group(run_dir: Path, config: config_lib.Config,
     is reused on ``--resume`` and an interrupted one resumed. ``--jobs`` of them train at once
     (:func:`~resetax.experiment.group.train_group`).
     """
-    from resetax.experiment import distributed, group, runner, workdir
+    from resetax.experiment import distributed, group, placement, runner, workdir
 
     workdir.check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
-    jobs = group.resolve_jobs(args.jobs, len(runner.devices(config)))
+    jobs = group.resolve_jobs(args.jobs, len(placement.devices(config)))
     if not args.resume:
         runner.check_run(config)  # fail before anything is written
     with workdir.RunLock(run_dir):

@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from resetax.experiment import runner
+from resetax.experiment import placement, runner
 from resetax.experiment.config import Config
 
 Part = tuple[str, Config, Path]  # a run's name, config and directory
@@ -85,7 +85,7 @@ def train_group(parts: Sequence[Part], *, jobs: int | str = 1, resume: bool = Fa
       >>> list(summaries), [s["num_steps"] for s in summaries.values()]
       (['baseline', 'resetting'], [20, 20])
     """
-    jobs = resolve_jobs(jobs, max(len(runner.devices(config)) for _, config, _ in parts))
+    jobs = resolve_jobs(jobs, max(len(placement.devices(config)) for _, config, _ in parts))
     setups = runner.Setups(size=jobs)
     results: dict[str, dict[str, Any]] = {}
     errors: list[BaseException] = []

@@ -21,15 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from resetax.experiment import checkpoint, distributed, report, workdir
 from resetax.experiment import steps as steps_lib
 from resetax.experiment.config import Config, validate
-from resetax.experiment.data_input import ExperimentData, load_data, pad_eval_set, preprocess
+from resetax.experiment.data_input import ExperimentData, load_data, preprocess
+from resetax.experiment.placement import Placement, check_devices, placement_for
 
-EVAL_BATCH_SIZE = 1000
 DIAGNOSTICS_SAMPLES = 4096  # training samples the diagnostics look at (the first ones)
 
 
@@ -165,26 +163,27 @@ def setup(config: Config, data: ExperimentData) -> Experiment:
     """
     from resetax import models
 
-    placement = Placement(tuple(devices(config)), pmap=config.parallel == "pmap")
+    placement = placement_for(config)
     model = models.get_model(config.model, data.num_classes, init_scheme=config.init)
     sample = jnp.asarray(data.train.inputs[:1])
     params = jax.eval_shape(lambda x: steps_lib.init_variables(config, model, x), sample)
     tx = steps_lib.make_optimizer(config, params["params"])
     loss_fn, loss_state = steps_lib.make_loss(config, len(data.train), data.num_classes)
-    replicas = steps_lib.Replicas(placement.axis_name)
-    synced = models.get_model(config.model, data.num_classes, axis_name=placement.axis_name,
+    replicas = placement.replicas
+    synced = models.get_model(config.model, data.num_classes, axis_name=replicas.axis_name,
                               init_scheme=config.init)
     train_step = steps_lib.make_train_step(config, synced, tx, loss_fn, len(data.train),
                                            replicas=replicas,
                                            batch_sharding=placement.batch_sharding)
-    eval_step = steps_lib.make_eval_step(config, synced, EVAL_BATCH_SIZE, replicas)
+    eval_step = steps_lib.make_eval_step(config, synced, steps_lib.EVAL_BATCH_SIZE, replicas)
     chunk = steps_lib.fuse_steps(train_step, eval_step, config.eval_every)
     device_data = placement.place_data(data)
     # The summary measures the test set whatever eval_test and test_every say: when the
     # in-loop evaluation tests at every window, one program serves both.
     tests_every_window = config.eval_test and config.test_every in (None, config.eval_every)
     evaluate = placement.compile_eval(eval_step if tests_every_window else steps_lib.make_eval_step(
-        config.replace(eval_test=True, test_every=None), synced, EVAL_BATCH_SIZE, replicas))
+        config.replace(eval_test=True, test_every=None), synced, steps_lib.EVAL_BATCH_SIZE,
+        replicas))
     if dispatch_mode(config) == "scan":
         run_steps = placement.compile_chunk(chunk, device_data)
     else:
@@ -546,144 +545,6 @@ def summarize(experiment: Experiment, state: steps_lib.TrainState, wall_time_s: 
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class Placement:
-    """Where the state and the data live, and how the steps are compiled for them.
-
-    One ``Mesh`` over the devices, with axis ``"data"``. The default (``pmap=False``) jits the
-    steps over it: state replicated, evaluation sets sharded, the batch sharded inside the step.
-    With ``pmap=True`` the same steps run under ``jax.pmap`` on a copy of the state per device
-    (stacked along a leading axis) with cross-replica BatchNorm.
-
-    Example:
-      >>> import numpy as np
-      >>> from resetax.experiment.runner import Placement
-      >>> placement = Placement(tuple(jax.devices()[:2]), pmap=True)
-      >>> state = placement.place_state({"w": np.ones(3)})
-      >>> state["w"].shape, placement.fetch(state)["w"].shape  # a copy per device; one back
-      ((2, 3), (3,))
-    """
-
-    devices: tuple
-    pmap: bool = False
-
-    @property
-    def axis_name(self) -> str | None:
-        return "data" if self.pmap else None
-
-    @property
-    def mesh(self) -> Mesh:
-        return Mesh(np.array(self.devices), ("data",))
-
-    @property
-    def batch_sharding(self) -> NamedSharding | None:
-        return None if self.pmap else NamedSharding(self.mesh, P("data"))
-
-    def place_state(self, host_state: Any) -> Any:
-        """Puts a host pytree on the devices: replicated, or one copy per device under pmap."""
-        if self.pmap:
-            n = len(self.devices)
-            stacked = jax.tree.map(lambda x: np.broadcast_to(x, (n, *np.shape(x))), host_state)
-            return jax.device_put(stacked, NamedSharding(self.mesh, P("data")))
-        return jax.device_put(host_state, NamedSharding(self.mesh, P()))
-
-    def fetch(self, tree: Any) -> Any:
-        """The host copy (numpy) of a placed pytree; under pmap, the first local replica's (the
-        replicas are equal).
-
-        A replica is copied from the device that holds it: indexing the stacked array instead
-        would run a program over all the devices for each leaf, every time.
-        """
-        if not self.pmap:
-            return jax.tree.map(np.asarray, jax.device_get(tree))
-        first = jax.tree.map(
-            lambda x: x.addressable_shards[0].data if isinstance(x, jax.Array) else x[0], tree)
-        return jax.tree.map(lambda x, whole: np.asarray(x).reshape(np.shape(whole)[1:]),
-                            jax.device_get(first), tree)
-
-    def place_data(self, data: ExperimentData) -> steps_lib.DeviceData:
-        """The training split replicated, the evaluation splits padded and split over devices."""
-        n = len(self.devices)
-
-        def pad(split):
-            multiple = n * EVAL_BATCH_SIZE if len(split) > n * EVAL_BATCH_SIZE else n
-            return pad_eval_set(split.inputs, split.labels, multiple)
-
-        train = (data.train.inputs, data.train.labels.astype(np.int32))
-        sharded = NamedSharding(self.mesh, P("data"))
-        if self.pmap:
-            stack = lambda a: np.broadcast_to(a, (n, *a.shape))  # noqa: E731
-            split = lambda a: a.reshape(n, -1, *a.shape[1:])  # noqa: E731
-            return jax.device_put(steps_lib.DeviceData(
-                *map(stack, train), *map(split, pad(data.val)), *map(split, pad(data.test))),
-                sharded)
-        return steps_lib.DeviceData(
-            *jax.device_put(train, NamedSharding(self.mesh, P())),
-            *jax.device_put(pad(data.val), sharded), *jax.device_put(pad(data.test), sharded))
-
-    def compile_chunk(self, chunk: Callable, data: steps_lib.DeviceData) -> Callable:
-        """``run_steps(state, step, num_steps)`` as one call of ``chunk(state, data, num_steps)``
-        (fused steps, :func:`~resetax.experiment.steps.fuse_steps`); the state is donated."""
-        if self.pmap:
-            compiled = jax.pmap(chunk, axis_name=self.axis_name, static_broadcasted_argnums=2,
-                                donate_argnums=0, devices=self.devices)
-        else:
-            compiled = jax.jit(chunk, static_argnums=2, donate_argnums=0,
-                               out_shardings=NamedSharding(self.mesh, P()))
-        return lambda state, step, num_steps: compiled(state, data, num_steps)
-
-    def constant(self, make: Callable[[], Any]) -> Any:
-        """``make()``'s pytree, built on the devices with this placement's layout.
-
-        Built there rather than transferred: a multi-process ``device_put`` checks that every
-        process passes equal values, which NaN never is.
-        """
-        if self.pmap:
-            return self.place_state(jax.tree.map(np.asarray, make()))
-        return jax.jit(make, out_shardings=NamedSharding(self.mesh, P()))()
-
-    def on_devices(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        """``fn`` applied to a placed pytree where it lies, the result placed alike."""
-        if self.pmap:
-            return jax.pmap(fn, axis_name=self.axis_name, devices=self.devices)
-        return jax.jit(fn, out_shardings=NamedSharding(self.mesh, P()))
-
-    def compile_eval(self, eval_step: Callable) -> Callable:
-        """``eval_step(state, data)`` compiled for this placement."""
-        if self.pmap:
-            return jax.pmap(eval_step, axis_name=self.axis_name, devices=self.devices)
-        return jax.jit(eval_step, out_shardings=NamedSharding(self.mesh, P()))
-
-    def compile_steps(self, train_step: Callable, evaluate: Callable, eval_every: int,
-                      data: steps_lib.DeviceData) -> Callable:
-        """``run_steps(state, step, num_steps)`` as one call per step, dispatched from Python.
-
-        ``evaluate`` is the eval step compiled by :meth:`compile_eval`. The calls run
-        asynchronously: the host only waits when the metrics are read, once per ``run_steps``.
-        Returns the metrics of each step stacked, as :meth:`compile_chunk`'s.
-        """
-        if self.pmap:
-            train = jax.pmap(train_step, axis_name=self.axis_name, donate_argnums=0,
-                             devices=self.devices)
-        else:
-            train = jax.jit(train_step, donate_argnums=0,
-                            out_shardings=NamedSharding(self.mesh, P()))
-        missing = self.constant(steps_lib.Evaluation.missing)
-
-        def run_steps(state, step: int, num_steps: int):
-            metrics = []
-            for s in range(step, step + num_steps):
-                evaluation = evaluate(state, data) if s % eval_every == 0 else missing
-                state, step_metrics = train(state, data, evaluation)
-                metrics.append(step_metrics)
-            if self.pmap:  # stacked after the device axis, as pmap's chunk has it
-                return state, jax.tree.map(lambda *m: np.stack(m, 1), *jax.device_get(metrics))
-            return state, stack(metrics)  # one transfer per metric, not per metric and step
-
-        stack = jax.jit(lambda metrics: jax.tree.map(lambda *m: jnp.stack(m), *metrics))
-        return run_steps
-
-
 def make_diagnose(model: Any, data: ExperimentData, dataset: str | None = None) -> Callable:
     """Returns ``diagnose(host_state) -> dict``: latent-gradient-bias diagnostics on the
     training set (its first ``DIAGNOSTICS_SAMPLES`` examples) at the state's params.
@@ -712,9 +573,9 @@ def make_diagnose(model: Any, data: ExperimentData, dataset: str | None = None) 
 
         parts = diagnostics.decompose_gradients(
             apply_fn, optax.softmax_cross_entropy_with_integer_labels, params, x, noisy,
-            noisy != clean, chunk_size=min(n, EVAL_BATCH_SIZE))
+            noisy != clean, chunk_size=min(n, steps_lib.EVAL_BATCH_SIZE))
         logits = jax.lax.map(lambda xb: apply_fn(params, xb[None])[0], x,
-                             batch_size=min(n, EVAL_BATCH_SIZE))
+                             batch_size=min(n, steps_lib.EVAL_BATCH_SIZE))
         return parts.overall, diagnostics.memorization_fractions(logits, noisy, clean)
 
     def diagnose(host_state: steps_lib.TrainState) -> dict[str, float]:
@@ -764,28 +625,6 @@ def check_run(config: Config) -> ExperimentData:
             raise ValueError(f"reset_layers {config.reset_layers!r} matches no parameter of "
                              f"{config.model}; its layers are {paths}.")
     return data
-
-
-def check_devices(config: Config) -> None:
-    """Checks that the devices can run the config: the batch must split evenly over them.
-
-    Example:
-      >>> from resetax.experiment import runner
-      >>> from resetax.experiment.config import get_config
-      >>> runner.check_devices(get_config("quick", num_devices=1))  # fine: returns None
-      >>> runner.check_devices(get_config("quick", batch_size=33, num_devices=2))
-      Traceback (most recent call last):
-      ...
-      ValueError: batch_size (33) must be divisible by the number of devices (2).
-    """
-    if jax.process_count() > 1 and config.parallel == "pmap":
-        raise ValueError("parallel='pmap' runs on one host; multi-process runs need the "
-                         "default parallel='sharded'.")
-    num_devices = len(devices(config))
-    if config.batch_size % num_devices:
-        raise ValueError(
-            f"batch_size ({config.batch_size}) must be divisible by the number of devices "
-            f"({num_devices}).")
 
 
 class CompileTimer:
@@ -921,34 +760,6 @@ def _finish(experiment: Experiment, run_dir: Path, state: steps_lib.TrainState,
         workdir.write_json(run_dir / workdir.SUMMARY_FILE, summary)
         report.plot_run(run_dir)
     return summary
-
-
-def devices(config: Config) -> list:
-    """The devices a run of ``config`` trains on: its ``num_devices`` first local devices (all
-    of them when ``None``), or every device of every process in a multi-process run.
-
-    Example:
-      >>> from resetax.experiment import runner
-      >>> from resetax.experiment.config import get_config
-      >>> len(runner.devices(get_config("quick", num_devices=2)))
-      2
-      >>> len(runner.devices(get_config("quick"))) == len(jax.local_devices())
-      True
-    """
-    if jax.process_count() > 1:  # every device of every process
-        devices = jax.devices()
-        if config.num_devices not in (None, len(devices)):
-            raise ValueError(
-                f"num_devices ({config.num_devices}) must be None in a multi-process run, "
-                f"which uses all {len(devices)} devices of its {jax.process_count()} processes.")
-        return devices
-    devices = jax.local_devices()
-    if config.num_devices is not None:
-        if config.num_devices > len(devices):
-            raise ValueError(
-                f"num_devices ({config.num_devices}) exceeds the {len(devices)} local devices.")
-        devices = devices[: config.num_devices]
-    return devices
 
 
 def _handler_or_default(handler):

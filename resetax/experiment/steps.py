@@ -471,6 +471,7 @@ class Replicas(NamedTuple):
             old.targets.at[all_indices].set(rows.reshape(all_indices.shape[0], -1)))
 
 
+EVAL_BATCH_SIZE = 1000  # examples per evaluation batch, on each device
 GLOBAL_BATCH = Replicas(None)  # the step sees the global batch: jit over a Mesh, or one device
 
 
