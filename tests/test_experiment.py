@@ -158,12 +158,12 @@ def _assert_close_runs(a, b):
 TWO_PROCESS_SCRIPT = """
 import json, signal, sys
 import jax
-from resetax.experiment import distributed, placement, runner
+from resetax.experiment import control, distributed, placement, runner
 from resetax.experiment.config import get_config
 
 assert distributed.initialize()
 config = get_config("quick", **json.loads(sys.argv[2]))
-stop = runner.StopRequest()  # a SIGTERM on one process stops both
+stop = control.StopRequest()  # a SIGTERM on one process stops both
 stop.signum = signal.SIGTERM if jax.process_index() == 1 else None
 assert stop.agreed()
 for field, bad in (("parallel", "pmap"), ("num_devices", 4)):

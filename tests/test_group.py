@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from runs import one_line_error, read_lines, summary_without_time, tiny
 
-from resetax.experiment import cli, group, placement, runner, workdir
+from resetax.experiment import cli, control, group, placement, runner, workdir
 
 
 def test_a_pair_side_by_side_equals_the_pair_one_after_the_other(tmp_path):
@@ -127,11 +127,11 @@ def test_runs_on_several_devices_train_one_at_a_time(tmp_path, monkeypatch, caps
 
 def test_compile_time_counts_the_timing_thread_only():
     other = threading.Thread(target=lambda: jax.jit(lambda x: x * 7.0 - 2.0)(jnp.ones(5)))
-    with runner.CompileTimer() as timer:
+    with control.CompileTimer() as timer:
         other.start()
         other.join()
     assert timer.seconds == 0.0
-    with runner.CompileTimer() as timer:
+    with control.CompileTimer() as timer:
         jax.jit(lambda x: x * 5.0 - 3.0)(jnp.ones(5))
     assert timer.seconds > 0.0
 

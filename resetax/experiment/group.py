@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from resetax.experiment import placement, runner
+from resetax.experiment import control, placement, runner
 from resetax.experiment.config import Config
 
 Part = tuple[str, Config, Path]  # a run's name, config and directory
@@ -90,7 +90,7 @@ def train_group(parts: Sequence[Part], *, jobs: int | str = 1, resume: bool = Fa
     results: dict[str, dict[str, Any]] = {}
     errors: list[BaseException] = []
 
-    with runner.StopRequest() as stop:  # installed here, in the main thread, for every run
+    with control.StopRequest() as stop:  # installed here, in the main thread, for every run
 
         def run_part(index: int, part: Part) -> None:
             name, config, run_dir = part

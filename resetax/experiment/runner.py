@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from resetax.experiment import checkpoint, distributed, report, workdir
+from resetax.experiment import checkpoint, control, distributed, report, workdir
 from resetax.experiment import steps as steps_lib
 from resetax.experiment.config import Config, validate
 from resetax.experiment.data_input import ExperimentData, load_data, preprocess
@@ -292,7 +291,7 @@ class GroupMember:
       position: The line of its progress bar.
     """
 
-    stop: StopRequest
+    stop: control.StopRequest
     setups: Setups
     label: str
     position: int
@@ -329,7 +328,8 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
     SIGTERM or SIGINT) when it stopped early, see :func:`train`. A run whose train loss stays
     non-finite for a whole evaluation window ends there: its summary (of the best model before
     that) holds ``"diverged_at"``, the first step of that stretch. A ``member`` of a group stops
-    on its group's :class:`StopRequest` and shows its progress bar on its own line.
+    on its group's :class:`~resetax.experiment.control.StopRequest` and shows its progress bar
+    on its own line.
     """
     config, placement = experiment.config, experiment.placement
     manager = checkpoint.CheckpointManager(run_dir / "checkpoints")
@@ -337,11 +337,12 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
     step = saved_step = int(host_state.step)
     state = placement.place_state(host_state)
     window, nonfinite_since = Window(), None
-    stop = member.stop if member else StopRequest()
-    with (contextlib.nullcontext() if member else stop), CompileTimer() as compiling, \
+    stop = member.stop if member else control.StopRequest()
+    shown = (control.Progress(member.label, member.position) if member else control.Progress()
+             ) if progress else None
+    with (contextlib.nullcontext() if member else stop), control.CompileTimer() as compiling, \
             workdir.MetricsLog(run_dir, step) as log, \
-            _ProgressBar(config.num_steps, step, progress and distributed.is_primary(),
-                         member) as bar:
+            control.ProgressBar(config.num_steps, step, shown) as bar:
         while step < config.num_steps:
             stopping = stop.agreed()  # the same decision on every process
             if _stops_here(step, config, stopping, stop_after) or _diverged(
@@ -627,100 +628,6 @@ def check_run(config: Config) -> ExperimentData:
     return data
 
 
-class CompileTimer:
-    """Adds up the time JAX spends tracing, lowering and compiling while it is entered.
-
-    Example:
-      >>> from resetax.experiment.runner import CompileTimer
-      >>> with CompileTimer() as timer:
-      ...     _ = jax.jit(lambda x: x * 3.0 + 1.0)(jnp.ones(3))  # a new function: compiled
-      >>> timer.seconds > 0
-      True
-    """
-
-    EVENTS = "/jax/core/compile/"
-
-    def __init__(self):
-        self.seconds = 0.0
-        self._thread = threading.get_ident()  # JAX compiles on the thread that calls
-
-    def _listen(self, event: str, duration: float, **kwargs) -> None:
-        # Only this thread's compilations: a group's runs side by side each time their own.
-        if event.startswith(self.EVENTS) and threading.get_ident() == self._thread:
-            self.seconds += duration
-
-    def __enter__(self) -> CompileTimer:
-        self._thread = threading.get_ident()
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        jax.monitoring.unregister_event_duration_listener(self._listen)
-
-
-class StopRequest:
-    """Turns a SIGTERM (preemption, ``kill``, a scheduler's time limit) or a Ctrl-C (SIGINT) into
-    a clean stop.
-
-    The run goes on to the end of its evaluation window, saves a checkpoint there and returns, so
-    ``--resume`` loses nothing. A second signal ends the process at once (the run then resumes
-    from its last periodic checkpoint). Outside the main thread no handler can be installed and
-    the signals keep their default actions.
-
-    Example:
-      >>> import signal
-      >>> from resetax.experiment.runner import StopRequest
-      >>> with StopRequest() as stop:
-      ...     signal.raise_signal(signal.SIGTERM)  # handled: the run would stop at its window end
-      ...     stop.requested, stop.agreed(), stop.signal_name
-      (True, True, 'SIGTERM')
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.signum: int | None = None
-        self.stopping = False  # asked by the program (a failed run of a group), not a signal
-        self._previous: dict[int, Any] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None or self.stopping
-
-    def request(self) -> None:
-        """Stops the runs watching this request at their window ends, as a signal would."""
-        self.stopping = True
-
-    @property
-    def signal_name(self) -> str | None:
-        return None if self.signum is None else signal.Signals(self.signum).name
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, _handler_or_default(previous))
-        self._previous = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:  # a second signal: its default action, now
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
-        self.signum = signum
-
-    def agreed(self) -> bool:
-        """Whether any process was asked to stop (a collective in a multi-process run)."""
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
-
-        flags = multihost_utils.process_allgather(np.array(self.requested, np.int32))
-        return bool(np.max(flags))
-
-
 def _stops_here(step: int, config: Config, stopping: bool, stop_after: int | None) -> bool:
     """Whether the loop stops before ``step``: only ever at the start of an evaluation window."""
     if step % config.eval_every:
@@ -760,31 +667,3 @@ def _finish(experiment: Experiment, run_dir: Path, state: steps_lib.TrainState,
         workdir.write_json(run_dir / workdir.SUMMARY_FILE, summary)
         report.plot_run(run_dir)
     return summary
-
-
-def _handler_or_default(handler):
-    return signal.SIG_DFL if handler is None else handler
-
-
-class _ProgressBar:
-    """A tqdm bar over steps, with the last window's losses and the resets."""
-
-    def __init__(self, total: int, initial: int, enabled: bool, member: GroupMember | None):
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(total=total, initial=initial, disable=not enabled, unit="step",
-                         dynamic_ncols=True, desc=member.label if member else None,
-                         position=member.position if member else None)
-
-    def __enter__(self) -> _ProgressBar:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._bar.close()
-
-    def show(self, rows: list[dict[str, Any]], lines: list[dict[str, Any]]) -> None:
-        if lines:
-            last = lines[-1]
-            self._bar.set_postfix(loss=f"{last['train_loss']:.3f}", val=f"{last['val_loss']:.3f}",
-                                  resets=last["num_resets"], refresh=False)
-        self._bar.update(len(rows))

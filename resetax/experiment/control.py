@@ -1,0 +1,155 @@
+"""Run control: stop requests (signals), compile timing and the progress display of a run."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from resetax.experiment import distributed
+
+
+class CompileTimer:
+    """Adds up the time JAX spends tracing, lowering and compiling while it is entered.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from resetax.experiment.control import CompileTimer
+      >>> with CompileTimer() as timer:
+      ...     _ = jax.jit(lambda x: x * 3.0 + 1.0)(jnp.ones(3))  # a new function: compiled
+      >>> timer.seconds > 0
+      True
+    """
+
+    EVENTS = "/jax/core/compile/"
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._thread = threading.get_ident()  # JAX compiles on the thread that calls
+
+    def _listen(self, event: str, duration: float, **kwargs) -> None:
+        # Only this thread's compilations: a group's runs side by side each time their own.
+        if event.startswith(self.EVENTS) and threading.get_ident() == self._thread:
+            self.seconds += duration
+
+    def __enter__(self) -> CompileTimer:
+        self._thread = threading.get_ident()
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+class StopRequest:
+    """Turns a SIGTERM (preemption, ``kill``, a scheduler's time limit) or a Ctrl-C (SIGINT) into
+    a clean stop.
+
+    The run goes on to the end of its evaluation window, saves a checkpoint there and returns, so
+    ``--resume`` loses nothing. A second signal ends the process at once (the run then resumes
+    from its last periodic checkpoint). Outside the main thread no handler can be installed and
+    the signals keep their default actions.
+
+    Example:
+      >>> import signal
+      >>> from resetax.experiment.control import StopRequest
+      >>> with StopRequest() as stop:
+      ...     signal.raise_signal(signal.SIGTERM)  # handled: the run would stop at its window end
+      ...     stop.requested, stop.agreed(), stop.signal_name
+      (True, True, 'SIGTERM')
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.stopping = False  # asked by the program (a failed run of a group), not a signal
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None or self.stopping
+
+    def request(self) -> None:
+        """Stops the runs watching this request at their window ends, as a signal would."""
+        self.stopping = True
+
+    @property
+    def signal_name(self) -> str | None:
+        return None if self.signum is None else signal.Signals(self.signum).name
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, _handler_or_default(previous))
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # a second signal: its default action, now
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        self.signum = signum
+
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop (a collective in a multi-process run)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.array(self.requested, np.int32))
+        return bool(np.max(flags))
+
+
+def _handler_or_default(handler):
+    return signal.SIG_DFL if handler is None else handler
+
+
+class Progress(NamedTuple):
+    """How a run shows its progress bar: its name and its line (a group's runs side by side).
+
+    Attributes:
+      label: The run's name, before the bar; None for none.
+      position: The bar's line; None for the next free one.
+    """
+
+    label: str | None = None
+    position: int | None = None
+
+
+class ProgressBar:
+    """A tqdm bar over steps, with the last window's losses and the resets; shown on process 0
+    only, and not at all when ``progress`` is None.
+
+    Example:
+      >>> from resetax.experiment.control import ProgressBar
+      >>> with ProgressBar(total=20, initial=0, progress=None) as bar:  # hidden
+      ...     bar.show(rows=[{"step": 0}, {"step": 1}], lines=[])
+    """
+
+    def __init__(self, total: int, initial: int, progress: Progress | None):
+        from tqdm.auto import tqdm
+
+        shown = progress is not None and distributed.is_primary()
+        progress = progress or Progress()
+        self._bar = tqdm(total=total, initial=initial, disable=not shown, unit="step",
+                         dynamic_ncols=True, desc=progress.label, position=progress.position)
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._bar.close()
+
+    def show(self, rows: list[dict[str, Any]], lines: list[dict[str, Any]]) -> None:
+        if lines:
+            last = lines[-1]
+            self._bar.set_postfix(loss=f"{last['train_loss']:.3f}", val=f"{last['val_loss']:.3f}",
+                                  resets=last["num_resets"], refresh=False)
+        self._bar.update(len(rows))
