@@ -28,7 +28,8 @@ def test_a_pair_side_by_side_equals_the_pair_one_after_the_other(tmp_path):
 def test_an_experiment_for_another_reset_prob_equals_a_fresh_one():
     baseline = tiny(reset_prob=0.0, baseline=False)
     data = runner.load_data(baseline)
-    shared = runner.with_config(runner.setup(baseline, data), baseline.replace(reset_prob=0.1))
+    shared = group.with_reset_prob(runner.setup(baseline, data),
+                                   baseline.replace(reset_prob=0.1))
     fresh = runner.setup(baseline.replace(reset_prob=0.1), data)
     assert shared.config == fresh.config
     assert jax.tree.structure(shared.init_state) == jax.tree.structure(fresh.init_state)
@@ -38,7 +39,7 @@ def test_an_experiment_for_another_reset_prob_equals_a_fresh_one():
         np.testing.assert_array_equal(ours, theirs)
 
 
-def test_setups_build_once_for_runs_asking_at_the_same_time(monkeypatch):
+def test_shared_experiments_build_once_for_runs_asking_at_the_same_time(monkeypatch):
     built, release = [], threading.Event()
     original = runner.setup
 
@@ -48,11 +49,11 @@ def test_setups_build_once_for_runs_asking_at_the_same_time(monkeypatch):
         return original(config, data)
 
     monkeypatch.setattr(runner, "setup", slow_setup)
-    setups, config = runner.Setups(size=2), tiny(baseline=False)
+    shared, config = group.SharedExperiments(size=2), tiny(baseline=False)
     data = runner.load_data(config)
     results = {}
     threads = [threading.Thread(target=lambda p=p: results.__setitem__(
-        p, setups.get(config.replace(reset_prob=p), data))) for p in (0.0, 0.1)]
+        p, shared.get(config.replace(reset_prob=p), data))) for p in (0.0, 0.1)]
     for thread in threads:
         thread.start()
     release.set()
@@ -64,7 +65,7 @@ def test_setups_build_once_for_runs_asking_at_the_same_time(monkeypatch):
 
 
 def test_a_failing_run_stops_the_others_at_their_window_end(tmp_path, monkeypatch):
-    original = runner.train_or_reuse
+    original = group.train_or_reuse
     first = tmp_path / "first"
     first_ended = threading.Event()  # if the first run ends early, the wait below ends too
 
@@ -80,7 +81,7 @@ def test_a_failing_run_stops_the_others_at_their_window_end(tmp_path, monkeypatc
             if run_dir == first:
                 first_ended.set()
 
-    monkeypatch.setattr(runner, "train_or_reuse", train_or_reuse)
+    monkeypatch.setattr(group, "train_or_reuse", train_or_reuse)
     config = tiny(num_steps=100_000, checkpoint_every=100_000, num_devices=1)
     parts = [("first", config, first), ("failing", config, tmp_path / "failing"),
              ("third", config, tmp_path / "third")]
@@ -102,7 +103,7 @@ def test_runs_on_several_devices_train_one_at_a_time(tmp_path, monkeypatch, caps
         threads[run_dir.name] = threading.current_thread()
         return {"num_steps": 0}
 
-    monkeypatch.setattr(runner, "train_or_reuse", train_or_reuse)
+    monkeypatch.setattr(group, "train_or_reuse", train_or_reuse)
     parts = [(name, tiny(), tmp_path / name) for name in ("a", "b", "c")]  # all 8 devices
     assert len(placement.devices(parts[0][1])) == 8
     group.train_group(parts, jobs="auto", progress=False, announce=lambda _: None)

@@ -131,7 +131,7 @@ def _report_compare(summaries: dict[str, dict[str, Any]], config, run_dir: Path)
 def _reproduce(args) -> int:
     """``resetax reproduce TABLE``: every run of a paper table, then the table beside the paper's
     (:mod:`resetax.experiment.reproduce`)."""
-    from resetax.experiment import distributed, reproduce, runner, workdir
+    from resetax.experiment import distributed, group, reproduce, runner, workdir
 
     table = reproduce.TABLES[args.table]
     run_dir = Path(args.run_dir or _default_run_dir(f"reproduce-{args.table}"))
@@ -159,7 +159,7 @@ def _reproduce(args) -> int:
                                       overwrite=args.overwrite)
         summaries = reproduce.run_table(
             table, runs, run_dir, resume=args.resume, announce=_print,
-            train=lambda config, path, resume: runner.train_or_reuse(
+            train=lambda config, path, resume: group.train_or_reuse(
                 config, path, resume=resume, progress=not args.quiet))
         stopped = [s for s in summaries.values() if "stopped_at" in s]
         if stopped:

@@ -2,23 +2,30 @@
 
 A small model's step on a CPU keeps about one core busy, so on a CPU the runs of a group train
 two at a time, each in its own thread of one process: one import of JAX, one compilation for the
-runs that differ in ``reset_prob`` only (:class:`~resetax.experiment.runner.Setups`), and a run's
-numbers identical to those it has alone. On accelerators, or across processes, they train one
-after the other.
+runs that differ in ``reset_prob`` only (:class:`SharedExperiments`), and a run's numbers
+identical to those it has alone. On accelerators, or across processes, they train one after the
+other.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import dataclasses
+import json
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
-from resetax.experiment import control, placement, runner
+from resetax.experiment import control, placement, runner, workdir
 from resetax.experiment.config import Config
+from resetax.experiment.data_input import ExperimentData
+from resetax.experiment.runner import Experiment
 
 Part = tuple[str, Config, Path]  # a run's name, config and directory
 
@@ -65,7 +72,7 @@ def train_group(parts: Sequence[Part], *, jobs: int | str = 1, resume: bool = Fa
                 announce: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Trains the runs ``parts``, ``jobs`` at a time, in their order; returns their summaries.
 
-    Each run is :func:`~resetax.experiment.runner.train_or_reuse`'s (with ``resume``, a finished
+    Each run is :func:`train_or_reuse`'s (with ``resume``, a finished
     run is read back and an interrupted one resumed). A SIGTERM or Ctrl-C stops every run at the
     end of its evaluation window, after a checkpoint, and starts no other: the summaries of the
     runs stopped or never started are ``{"stopped_at": step, "signal": name}``. A run that fails
@@ -86,7 +93,7 @@ def train_group(parts: Sequence[Part], *, jobs: int | str = 1, resume: bool = Fa
       (['baseline', 'resetting'], [20, 20])
     """
     jobs = resolve_jobs(jobs, max(len(placement.devices(config)) for _, config, _ in parts))
-    setups = runner.Setups(size=jobs)
+    shared = SharedExperiments(size=jobs)
     results: dict[str, dict[str, Any]] = {}
     errors: list[BaseException] = []
 
@@ -97,11 +104,11 @@ def train_group(parts: Sequence[Part], *, jobs: int | str = 1, resume: bool = Fa
             if stop.requested:  # stopped before this run started
                 return
             announce(f"== {name} (reset_prob={config.reset_prob}, seed {config.seed})")
-            member = runner.GroupMember(stop, setups, label=name, position=index % jobs)
             try:
-                results[name] = runner.train_or_reuse(
-                    config, run_dir, resume=resume, overwrite=overwrite, progress=progress,
-                    member=member)
+                results[name] = train_or_reuse(
+                    config, run_dir, resume=resume, overwrite=overwrite,
+                    progress=progress and control.Progress(name, index % jobs),
+                    build=shared.get, stop=stop)
             except BaseException as err:  # the others stop at their window ends
                 errors.append(err)
                 stop.request()
@@ -118,3 +125,106 @@ def train_group(parts: Sequence[Part], *, jobs: int | str = 1, resume: bool = Fa
         raise errors[0]
     never_started = {"stopped_at": 0, **({"signal": stop.signal_name} if stop.signum else {})}
     return {name: results.get(name, never_started) for name, _, _ in parts}
+
+
+def train_or_reuse(config: Config, run_dir: str | Path, *, resume: bool,
+                   overwrite: bool = False, **train_options: Any) -> dict[str, Any]:
+    """One run of a group (a pair, ``compare``'s seeds, a paper table):
+    :func:`~resetax.experiment.runner.train`, but with ``resume`` a finished run's summary is read
+    back, an interrupted one (its ``config.json`` written) is resumed and one that never started
+    starts. ``train_options`` go to ``train``.
+
+    Example:
+      >>> import json, tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import group
+      >>> from resetax.experiment.config import get_config
+      >>> run_dir = Path(tempfile.mkdtemp())
+      >>> _ = (run_dir / "summary.json").write_text(json.dumps({"test_acc": 0.5}))
+      >>> group.train_or_reuse(get_config("quick"), run_dir, resume=True)  # finished: reused
+      {'test_acc': 0.5}
+    """
+    run_dir = Path(run_dir)
+    if resume and (run_dir / workdir.SUMMARY_FILE).exists():
+        return json.loads((run_dir / workdir.SUMMARY_FILE).read_text())
+    return runner.train(config, run_dir,
+                        resume=resume and (run_dir / workdir.CONFIG_FILE).exists(),
+                        overwrite=overwrite, **train_options)
+
+
+def with_reset_prob(experiment: Experiment, config: Config) -> Experiment:
+    """``experiment`` for ``config``, which may differ from ``experiment.config`` in
+    ``reset_prob`` only: the compiled steps are the same (the probability is a hyperparameter in
+    the optimizer state), only the initial state's probability changes.
+
+    Example:
+      >>> from resetax.experiment import group, runner
+      >>> from resetax.experiment.config import get_config
+      >>> baseline = get_config("quick", dataset="digits", model="mlp", reset_prob=0.0,
+      ...                       baseline=False)
+      >>> experiment = runner.setup(baseline, runner.load_data(baseline))
+      >>> resetting = group.with_reset_prob(experiment, baseline.replace(reset_prob=0.1))
+      >>> resetting.run_steps is experiment.run_steps  # nothing built or compiled again
+      True
+      >>> float(resetting.init_state.opt_state.hyperparams["reset_prob"])
+      0.1...
+      >>> group.with_reset_prob(experiment, baseline.replace(seed=1))
+      Traceback (most recent call last):
+      ...
+      ValueError: an experiment serves configs that differ in reset_prob only, not in ['seed'].
+    """
+    changed = [f.name for f in dataclasses.fields(Config) if f.name != "reset_prob"
+               and getattr(config, f.name) != getattr(experiment.config, f.name)]
+    if changed:
+        raise ValueError(f"an experiment serves configs that differ in reset_prob only, "
+                         f"not in {changed}.")
+    opt_state = experiment.init_state.opt_state
+    old = opt_state.hyperparams["reset_prob"]
+    hyperparams = {**opt_state.hyperparams,
+                   "reset_prob": np.asarray(config.reset_prob, np.asarray(old).dtype)}
+    init_state = experiment.init_state._replace(
+        opt_state=opt_state._replace(hyperparams=hyperparams))
+    return dataclasses.replace(experiment, config=config, init_state=init_state)
+
+
+class SharedExperiments:
+    """The group's shared-compilation cache: experiments built once for the runs that differ in
+    ``reset_prob`` only (a pair, one seed of ``compare``); safe to share between threads.
+
+    The first run to ask builds the experiment (:func:`~resetax.experiment.runner.setup`); a run
+    asking meanwhile waits for it rather than building and compiling the same steps a second time,
+    then gets it for its own config (:func:`with_reset_prob`). The ``size`` most recently asked
+    experiments are kept.
+
+    Example:
+      >>> from resetax.experiment import group, runner
+      >>> from resetax.experiment.config import get_config
+      >>> config = get_config("quick", dataset="digits", model="mlp", baseline=False)
+      >>> shared, data = group.SharedExperiments(size=2), runner.load_data(config)
+      >>> baseline = shared.get(config.replace(reset_prob=0.0), data)
+      >>> resetting = shared.get(config, data)
+      >>> resetting.run_steps is baseline.run_steps, resetting.config.reset_prob
+      (True, 0.03)
+      >>> shared.get(config.replace(seed=1), data).run_steps is baseline.run_steps
+      False
+    """
+
+    def __init__(self, size: int = 1):
+        self.size = size
+        self._lock = threading.Lock()
+        # config with reset_prob 0 -> [lock, experiment or None while it is built]
+        self._entries: collections.OrderedDict[Config, list] = collections.OrderedDict()
+
+    def get(self, config: Config, data: ExperimentData) -> Experiment:
+        """The experiment for ``config``; ``data`` is its loaded data."""
+        key = dataclasses.replace(config, reset_prob=0.0)  # not validated: only a key
+        with self._lock:
+            entry = self._entries.pop(key, None) or [threading.Lock(), None]
+            self._entries[key] = entry  # the most recent last
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        lock = entry[0]
+        with lock:  # one build; a second asker waits for it
+            if entry[1] is None:
+                entry[1] = runner.setup(config, data)
+        return with_reset_prob(entry[1], config)

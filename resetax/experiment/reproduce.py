@@ -308,7 +308,7 @@ def run_table(table: Table, runs: Sequence[Run], run_dir: Path, *, resume: bool,
 
     ``train(config, run_dir, resume)`` trains one run, or with ``resume`` reuses a finished one
     and resumes an interrupted one (the CLI passes
-    :func:`~resetax.experiment.runner.train_or_reuse`); a reused run is not announced. It stops
+    :func:`~resetax.experiment.group.train_or_reuse`); a reused run is not announced. It stops
     at the first run that returns ``{"stopped_at": ...}`` (a signal), returning the summaries so
     far and that one.
     """

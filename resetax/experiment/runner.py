@@ -5,12 +5,9 @@ checks.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
-import json
 import math
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +28,9 @@ DIAGNOSTICS_SAMPLES = 4096  # training samples the diagnostics look at (the firs
 
 
 def train(config: Config, run_dir: str | Path, *, resume: bool = False,
-          overwrite: bool = False, progress: bool = True, stop_after: int | None = None,
-          member: GroupMember | None = None) -> dict[str, Any]:
+          overwrite: bool = False, progress: bool | control.Progress = True,
+          stop_after: int | None = None, build: Builder | None = None,
+          stop: control.StopRequest | None = None) -> dict[str, Any]:
     """Trains one run and writes its directory; returns the summary.
 
     ``config.baseline`` is ignored (recorded as False): this is one run, and ``resetax train
@@ -43,8 +41,11 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
     uninterrupted one. ``stop_after`` stops at the first evaluation window that starts at or
     after that step, after a checkpoint there, as an interruption would. A SIGTERM or Ctrl-C
     stops the run at the end of the current evaluation window, after a checkpoint; the result is
-    then ``{"stopped_at": step, "signal": "SIGTERM"}``. ``member`` is given when the run is one of
-    a group's runs trained side by side (:func:`resetax.experiment.group.train_group`).
+    then ``{"stopped_at": step, "signal": "SIGTERM"}``.
+
+    The runs of a group trained side by side (:func:`resetax.experiment.group.train_group`) pass
+    how to ``build`` the experiment (:func:`setup` by default), the ``stop`` request they share
+    (one of the run's own by default) and where their ``progress`` bar goes.
 
     Example:
       >>> import tempfile
@@ -77,33 +78,9 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
         workdir.check_run_dir(run_dir, resume=resume, overwrite=overwrite)
         if not resume:
             workdir.prepare_run_dir(run_dir, config, overwrite=overwrite)
-        experiment = member.setups.get(config, data) if member else setup(config, data)
+        experiment = (build or setup)(config, data)
         return train_loop(experiment, run_dir, resume=resume, progress=progress,
-                          stop_after=stop_after, member=member)
-
-
-def train_or_reuse(config: Config, run_dir: str | Path, *, resume: bool,
-                   overwrite: bool = False, progress: bool = True,
-                   member: GroupMember | None = None) -> dict[str, Any]:
-    """One run of a group (a pair, ``compare``'s seeds, a paper table): :func:`train`, but with
-    ``resume`` a finished run's summary is read back, an interrupted one (its ``config.json``
-    written) is resumed and one that never started starts.
-
-    Example:
-      >>> import json, tempfile
-      >>> from pathlib import Path
-      >>> from resetax.experiment import runner
-      >>> from resetax.experiment.config import get_config
-      >>> run_dir = Path(tempfile.mkdtemp())
-      >>> _ = (run_dir / "summary.json").write_text(json.dumps({"test_acc": 0.5}))
-      >>> runner.train_or_reuse(get_config("quick"), run_dir, resume=True)  # finished: reused
-      {'test_acc': 0.5}
-    """
-    run_dir = Path(run_dir)
-    if resume and (run_dir / workdir.SUMMARY_FILE).exists():
-        return json.loads((run_dir / workdir.SUMMARY_FILE).read_text())
-    return train(config, run_dir, resume=resume and (run_dir / workdir.CONFIG_FILE).exists(),
-                 overwrite=overwrite, progress=progress, member=member)
+                          stop_after=stop_after, stop=stop)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +119,9 @@ class Experiment:
     run_steps: Callable
     evaluate: Callable
     diagnose: Callable | None
+
+
+Builder = Callable[[Config, ExperimentData], Experiment]  # setup, or a group's shared cache
 
 
 def setup(config: Config, data: ExperimentData) -> Experiment:
@@ -202,101 +182,6 @@ def setup(config: Config, data: ExperimentData) -> Experiment:
     )
 
 
-def with_config(experiment: Experiment, config: Config) -> Experiment:
-    """``experiment`` for ``config``, which may differ from ``experiment.config`` in
-    ``reset_prob`` only: the compiled steps are the same (the probability is a hyperparameter in
-    the optimizer state), only the initial state's probability changes.
-
-    Example:
-      >>> from resetax.experiment import runner
-      >>> from resetax.experiment.config import get_config
-      >>> baseline = get_config("quick", dataset="digits", model="mlp", reset_prob=0.0,
-      ...                       baseline=False)
-      >>> experiment = runner.setup(baseline, runner.load_data(baseline))
-      >>> resetting = runner.with_config(experiment, baseline.replace(reset_prob=0.1))
-      >>> resetting.run_steps is experiment.run_steps  # nothing built or compiled again
-      True
-      >>> float(resetting.init_state.opt_state.hyperparams["reset_prob"])
-      0.1...
-      >>> runner.with_config(experiment, baseline.replace(seed=1))
-      Traceback (most recent call last):
-      ...
-      ValueError: an experiment serves configs that differ in reset_prob only, not in ['seed'].
-    """
-    changed = [f.name for f in dataclasses.fields(Config) if f.name != "reset_prob"
-               and getattr(config, f.name) != getattr(experiment.config, f.name)]
-    if changed:
-        raise ValueError(f"an experiment serves configs that differ in reset_prob only, "
-                         f"not in {changed}.")
-    opt_state = experiment.init_state.opt_state
-    old = opt_state.hyperparams["reset_prob"]
-    hyperparams = {**opt_state.hyperparams,
-                   "reset_prob": np.asarray(config.reset_prob, np.asarray(old).dtype)}
-    init_state = experiment.init_state._replace(
-        opt_state=opt_state._replace(hyperparams=hyperparams))
-    return dataclasses.replace(experiment, config=config, init_state=init_state)
-
-
-class Setups:
-    """Experiments built once for the runs of a group that differ in ``reset_prob`` only (a pair,
-    one seed of ``compare``); safe to share between threads.
-
-    The first run to ask builds the experiment (:func:`setup`); a run asking meanwhile waits for
-    it rather than building and compiling the same steps a second time, then gets it for its own
-    config (:func:`with_config`). The ``size`` most recently asked experiments are kept.
-
-    Example:
-      >>> from resetax.experiment import runner
-      >>> from resetax.experiment.config import get_config
-      >>> config = get_config("quick", dataset="digits", model="mlp", baseline=False)
-      >>> setups, data = runner.Setups(size=2), runner.load_data(config)
-      >>> baseline = setups.get(config.replace(reset_prob=0.0), data)
-      >>> resetting = setups.get(config, data)
-      >>> resetting.run_steps is baseline.run_steps, resetting.config.reset_prob
-      (True, 0.03)
-      >>> setups.get(config.replace(seed=1), data).run_steps is baseline.run_steps
-      False
-    """
-
-    def __init__(self, size: int = 1):
-        self.size = size
-        self._lock = threading.Lock()
-        # config with reset_prob 0 -> [lock, experiment or None while it is built]
-        self._entries: collections.OrderedDict[Config, list] = collections.OrderedDict()
-
-    def get(self, config: Config, data: ExperimentData) -> Experiment:
-        """The experiment for ``config``; ``data`` is :func:`check_run`'s for it."""
-        key = dataclasses.replace(config, reset_prob=0.0)  # not validated: only a key
-        with self._lock:
-            entry = self._entries.pop(key, None) or [threading.Lock(), None]
-            self._entries[key] = entry  # the most recent last
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-        lock = entry[0]
-        with lock:  # one build; a second asker waits for it
-            if entry[1] is None:
-                entry[1] = setup(config, data)
-        return with_config(entry[1], config)
-
-
-@dataclasses.dataclass(frozen=True)
-class GroupMember:
-    """How a run takes part in a group trained side by side
-    (:func:`resetax.experiment.group.train_group`).
-
-    Attributes:
-      stop: The group's stop request, its signal handlers installed by the main thread.
-      setups: The group's shared experiments (:class:`Setups`).
-      label: The run's name on its progress bar.
-      position: The line of its progress bar.
-    """
-
-    stop: control.StopRequest
-    setups: Setups
-    label: str
-    position: int
-
-
 def dispatch_mode(config: Config) -> str:
     """``config.dispatch``, with ``auto`` resolved for the default backend.
 
@@ -318,8 +203,8 @@ def dispatch_mode(config: Config) -> str:
 
 
 def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
-               progress: bool = True, stop_after: int | None = None,
-               member: GroupMember | None = None) -> dict[str, Any]:
+               progress: bool | control.Progress = True, stop_after: int | None = None,
+               stop: control.StopRequest | None = None) -> dict[str, Any]:
     """Trains from the initial state, or from the last intact checkpoint with ``resume``.
 
     Writes ``metrics.jsonl`` as evaluation windows complete, a checkpoint every
@@ -327,9 +212,9 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
     ``curves.png``. Returns the summary; ``{"stopped_at": step}`` (with ``"signal"`` after a
     SIGTERM or SIGINT) when it stopped early, see :func:`train`. A run whose train loss stays
     non-finite for a whole evaluation window ends there: its summary (of the best model before
-    that) holds ``"diverged_at"``, the first step of that stretch. A ``member`` of a group stops
-    on its group's :class:`~resetax.experiment.control.StopRequest` and shows its progress bar
-    on its own line.
+    that) holds ``"diverged_at"``, the first step of that stretch. It stops on ``stop``
+    (:class:`~resetax.experiment.control.StopRequest`), a request of its own by default, and
+    shows a ``progress`` bar (``True``, or where: :class:`~resetax.experiment.control.Progress`).
     """
     config, placement = experiment.config, experiment.placement
     manager = checkpoint.CheckpointManager(run_dir / "checkpoints")
@@ -337,10 +222,11 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
     step = saved_step = int(host_state.step)
     state = placement.place_state(host_state)
     window, nonfinite_since = Window(), None
-    stop = member.stop if member else control.StopRequest()
-    shown = (control.Progress(member.label, member.position) if member else control.Progress()
+    own_stop = stop is None  # handled here; a shared one is entered by its owner
+    stop = control.StopRequest() if own_stop else stop
+    shown = (progress if isinstance(progress, control.Progress) else control.Progress()
              ) if progress else None
-    with (contextlib.nullcontext() if member else stop), control.CompileTimer() as compiling, \
+    with (stop if own_stop else contextlib.nullcontext()), control.CompileTimer() as compiling, \
             workdir.MetricsLog(run_dir, step) as log, \
             control.ProgressBar(config.num_steps, step, shown) as bar:
         while step < config.num_steps:
