@@ -96,9 +96,10 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        workdir.prepare_run_dir(Path(tmp) / "run", config, overwrite=False)
-        summary = runner.train_loop(runner.setup(config, data), Path(tmp) / "run",
-                                    progress=False)
+        run_dir = Path(tmp) / "run"
+        with workdir.run_directory(run_dir, resume=False, overwrite=False,
+                                   write=lambda path: workdir.write_config(path, config)):
+            summary = runner.train_loop(runner.setup(config, data), run_dir, progress=False)
         total = time.perf_counter() - start
     print(f"train_loop, {config.num_steps} steps end to end: {total:.1f} s "
           f"(summary wall_time_s {summary['wall_time_s']:.1f}, {summary['num_resets']} resets)")

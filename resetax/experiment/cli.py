@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
       >>> print(err.getvalue().strip())
       resetax: error: noise_rate must be in [0.0, 1.0], got 1.5.
     """
-    from resetax.experiment.workdir import RunError
+    from resetax.experiment.workdir import RunError, check_resume_or_overwrite
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args, unknown = parser(_preset_in(argv)).parse_known_args(argv)
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # the command's own usage, not the top-level one
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
+        check_resume_or_overwrite(args.resume, args.overwrite)
         return args.command(args)
     except RunError as err:
         print(f"resetax: error: {err}", file=sys.stderr)
@@ -137,8 +138,6 @@ def _reproduce(args) -> int:
     run_dir = Path(args.run_dir or _default_run_dir(f"reproduce-{args.table}"))
     overrides, seeds = _overrides(args), args.seeds
     cells = None if args.cells is None else [c for c in args.cells.split(",") if c]
-    if args.resume and args.overwrite:
-        raise ValueError("resume and overwrite exclude each other; pass at most one.")
     if args.resume:
         overrides, seeds, cells = reproduce.resume_plan(run_dir, table, overrides, seeds, cells)
     seeds = reproduce.DEFAULT_SEEDS if seeds is None else seeds
@@ -147,16 +146,19 @@ def _reproduce(args) -> int:
         _print(reproduce.dry_run(table, runs))
         return 0
     _start_processes(args)
-    # An existing table is continued (--resume) or replaced (--overwrite), never mixed into.
-    workdir.check_run_dir(run_dir, resume=False, overwrite=args.overwrite or args.resume)
-    if not args.resume:  # fail before anything is written: devices and every dataset
-        datasets = {(run.config.dataset, run.config.label_variant): run.config for run in runs}
-        for config in datasets.values():
-            runner.check_run(config)
-    with workdir.RunLock(run_dir):
+
+    def preflight() -> None:  # devices and every dataset
         if not args.resume:
-            reproduce.prepare_run_dir(run_dir, table, overrides, seeds, cells,
-                                      overwrite=args.overwrite)
+            datasets = {(run.config.dataset, run.config.label_variant): run.config
+                        for run in runs}
+            for config in datasets.values():
+                runner.check_run(config)
+
+    # An existing table is continued (--resume) or replaced (--overwrite), never mixed into.
+    with workdir.run_directory(
+            run_dir, resume=args.resume, overwrite=args.overwrite, preflight=preflight,
+            marker=workdir.PLAN_FILE,
+            write=lambda path: reproduce.write_plan(path, table, overrides, seeds, cells)):
         summaries = reproduce.run_table(
             table, runs, run_dir, resume=args.resume, announce=_print,
             train=lambda config, path, resume: group.train_or_reuse(
@@ -178,19 +180,21 @@ def _run_group(run_dir: Path, config: config_lib.Config,
     is reused on ``--resume`` and an interrupted one resumed. ``--jobs`` of them train at once
     (:func:`~resetax.experiment.group.train_group`).
     """
-    from resetax.experiment import distributed, group, placement, runner, workdir
+    from resetax.experiment import group, placement, runner, workdir
 
-    workdir.check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
-    jobs = group.resolve_jobs(args.jobs, len(placement.devices(config)))
-    if not args.resume:
-        runner.check_run(config)  # fail before anything is written
-    with workdir.RunLock(run_dir):
-        workdir.check_run_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
+    def preflight() -> int:
+        jobs = group.resolve_jobs(args.jobs, len(placement.devices(config)))
         if not args.resume:
-            workdir.prepare_run_dir(run_dir, config, overwrite=args.overwrite)
-            if distributed.is_primary():
-                workdir.write_json(run_dir / workdir.PLAN_FILE, {
-                    "command": args.command.__name__[1:], "seeds": getattr(args, "seeds", None)})
+            runner.check_run(config)
+        return jobs
+
+    def write(path: Path) -> None:
+        workdir.write_config(path, config)
+        workdir.write_json(path / workdir.PLAN_FILE, {
+            "command": args.command.__name__[1:], "seeds": getattr(args, "seeds", None)})
+
+    with workdir.run_directory(run_dir, resume=args.resume, overwrite=args.overwrite,
+                               preflight=preflight, write=write) as jobs:
         summaries = group.train_group(
             [(name, part, run_dir / name) for name, part in parts], jobs=jobs,
             resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
@@ -462,7 +466,6 @@ def _resumed_config(args, run_dir: Path) -> config_lib.Config:
     """The config saved in ``run_dir``; flags given with ``--resume`` must not change it."""
     from resetax.experiment import workdir
 
-    workdir.check_run_dir(run_dir, resume=True, overwrite=args.overwrite)
     saved = workdir.load_config(run_dir)
     given = _overrides(args)
     if args.preset is not None:  # every field of that preset counts as given

@@ -534,25 +534,6 @@ def resume_plan(run_dir: Path, table: Table, overrides: Mapping[str, Any],
     return plan["overrides"], plan["seeds"], plan["cells"]
 
 
-def prepare_run_dir(run_dir: Path, table: Table, overrides: Mapping[str, Any], seeds: int,
-                    cells: Sequence[str] | None, *, overwrite: bool) -> None:
-    """Creates the table's directory (emptied with ``overwrite``) and its ``plan.json``, once
-    every process has checked it."""
-    import shutil
-
-    from resetax.experiment import distributed, workdir
-
-    distributed.barrier("resetax: table directory checked")
-    if distributed.is_primary():
-        workdir.make_run_dir(run_dir)
-        if overwrite:  # everything but the lock, which this command holds
-            for entry in run_dir.iterdir():
-                if entry.name != workdir.LOCK_FILE:
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        write_plan(run_dir, table, overrides, seeds, cells)
-    distributed.barrier("resetax: table directory prepared")
-
-
 def write_plan(run_dir: Path, table: Table, overrides: Mapping[str, Any], seeds: int,
                cells: Sequence[str] | None) -> None:
     """Writes ``plan.json``: what :func:`resume_plan` reads back."""

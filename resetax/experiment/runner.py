@@ -65,22 +65,26 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
       ['best', 'checkpoints', 'config.json', 'curves.png', 'metrics.jsonl', 'summary.json']
     """
     config = validate(config).replace(baseline=False)  # one run; the CLI pairs two of them
-    run_dir = workdir.check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    if resume:
-        saved = workdir.load_config(run_dir)
-        if saved != config:
-            changed = [f.name for f in dataclasses.fields(Config)
-                       if getattr(saved, f.name) != getattr(config, f.name)]
-            raise ValueError(f"cannot resume {str(run_dir)!r} with a different config: {changed}.")
-    data = check_run(config)
-    with workdir.RunLock(run_dir):
-        # Checked again under the lock: another run may have written here since.
-        workdir.check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-        if not resume:
-            workdir.prepare_run_dir(run_dir, config, overwrite=overwrite)
+    run_dir = Path(run_dir)
+
+    def preflight() -> ExperimentData:
+        if resume:
+            _check_resumed_config(run_dir, config)
+        return check_run(config)
+
+    with workdir.run_directory(run_dir, resume=resume, overwrite=overwrite, preflight=preflight,
+                               write=lambda path: workdir.write_config(path, config)) as data:
         experiment = (build or setup)(config, data)
         return train_loop(experiment, run_dir, resume=resume, progress=progress,
                           stop_after=stop_after, stop=stop)
+
+
+def _check_resumed_config(run_dir: Path, config: Config) -> None:
+    saved = workdir.load_config(run_dir)
+    if saved != config:
+        changed = [f.name for f in dataclasses.fields(Config)
+                   if getattr(saved, f.name) != getattr(config, f.name)]
+        raise ValueError(f"cannot resume {str(run_dir)!r} with a different config: {changed}.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -9,8 +10,9 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from resetax.experiment import distributed
 from resetax.experiment.config import Config, validate
@@ -20,12 +22,60 @@ LOCK_FILE = ".lock"
 PLAN_FILE = "plan.json"  # a group of runs (a pair, compare's seeds, a paper table): its plan
 
 
+T = TypeVar("T")
+
+
 class RunError(RuntimeError):
     """A run could not go on (unwritable or corrupted checkpoints, divergence); one-line message."""
 
 
-def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
-    """Refuses to touch an existing run unless asked to resume or overwrite it.
+@contextlib.contextmanager
+def run_directory(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
+                  write: Callable[[Path], None], preflight: Callable[[], T] | None = None,
+                  marker: str = CONFIG_FILE) -> Iterator[T | None]:
+    """The run-directory protocol of every command (a run, a pair, ``compare``, ``reproduce``),
+    held for the whole run; yields what ``preflight()`` returns.
+
+    1. Check (:func:`check_run_dir`): an existing run is touched only to resume it (it must hold
+       ``marker``) or to overwrite it.
+    2. ``preflight()``: every other check that can run before anything is written (devices,
+       datasets).
+    3. Lock (:class:`RunLock`), until the run ends.
+    4. Check again, under the lock: another run may have written there since.
+    5. Prepare, unless resuming: the directory is created, emptied with ``overwrite`` (all but
+       the lock), and ``write(run_dir)`` writes what a resume reads back (``config.json``, a
+       group's ``plan.json``); in a multi-process run process 0 does it while the others wait.
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import workdir
+      >>> from resetax.experiment.config import get_config
+      >>> run_dir = Path(tempfile.mkdtemp()) / "run"
+      >>> write = lambda path: workdir.write_config(path, get_config("quick"))
+      >>> with workdir.run_directory(run_dir, resume=False, overwrite=False, write=write,
+      ...                            preflight=lambda: "checked") as checked:
+      ...     checked, sorted(p.name for p in run_dir.iterdir())
+      ('checked', ['.lock', 'config.json'])
+      >>> with workdir.run_directory(run_dir, resume=False, overwrite=False, write=write):
+      ...     pass
+      Traceback (most recent call last):
+      ...
+      FileExistsError: run directory '...run' already exists; pass --resume to continue it or ...
+    """
+    run_dir = check_run_dir(run_dir, resume=resume, overwrite=overwrite, marker=marker)
+    checked = preflight() if preflight is not None else None
+    with RunLock(run_dir):
+        check_run_dir(run_dir, resume=resume, overwrite=overwrite, marker=marker)
+        if not resume:
+            _prepare(run_dir, write, overwrite=overwrite)
+        yield checked
+
+
+def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
+                  marker: str = CONFIG_FILE) -> Path:
+    """Refuses to touch an existing run unless asked to resume or overwrite it; a run to resume
+    must hold ``marker`` (its ``config.json``, a table's ``plan.json``).
 
     Returns:
       ``run_dir`` as a ``Path``. Nothing is created.
@@ -49,8 +99,7 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
       NotADirectoryError: run directory '...metrics.jsonl' is a file, not a directory.
     """
     run_dir = Path(run_dir)
-    if resume and overwrite:
-        raise ValueError("resume and overwrite exclude each other; pass at most one.")
+    check_resume_or_overwrite(resume, overwrite)
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"run directory {str(run_dir)!r} is a file, not a directory.")
     if _has_content(run_dir) and not (resume or overwrite):
@@ -58,9 +107,28 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool) 
             f"run directory {str(run_dir)!r} already exists; pass --resume to continue it or "
             f"--overwrite to replace it."
         )
-    if resume and not (run_dir / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"nothing to resume: {str(run_dir)!r} holds no {CONFIG_FILE}.")
+    if resume:
+        _check_resumable(run_dir, marker)
     return run_dir
+
+
+def check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
+    """Refuses ``resume`` and ``overwrite`` together.
+
+    Example:
+      >>> from resetax.experiment.workdir import check_resume_or_overwrite
+      >>> check_resume_or_overwrite(True, True)
+      Traceback (most recent call last):
+      ...
+      ValueError: resume and overwrite exclude each other; pass at most one.
+    """
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other; pass at most one.")
+
+
+def _check_resumable(run_dir: Path, marker: str) -> None:
+    if not (run_dir / marker).exists():
+        raise FileNotFoundError(f"nothing to resume: {str(run_dir)!r} holds no {marker}.")
 
 
 class RunLock:
@@ -164,6 +232,7 @@ def load_config(run_dir: str | os.PathLike) -> Config:
       >>> workdir.load_config(run_dir) == get_config("quick", noise_rate=0.6)
       True
     """
+    _check_resumable(Path(run_dir), CONFIG_FILE)
     fields = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
     return validate(Config(**fields))
 
@@ -185,21 +254,12 @@ def write_config(run_dir: str | os.PathLike, config: Config) -> None:
     write_json(Path(run_dir) / CONFIG_FILE, dataclasses.asdict(config))
 
 
-def prepare_run_dir(run_dir: Path, config: Config, *, overwrite: bool) -> None:
-    """Creates the run directory and its ``config.json``, once every process has checked it.
+def _prepare(run_dir: Path, write: Callable[[Path], None], *, overwrite: bool) -> None:
+    """Creates the run directory (emptied with ``overwrite``) and ``write``s its files, once every
+    process has checked it.
 
     In a multi-process run, process 0 writes (the run directory must be on a filesystem all
     hosts share) and the others wait for it.
-
-    Example:
-      >>> import tempfile
-      >>> from pathlib import Path
-      >>> from resetax.experiment import workdir
-      >>> from resetax.experiment.config import get_config
-      >>> run_dir = Path(tempfile.mkdtemp()) / "run"
-      >>> workdir.prepare_run_dir(run_dir, get_config("quick"), overwrite=False)
-      >>> sorted(p.name for p in run_dir.iterdir())
-      ['config.json']
     """
     distributed.barrier("resetax: run directory checked")
     if distributed.is_primary():
@@ -208,7 +268,7 @@ def prepare_run_dir(run_dir: Path, config: Config, *, overwrite: bool) -> None:
             for entry in run_dir.iterdir():
                 if entry.name != LOCK_FILE:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        write_config(run_dir, config)
+        write(run_dir)
     distributed.barrier("resetax: run directory prepared")
 
 
