@@ -1,6 +1,6 @@
 """Time of a setting-2 run: the trainer's own loop on synthetic CIFAR-shaped data, projected.
 
-Builds the run with the trainer's public pieces (``runner.setup``, ``runner.train_loop``) on a
+Builds the run with the trainer's public pieces (``build.setup``, ``runner.train_loop``) on a
 synthetic CIFAR-10-shaped source (random uint8 images and labels, 45,000 train / 5,000 validation
 / 10,000 test, never used for accuracy), so that no dataset is needed. Prints:
 
@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from resetax import data as data_lib
-from resetax.experiment import checkpoint, runner, workdir
+from resetax.experiment import build, checkpoint, runner, workdir
 from resetax.experiment.config import get_config
 from resetax.experiment.data_input import ExperimentData
 
@@ -66,9 +66,10 @@ def main():
     devices = jax.devices()
     print(f"devices: {len(devices)}x {devices[0].device_kind}, jax {jax.__version__}, "
           f"{config.model}, batch {config.batch_size}, dispatch "
-          f"{runner.dispatch_mode(config)}, eval every {config.eval_every}")
+          f"{build.dispatch_mode(config)}, eval every {config.eval_every}")
 
-    experiment = runner.setup(config, data)
+    inputs = build.inputs_for(config, data)
+    experiment = build.setup(config, inputs)
     state = experiment.placement.place_state(experiment.init_state)
     window = config.eval_every
     start = time.perf_counter()
@@ -99,7 +100,8 @@ def main():
         run_dir = Path(tmp) / "run"
         with workdir.run_directory(run_dir, resume=False, overwrite=False,
                                    write=lambda path: workdir.write_config(path, config)):
-            summary = runner.train_loop(runner.setup(config, data), run_dir, progress=False)
+            summary = runner.train_loop(build.setup(config, inputs), run_dir,
+                                        progress=False)
         total = time.perf_counter() - start
     print(f"train_loop, {config.num_steps} steps end to end: {total:.1f} s "
           f"(summary wall_time_s {summary['wall_time_s']:.1f}, {summary['num_resets']} resets)")

@@ -21,7 +21,7 @@ import optax
 import resetax
 from resetax.data import batch_indices_at_step
 from resetax.diagnostics import distance_to_checkpoint
-from resetax.experiment import runner, steps
+from resetax.experiment import build, steps
 from resetax.experiment.config import get_config
 
 
@@ -39,19 +39,18 @@ def main():
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args()
     config = get_config("quick", num_devices=1, dispatch="step")
-    data = runner.load_data(config)
-    experiment = runner.setup(config, data)
+    inputs = build.load_inputs(config)
+    data = inputs.data
+    experiment = build.setup(config, inputs)
     # Step 1: not the first step of an epoch, where the epoch's permutation is drawn.
     state = jax.device_put(experiment.init_state._replace(step=jnp.int32(1)))
-    loss_fn, _ = steps.make_loss(config, len(data.train), data.num_classes)
-    model, tx, num_train = experiment.model, experiment.tx, len(data.train)
-    train_step = jax.jit(steps.make_train_step(config, model, tx, loss_fn, num_train))
+    model, tx, num_train = inputs.model, inputs.tx, len(data.train)
+    run_steps = steps.make_steps(config, model, tx, inputs.loss_fn, num_train)
+    train_step = jax.jit(run_steps.train)
     missing = jax.device_put(steps.Evaluation.missing())
-    chunk = jax.jit(steps.make_train_chunk(config, model, tx, loss_fn, num_train,
-                                           eval_batch_size=steps.EVAL_BATCH_SIZE),
-                    static_argnums=2)
-    eval_step = jax.jit(steps.make_eval_step(config, model, steps.EVAL_BATCH_SIZE))
-    data_on_device = experiment.device_data
+    chunk = jax.jit(run_steps.chunk, static_argnums=2)
+    eval_step = jax.jit(run_steps.evaluate)
+    data_on_device = experiment.placement.place_data(data)
     x, y = data_on_device.train_x[:32], data_on_device.train_y[:32]
 
     def loss(params, batch_stats):

@@ -50,10 +50,10 @@ def measure(model_name, args, mesh, data):
         step=jnp.ones([], jnp.int32))
     state = jax.device_put(state, replicated)
     loss_fn, _ = steps.make_loss(config, args.num_train, 10)
-    chunk = steps.make_train_chunk(config, model, tx, loss_fn, args.num_train,
-                                   batch_sharding=NamedSharding(mesh, P("data")),
-                                   eval_batch_size=args.eval_batch_size,
-                                   unroll=jax.default_backend() == "cpu")
+    chunk = steps.make_steps(config, model, tx, loss_fn, args.num_train,
+                             batch_sharding=NamedSharding(mesh, P("data")),
+                             eval_batch_size=args.eval_batch_size,
+                             unroll=jax.default_backend() == "cpu").chunk
     run = jax.jit(chunk, static_argnums=2, donate_argnums=0, out_shardings=replicated)
     state, _ = run(state, data, args.steps)  # compile and warm up
     jax.block_until_ready(state)

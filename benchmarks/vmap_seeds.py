@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from resetax.experiment import runner, steps
+from resetax.experiment import build, steps
 from resetax.experiment.config import get_config
 
 CHECK_STEPS = 20
@@ -25,8 +25,11 @@ CHECK_STEPS = 20
 
 def experiment(seed: int):
     config = get_config("quick", seed=seed, num_devices=1)
-    exp = runner.setup(config, runner.load_data(config))
-    return exp, jax.device_get(exp.device_data)
+    inputs = build.load_inputs(config)
+    exp = build.setup(config, inputs)
+    chunk = steps.make_steps(config, inputs.model, inputs.tx, inputs.loss_fn,
+                             len(inputs.data.train)).chunk
+    return exp, chunk, jax.device_get(exp.placement.place_data(inputs.data))
 
 
 def main():
@@ -36,15 +39,15 @@ def main():
     args = parser.parse_args()
     exps = [experiment(seed) for seed in range(args.seeds)]
     # The train split has the same size for every seed, so one chunk function serves all.
-    chunk = exps[0][0].train_chunk
+    chunk = exps[0][1]
     run = functools.partial(chunk, num_steps=args.steps)
     one = jax.jit(run)
     # The step counter is shared, not batched: evaluation stays a real lax.cond under vmap
     # instead of becoming a select that would evaluate at every step.
     axes = steps.TrainState(**{f: None if f == "step" else 0 for f in steps.TrainState._fields})
     many = jax.jit(jax.vmap(run, in_axes=(axes, 0), out_axes=(axes, 0)))
-    states = [exp.init_state for exp, _ in exps]
-    datas = [data for _, data in exps]
+    states = [exp.init_state for exp, _, _ in exps]
+    datas = [data for _, _, data in exps]
     stack = lambda trees: jax.tree.map(lambda *x: np.stack(x), *trees)  # noqa: E731
     stacked = stack(states)._replace(step=states[0].step)
 

@@ -25,7 +25,7 @@ from runs import (
     wait_for,
 )
 
-from resetax.experiment import checkpoint, cli, runner, steps
+from resetax.experiment import build, checkpoint, cli, runner, steps
 from resetax.experiment import placement as placement_lib
 from resetax.experiment.config import PRESETS, Config, get_config
 from resetax.experiment.data_input import ExperimentData, load_data, preprocess
@@ -67,8 +67,8 @@ def test_end_to_end_files_metrics_and_best_model(reference_run):
     assert summary["test_acc"] > 0.5
     # The reported accuracy is that of the saved best checkpoint, re-evaluated from disk.
     config = tiny()
-    data = load_data(config)
-    model = runner.setup(config, data).model
+    inputs = build.load_inputs(config)
+    data, model = inputs.data, inputs.model
     variables = checkpoint.load_best(run_dir / "best")
     logits = model.apply(variables, preprocess(data.test.inputs), train=False)
     acc = np.mean(np.argmax(logits, -1) == data.test.labels)
@@ -92,7 +92,7 @@ def test_stop_and_resume_is_identical(reference_run, tmp_path):
     runner.train(tiny(), tmp_path / "run", progress=False, resume=True)
     assert read_lines(tmp_path / "run") == read_lines(run_dir)
     assert summary_without_time(tmp_path / "run") == summary_without_time(run_dir)
-    template = runner.setup(tiny(), load_data(tiny())).init_state
+    template = build.setup(tiny()).init_state
     for a, b in zip(final_state_leaves(tmp_path / "run", template),
                     final_state_leaves(run_dir, template), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -241,7 +241,7 @@ def test_partial_reset_by_pattern(tmp_path):
     # Reset at every step once active (patience 0): the matching layer stays at its first value.
     config = tiny(reset_layers="Dense_1", reset_prob=1.0, patience=0, num_steps=40,
                   checkpoint_every=40)
-    experiment = runner.setup(config, load_data(config))
+    experiment = build.setup(config)
     mask = steps.reset_mask(config, experiment.init_state.params)
     assert sorted(k for k, v in mask.items() if all(jax.tree.leaves(v))) == ["Dense_1"]
     initial = experiment.init_state.params
@@ -293,7 +293,7 @@ def test_elr_loss_trains_and_agrees_across_parallel_modes(tmp_path):
     for parallel in ("sharded", "pmap"):
         run_dir = tmp_path / parallel
         runner.train(config.replace(parallel=parallel), run_dir, progress=False)
-        experiment = runner.setup(config, load_data(config))
+        experiment = build.setup(config)
         state, _ = checkpoint.CheckpointManager(run_dir / "checkpoints").restore(
             experiment.init_state)
         runs[parallel] = state.loss_state.targets
@@ -509,7 +509,7 @@ def test_checkpoints_of_the_first_release_still_load(tmp_path):
     # resetax 0.1.0 stored the state's leaves under keys "00000", "00001"...
     import orbax.checkpoint as ocp
 
-    template = runner.setup(tiny(), load_data(tiny())).init_state
+    template = build.setup(tiny()).init_state
     state = jax.tree.map(lambda x: np.asarray(x) + 1, template)._replace(step=np.int32(40))
     legacy = ocp.CheckpointManager(tmp_path, options=ocp.CheckpointManagerOptions(create=True))
     leaves = {f"{i:05d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(state))}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from runs import one_line_error, read_lines, summary_without_time, tiny
 
-from resetax.experiment import cli, control, group, placement, runner, workdir
+from resetax.experiment import build, cli, control, group, placement, workdir
 
 
 def test_a_pair_side_by_side_equals_the_pair_one_after_the_other(tmp_path):
@@ -27,10 +27,11 @@ def test_a_pair_side_by_side_equals_the_pair_one_after_the_other(tmp_path):
 
 def test_an_experiment_for_another_reset_prob_equals_a_fresh_one():
     baseline = tiny(reset_prob=0.0, baseline=False)
-    data = runner.load_data(baseline)
-    shared = group.with_reset_prob(runner.setup(baseline, data),
+    inputs = build.load_inputs(baseline)
+    shared = group.with_reset_prob(build.setup(baseline, inputs),
                                    baseline.replace(reset_prob=0.1))
-    fresh = runner.setup(baseline.replace(reset_prob=0.1), data)
+    resetting = baseline.replace(reset_prob=0.1)
+    fresh = build.setup(resetting, build.load_inputs(resetting))
     assert shared.config == fresh.config
     assert jax.tree.structure(shared.init_state) == jax.tree.structure(fresh.init_state)
     for ours, theirs in zip(jax.tree.leaves(shared.init_state),
@@ -41,19 +42,19 @@ def test_an_experiment_for_another_reset_prob_equals_a_fresh_one():
 
 def test_shared_experiments_build_once_for_runs_asking_at_the_same_time(monkeypatch):
     built, release = [], threading.Event()
-    original = runner.setup
+    original = build.setup
 
-    def slow_setup(config, data):
+    def slow_setup(config, inputs):
         built.append(config.reset_prob)
         release.wait(10)  # the second run asks while the first builds
-        return original(config, data)
+        return original(config, inputs)
 
-    monkeypatch.setattr(runner, "setup", slow_setup)
+    monkeypatch.setattr(build, "setup", slow_setup)
     shared, config = group.SharedExperiments(size=2), tiny(baseline=False)
-    data = runner.load_data(config)
+    inputs = build.load_inputs(config)
     results = {}
     threads = [threading.Thread(target=lambda p=p: results.__setitem__(
-        p, shared.get(config.replace(reset_prob=p), data))) for p in (0.0, 0.1)]
+        p, shared.get(config.replace(reset_prob=p), inputs))) for p in (0.0, 0.1)]
     for thread in threads:
         thread.start()
     release.set()

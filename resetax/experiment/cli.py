@@ -132,7 +132,7 @@ def _report_compare(summaries: dict[str, dict[str, Any]], config, run_dir: Path)
 def _reproduce(args) -> int:
     """``resetax reproduce TABLE``: every run of a paper table, then the table beside the paper's
     (:mod:`resetax.experiment.reproduce`)."""
-    from resetax.experiment import distributed, group, reproduce, runner, workdir
+    from resetax.experiment import build, distributed, group, reproduce, workdir
 
     table = reproduce.TABLES[args.table]
     run_dir = Path(args.run_dir or _default_run_dir(f"reproduce-{args.table}"))
@@ -152,7 +152,7 @@ def _reproduce(args) -> int:
             datasets = {(run.config.dataset, run.config.label_variant): run.config
                         for run in runs}
             for config in datasets.values():
-                runner.check_run(config)
+                build.load_inputs(config)
 
     # An existing table is continued (--resume) or replaced (--overwrite), never mixed into.
     with workdir.run_directory(
@@ -180,12 +180,12 @@ def _run_group(run_dir: Path, config: config_lib.Config,
     is reused on ``--resume`` and an interrupted one resumed. ``--jobs`` of them train at once
     (:func:`~resetax.experiment.group.train_group`).
     """
-    from resetax.experiment import group, placement, runner, workdir
+    from resetax.experiment import build, group, placement, workdir
 
     def preflight() -> int:
         jobs = group.resolve_jobs(args.jobs, len(placement.devices(config)))
         if not args.resume:
-            runner.check_run(config)
+            build.load_inputs(config)
         return jobs
 
     def write(path: Path) -> None:

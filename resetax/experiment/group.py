@@ -22,10 +22,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from resetax.experiment import control, placement, runner, workdir
+from resetax.experiment import build, control, placement, runner, workdir
+from resetax.experiment.build import Experiment, Inputs
 from resetax.experiment.config import Config
-from resetax.experiment.data_input import ExperimentData
-from resetax.experiment.runner import Experiment
 
 Part = tuple[str, Config, Path]  # a run's name, config and directory
 
@@ -158,11 +157,11 @@ def with_reset_prob(experiment: Experiment, config: Config) -> Experiment:
     the optimizer state), only the initial state's probability changes.
 
     Example:
-      >>> from resetax.experiment import group, runner
+      >>> from resetax.experiment import build, group
       >>> from resetax.experiment.config import get_config
       >>> baseline = get_config("quick", dataset="digits", model="mlp", reset_prob=0.0,
       ...                       baseline=False)
-      >>> experiment = runner.setup(baseline, runner.load_data(baseline))
+      >>> experiment = build.setup(baseline)
       >>> resetting = group.with_reset_prob(experiment, baseline.replace(reset_prob=0.1))
       >>> resetting.run_steps is experiment.run_steps  # nothing built or compiled again
       True
@@ -191,21 +190,21 @@ class SharedExperiments:
     """The group's shared-compilation cache: experiments built once for the runs that differ in
     ``reset_prob`` only (a pair, one seed of ``compare``); safe to share between threads.
 
-    The first run to ask builds the experiment (:func:`~resetax.experiment.runner.setup`); a run
+    The first run to ask builds the experiment (:func:`~resetax.experiment.build.setup`); a run
     asking meanwhile waits for it rather than building and compiling the same steps a second time,
     then gets it for its own config (:func:`with_reset_prob`). The ``size`` most recently asked
     experiments are kept.
 
     Example:
-      >>> from resetax.experiment import group, runner
+      >>> from resetax.experiment import build, group
       >>> from resetax.experiment.config import get_config
       >>> config = get_config("quick", dataset="digits", model="mlp", baseline=False)
-      >>> shared, data = group.SharedExperiments(size=2), runner.load_data(config)
-      >>> baseline = shared.get(config.replace(reset_prob=0.0), data)
-      >>> resetting = shared.get(config, data)
+      >>> shared, inputs = group.SharedExperiments(size=2), build.load_inputs(config)
+      >>> baseline = shared.get(config.replace(reset_prob=0.0), inputs)
+      >>> resetting = shared.get(config, inputs)
       >>> resetting.run_steps is baseline.run_steps, resetting.config.reset_prob
       (True, 0.03)
-      >>> shared.get(config.replace(seed=1), data).run_steps is baseline.run_steps
+      >>> shared.get(config.replace(seed=1), inputs).run_steps is baseline.run_steps
       False
     """
 
@@ -215,8 +214,8 @@ class SharedExperiments:
         # config with reset_prob 0 -> [lock, experiment or None while it is built]
         self._entries: collections.OrderedDict[Config, list] = collections.OrderedDict()
 
-    def get(self, config: Config, data: ExperimentData) -> Experiment:
-        """The experiment for ``config``; ``data`` is its loaded data."""
+    def get(self, config: Config, inputs: Inputs) -> Experiment:
+        """The experiment for ``config``, built from its ``inputs``."""
         key = dataclasses.replace(config, reset_prob=0.0)  # not validated: only a key
         with self._lock:
             entry = self._entries.pop(key, None) or [threading.Lock(), None]
@@ -226,5 +225,5 @@ class SharedExperiments:
         lock = entry[0]
         with lock:  # one build; a second asker waits for it
             if entry[1] is None:
-                entry[1] = runner.setup(config, data)
+                entry[1] = build.setup(config, inputs)
         return with_reset_prob(entry[1], config)

@@ -1,6 +1,6 @@
-"""One training run, read top to bottom: :func:`setup` builds what the loop needs from a config,
-:func:`train_loop` trains, evaluates, logs and checkpoints, and :func:`train` does both after the
-checks.
+"""One training run, read top to bottom: :func:`train` claims the run directory, builds the run
+(:mod:`~resetax.experiment.build`) and runs :func:`train_loop`, which trains, evaluates, logs and
+checkpoints.
 """
 
 from __future__ import annotations
@@ -9,22 +9,16 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from resetax.experiment import checkpoint, control, distributed, report, workdir
 from resetax.experiment import steps as steps_lib
+from resetax.experiment.build import Builder, Experiment, Inputs, load_inputs, setup
 from resetax.experiment.config import Config, validate
-from resetax.experiment.data_input import ExperimentData, load_data, preprocess
-from resetax.experiment.placement import Placement, check_devices, placement_for
-
-DIAGNOSTICS_SAMPLES = 4096  # training samples the diagnostics look at (the first ones)
 
 
 def train(config: Config, run_dir: str | Path, *, resume: bool = False,
@@ -67,14 +61,14 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
     config = validate(config).replace(baseline=False)  # one run; the CLI pairs two of them
     run_dir = Path(run_dir)
 
-    def preflight() -> ExperimentData:
+    def preflight() -> Inputs:
         if resume:
             _check_resumed_config(run_dir, config)
-        return check_run(config)
+        return load_inputs(config)
 
     with workdir.run_directory(run_dir, resume=resume, overwrite=overwrite, preflight=preflight,
-                               write=lambda path: workdir.write_config(path, config)) as data:
-        experiment = (build or setup)(config, data)
+                               write=lambda path: workdir.write_config(path, config)) as inputs:
+        experiment = (build or setup)(config, inputs)
         return train_loop(experiment, run_dir, resume=resume, progress=progress,
                           stop_after=stop_after, stop=stop)
 
@@ -85,125 +79,6 @@ def _check_resumed_config(run_dir: Path, config: Config) -> None:
         changed = [f.name for f in dataclasses.fields(Config)
                    if getattr(saved, f.name) != getattr(config, f.name)]
         raise ValueError(f"cannot resume {str(run_dir)!r} with a different config: {changed}.")
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-    """Everything :func:`train_loop` needs, built once by :func:`setup`.
-
-    Attributes:
-      config: The run's config.
-      data: The host-side splits.
-      model: The Flax model, without cross-replica BatchNorm (for work outside pmap).
-      tx: The optimizer: the inner one wrapped in stochastic resetting.
-      init_state: The initial :class:`~resetax.experiment.steps.TrainState`, host arrays.
-      placement: Where the state and data live (see :class:`Placement`).
-      device_data: The splits on the devices, for the whole run.
-      train_chunk: ``train_chunk(state, data, num_steps) -> (state, metrics)``, the fused steps
-        before compilation (:func:`~resetax.experiment.steps.make_train_chunk`).
-      run_steps: ``run_steps(state, step, num_steps) -> (state, metrics)``: ``num_steps`` train
-        steps from ``step`` on the placed state, with the evaluations that fall in them;
-        ``metrics`` has one entry per step (see :func:`~resetax.experiment.steps.fuse_steps`).
-        Either one fused call or one call per step (:func:`dispatch_mode`).
-      evaluate: ``evaluate(placed_state) -> Evaluation``: validation loss and accuracy and
-        test accuracy at the state's params, compiled for the placement (the in-loop
-        evaluation's program when it measures the test set too).
-      diagnose: ``diagnose(host_state) -> dict``, the latent-gradient-bias diagnostics on the
-        training set; None unless ``config.diagnostics_every``.
-    """
-
-    config: Config
-    data: ExperimentData
-    model: Any
-    tx: optax.GradientTransformationExtraArgs
-    init_state: steps_lib.TrainState
-    placement: Placement
-    device_data: steps_lib.DeviceData
-    train_chunk: Callable
-    run_steps: Callable
-    evaluate: Callable
-    diagnose: Callable | None
-
-
-Builder = Callable[[Config, ExperimentData], Experiment]  # setup, or a group's shared cache
-
-
-def setup(config: Config, data: ExperimentData) -> Experiment:
-    """Builds the model, optimizer, initial state, device placement and compiled steps.
-
-    Example:
-      >>> from resetax.experiment import runner
-      >>> from resetax.experiment.config import get_config
-      >>> config = get_config("quick", dataset="digits", model="mlp", num_devices=2,
-      ...                     steps_per_dispatch=5)
-      >>> experiment = runner.setup(config, runner.load_data(config))
-      >>> state = experiment.placement.place_state(experiment.init_state)
-      >>> state, metrics = experiment.run_steps(state, 0, 5)  # steps 0 to 4
-      >>> int(experiment.placement.fetch(state).step), metrics["step"].tolist()
-      (5, [0, 1, 2, 3, 4])
-      >>> len(experiment.placement.devices), experiment.device_data.val_x.shape[0] % 2
-      (2, 0)
-    """
-    from resetax import models
-
-    placement = placement_for(config)
-    model = models.get_model(config.model, data.num_classes, init_scheme=config.init)
-    sample = jnp.asarray(data.train.inputs[:1])
-    params = jax.eval_shape(lambda x: steps_lib.init_variables(config, model, x), sample)
-    tx = steps_lib.make_optimizer(config, params["params"])
-    loss_fn, loss_state = steps_lib.make_loss(config, len(data.train), data.num_classes)
-    replicas = placement.replicas
-    synced = models.get_model(config.model, data.num_classes, axis_name=replicas.axis_name,
-                              init_scheme=config.init)
-    train_step = steps_lib.make_train_step(config, synced, tx, loss_fn, len(data.train),
-                                           replicas=replicas,
-                                           batch_sharding=placement.batch_sharding)
-    eval_step = steps_lib.make_eval_step(config, synced, steps_lib.EVAL_BATCH_SIZE, replicas)
-    chunk = steps_lib.fuse_steps(train_step, eval_step, config.eval_every)
-    device_data = placement.place_data(data)
-    # The summary measures the test set whatever eval_test and test_every say: when the
-    # in-loop evaluation tests at every window, one program serves both.
-    tests_every_window = config.eval_test and config.test_every in (None, config.eval_every)
-    evaluate = placement.compile_eval(eval_step if tests_every_window else steps_lib.make_eval_step(
-        config.replace(eval_test=True, test_every=None), synced, steps_lib.EVAL_BATCH_SIZE,
-        replicas))
-    if dispatch_mode(config) == "scan":
-        run_steps = placement.compile_chunk(chunk, device_data)
-    else:
-        run_steps = placement.compile_steps(
-            train_step, evaluate if tests_every_window else placement.compile_eval(eval_step),
-            config.eval_every, device_data)
-    return Experiment(
-        config=config, data=data, model=model, tx=tx,
-        init_state=jax.device_get(jax.jit(  # one compilation, not one per operation
-            lambda x, loss_state: steps_lib.init_state(config, model, tx, x, loss_state,
-                                                       num_train=len(data.train)))(
-            sample, loss_state)),
-        placement=placement, device_data=device_data, train_chunk=chunk, run_steps=run_steps,
-        evaluate=lambda state: evaluate(state, device_data),
-        diagnose=(make_diagnose(model, data, config.dataset) if config.diagnostics_every
-                  else None),
-    )
-
-
-def dispatch_mode(config: Config) -> str:
-    """``config.dispatch``, with ``auto`` resolved for the default backend.
-
-    On CPUs each step is its own call (XLA:CPU runs convolutions inside a ``lax.scan`` body
-    several times slower than in straight-line code, see ``benchmarks/README.md``); on
-    accelerators ``steps_per_dispatch`` steps are fused with ``lax.scan`` (no per-step launch).
-
-    Example:
-      >>> from resetax.experiment.config import get_config
-      >>> from resetax.experiment.runner import dispatch_mode
-      >>> dispatch_mode(get_config("quick"))  # the tests run on CPU
-      'step'
-      >>> dispatch_mode(get_config("quick", dispatch="scan"))
-      'scan'
-    """
-    if config.dispatch != "auto":
-        return config.dispatch
-    return "step" if jax.default_backend() == "cpu" else "scan"
 
 
 def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
@@ -396,11 +271,12 @@ def fold_rows(window: Window, rows: list[dict[str, Any]], config: Config,
     return window, lines
 
 
-def summarize(experiment: Experiment, state: steps_lib.TrainState, wall_time_s: float,
+def summarize(experiment: Experiment, state: steps_lib.TrainState,
+              final: steps_lib.TrainState, wall_time_s: float,
               compile_time_s: float = 0.0) -> dict[str, Any]:
     """The run's ``summary.json``: the best-validation model's metrics, measured anew.
 
-    ``state`` is the final train state as placed on the devices.
+    ``state`` is the final train state as placed on the devices, ``final`` its host copy.
 
     Returns best step, best validation loss and accuracy, the test accuracy of the best model and
     of the last params, the numbers of resets and of rollbacks of non-finite updates, steps,
@@ -415,7 +291,6 @@ def summarize(experiment: Experiment, state: steps_lib.TrainState, wall_time_s: 
     best_val_loss, best_val_acc, best_test_acc = placement.fetch(
         experiment.evaluate(best_model(state)))
     last_test_acc = placement.fetch(experiment.evaluate(state)).test_acc
-    final = placement.fetch(state)
     devices = experiment.placement.devices
     return {
         "best_step": int(final.best_step),
@@ -434,88 +309,6 @@ def summarize(experiment: Experiment, state: steps_lib.TrainState, wall_time_s: 
         "num_processes": jax.process_count(),
         "parallel": experiment.config.parallel,
     }
-
-
-def make_diagnose(model: Any, data: ExperimentData, dataset: str | None = None) -> Callable:
-    """Returns ``diagnose(host_state) -> dict``: latent-gradient-bias diagnostics on the
-    training set (its first ``DIAGNOSTICS_SAMPLES`` examples) at the state's params.
-
-    ``dataset`` (the config's) picks the normalization of images.
-
-    The keys are ``grad_*`` (cosines and norms of the correct-label and wrong-label gradient
-    parts, :class:`resetax.diagnostics.GradientAlignment`) and ``mem_*`` (memorization fractions,
-    :class:`resetax.diagnostics.MemorizationFractions`). Each process computes them on its own
-    first device.
-    """
-    from resetax import diagnostics
-
-    train = data.train
-    if train.clean_labels is None:
-        raise ValueError("diagnostics_every needs a dataset with known clean labels.")
-    n = min(len(train), DIAGNOSTICS_SAMPLES)
-    x = jnp.asarray(train.inputs[:n])
-    noisy, clean = jnp.asarray(train.labels[:n]), jnp.asarray(train.clean_labels[:n])
-
-    @jax.jit
-    def run(params, batch_stats):
-        def apply_fn(p, xb):
-            return model.apply({"params": p, "batch_stats": batch_stats},
-                               preprocess(xb, dataset), train=False)
-
-        parts = diagnostics.decompose_gradients(
-            apply_fn, optax.softmax_cross_entropy_with_integer_labels, params, x, noisy,
-            noisy != clean, chunk_size=min(n, steps_lib.EVAL_BATCH_SIZE))
-        logits = jax.lax.map(lambda xb: apply_fn(params, xb[None])[0], x,
-                             batch_size=min(n, steps_lib.EVAL_BATCH_SIZE))
-        return parts.overall, diagnostics.memorization_fractions(logits, noisy, clean)
-
-    def diagnose(host_state: steps_lib.TrainState) -> dict[str, float]:
-        alignment, memorization = run(host_state.params, host_state.batch_stats)
-        out = {f"grad_{k}": float(v) for k, v in alignment._asdict().items()}
-        out.update({f"mem_{k}": float(v) for k, v in memorization._asdict().items()
-                    if not k.startswith("num_")})
-        return out
-
-    return diagnose
-
-
-def check_run(config: Config) -> ExperimentData:
-    """Every check that can run before a run writes anything; returns the loaded data.
-
-    The devices must split the batch, the dataset must be available, and the batch must fit in
-    the training split.
-
-    Example:
-      >>> from resetax.experiment import runner
-      >>> from resetax.experiment.config import get_config
-      >>> len(runner.check_run(get_config("quick", dataset="digits", model="mlp")).train)
-      1294
-      >>> runner.check_run(get_config("quick", dataset="digits", batch_size=4096))
-      Traceback (most recent call last):
-      ...
-      ValueError: batch_size (4096) must be at most the number of training examples (1294).
-    """
-    check_devices(config)
-    data = load_data(config)
-    if config.val_source == "test":
-        workdir.note("val_source='test': the best model and the resetting checkpoint are chosen "
-                     "on the test images (the official protocol, PARITY.md D3), so the test "
-                     "accuracy it reports is optimistic.")
-    if config.batch_size > len(data.train):
-        raise ValueError(f"batch_size ({config.batch_size}) must be at most the number of "
-                         f"training examples ({len(data.train)}).")
-    if config.reset_layers is not None:
-        from resetax import models
-
-        model = models.get_model(config.model, data.num_classes, init_scheme=config.init)
-        params = jax.eval_shape(lambda x: steps_lib.init_variables(config, model, x),
-                                jnp.asarray(data.train.inputs[:1]))["params"]
-        mask = steps_lib.reset_mask(config, params)
-        if not any(jax.tree.leaves(mask)):
-            paths = sorted({name.rsplit("/", 1)[0] for name in steps_lib.param_paths(params)})
-            raise ValueError(f"reset_layers {config.reset_layers!r} matches no parameter of "
-                             f"{config.model}; its layers are {paths}.")
-    return data
 
 
 def _stops_here(step: int, config: Config, stopping: bool, stop_after: int | None) -> bool:
@@ -550,7 +343,7 @@ def _finish(experiment: Experiment, run_dir: Path, state: steps_lib.TrainState,
             timing: dict[str, float], diverged_at: int | None = None) -> dict[str, Any]:
     final = experiment.placement.fetch(state)
     checkpoint.save_best(run_dir / "best", final.best_params, final.best_batch_stats)
-    summary = summarize(experiment, state, **timing)
+    summary = summarize(experiment, state, final, **timing)
     if diverged_at is not None:
         summary["diverged_at"] = diverged_at
     if distributed.is_primary():

@@ -740,17 +740,32 @@ def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation
     return train_step
 
 
-def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformation,
-                     loss_fn: Callable, num_train: int, *, replicas: Replicas = GLOBAL_BATCH,
-                     batch_sharding: Any = None, eval_batch_size: int = 1024,
-                     unroll: bool = False) -> Callable:
-    """Returns ``run(state, data, num_steps) -> (state, metrics)``: ``num_steps`` fused steps.
+class Steps(NamedTuple):
+    """The steps of a run, before compilation (:func:`make_steps`).
 
-    Each step is :func:`make_train_step`'s, preceded by :func:`make_eval_step`'s measurement on
-    the steps divisible by ``eval_every``. ``metrics`` stacks the steps' metrics along a leading
-    axis (NaN evaluation fields on the steps without one). The steps are a ``lax.scan``;
-    ``unroll=True`` writes them out instead: slower to compile, but XLA:CPU runs convolutions
-    inside a loop body several times slower than in straight-line code.
+    Attributes:
+      train: ``train(state, data, evaluation) -> (state, metrics)``, :func:`make_train_step`'s.
+      evaluate: ``evaluate(state, data) -> Evaluation``, :func:`make_eval_step`'s.
+      chunk: ``chunk(state, data, num_steps) -> (state, metrics)``: ``num_steps`` fused steps,
+        each an evaluation on the steps divisible by ``eval_every`` then a train step
+        (:func:`fuse_steps`). ``metrics`` stacks the steps' metrics along a leading axis (NaN
+        evaluation fields on the steps without one).
+    """
+
+    train: Callable
+    evaluate: Callable
+    chunk: Callable
+
+
+def make_steps(config: Config, model: Any, tx: optax.GradientTransformation,
+               loss_fn: Callable, num_train: int, *, replicas: Replicas = GLOBAL_BATCH,
+               batch_sharding: Any = None, eval_batch_size: int = EVAL_BATCH_SIZE,
+               unroll: bool = False) -> Steps:
+    """The train step, the eval step and the chunk of fused steps of a run of ``config``.
+
+    The chunk's steps are a ``lax.scan``; ``unroll=True`` writes them out instead: slower to
+    compile, but XLA:CPU runs convolutions inside a loop body several times slower than in
+    straight-line code.
 
     Example:
       >>> import numpy as np
@@ -772,7 +787,7 @@ def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformatio
       >>> device_data = steps.DeviceData(data.train.inputs, data.train.labels,
       ...                                *pad_eval_set(data.val.inputs, data.val.labels, 1),
       ...                                *pad_eval_set(data.test.inputs, data.test.labels, 1))
-      >>> run = jax.jit(steps.make_train_chunk(config, model, tx, loss_fn, len(data.train)),
+      >>> run = jax.jit(steps.make_steps(config, model, tx, loss_fn, len(data.train)).chunk,
       ...               static_argnums=2)  # num_steps is static
       >>> state, metrics = run(state, device_data, 10)
       >>> int(state.step), metrics["step"].tolist()
@@ -793,7 +808,8 @@ def make_train_chunk(config: Config, model: Any, tx: optax.GradientTransformatio
     train_step = make_train_step(config, model, tx, loss_fn, num_train, replicas=replicas,
                                  batch_sharding=batch_sharding)
     eval_step = make_eval_step(config, model, eval_batch_size, replicas)
-    return fuse_steps(train_step, eval_step, config.eval_every, unroll=unroll)
+    return Steps(train_step, eval_step,
+                 fuse_steps(train_step, eval_step, config.eval_every, unroll=unroll))
 
 
 def fuse_steps(train_step: Callable, eval_step: Callable, eval_every: int, *,
@@ -802,7 +818,7 @@ def fuse_steps(train_step: Callable, eval_step: Callable, eval_every: int, *,
 
     Each step evaluates first (``eval_step``) when ``state.step`` is divisible by
     ``eval_every``, under ``lax.cond``, then trains (``train_step``). See
-    :func:`make_train_chunk`, which builds both steps from a config.
+    :func:`make_steps`, which builds both steps from a config.
 
     Example:
       >>> import collections
