@@ -24,7 +24,7 @@ GRID = {"reset_prob": (0.003, 0.01, 0.03), "patience": (200, 400)}
 
 
 def run(config, root: Path, name: str):
-    return runner.train(config, root / name, progress=False)
+    return runner.train(config, root / name, progress=False).summary
 
 
 def tune(noise_rate: float, root: Path, overrides: dict) -> dict:

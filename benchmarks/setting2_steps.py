@@ -101,7 +101,7 @@ def main():
         with workdir.run_directory(run_dir, resume=False, overwrite=False,
                                    write=lambda path: workdir.write_config(path, config)):
             summary = runner.train_loop(build.setup(config, inputs), run_dir,
-                                        progress=False)
+                                        progress=False).summary
         total = time.perf_counter() - start
     print(f"train_loop, {config.num_steps} steps end to end: {total:.1f} s "
           f"(summary wall_time_s {summary['wall_time_s']:.1f}, {summary['num_resets']} resets)")

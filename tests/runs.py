@@ -78,7 +78,7 @@ def wait_for(proc, ready, seconds=240):
 def resume_and_compare(target, long_reference):
     reference_dir, reference = long_reference
     config = workdir.load_config(target)  # checkpoint_every may differ from the reference's
-    summary = runner.train(config, target, progress=False, resume=True)
+    summary = runner.train(config, target, progress=False, resume=True).summary
     assert read_lines(target) == read_lines(reference_dir)
     assert without_times(summary) == reference
 

@@ -34,7 +34,7 @@ from resetax.experiment.data_input import ExperimentData, load_data, preprocess
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    summary = runner.train(tiny(), run_dir, progress=False)
+    summary = runner.train(tiny(), run_dir, progress=False).summary
     return run_dir, summary
 
 
@@ -87,7 +87,7 @@ def test_same_seed_twice_identical(reference_run, tmp_path):
 def test_stop_and_resume_is_identical(reference_run, tmp_path):
     run_dir, _ = reference_run
     out = runner.train(tiny(), tmp_path / "run", progress=False, stop_after=60)
-    assert out == {"stopped_at": 60}
+    assert out == runner.Stopped(60)
     assert not (tmp_path / "run" / "summary.json").exists()
     runner.train(tiny(), tmp_path / "run", progress=False, resume=True)
     assert read_lines(tmp_path / "run") == read_lines(run_dir)
@@ -132,14 +132,14 @@ def test_sigterm_saves_at_the_window_end_then_resume_is_identical(long_reference
 def test_pmap_agrees_with_sharded(reference_run, tmp_path):
     run_dir, summary = reference_run
     assert jax.device_count() == 8
-    out = runner.train(tiny(parallel="pmap"), tmp_path / "pmap", progress=False)
+    out = runner.train(tiny(parallel="pmap"), tmp_path / "pmap", progress=False).summary
     _assert_close_runs(tmp_path / "pmap", run_dir)
     assert out["num_resets"] == summary["num_resets"]
 
 
 def test_one_device_agrees_with_eight(reference_run, tmp_path):
     run_dir, summary = reference_run
-    out = runner.train(tiny(num_devices=1), tmp_path / "one", progress=False)
+    out = runner.train(tiny(num_devices=1), tmp_path / "one", progress=False).summary
     assert out["device"].startswith("1x")
     _assert_close_runs(tmp_path / "one", run_dir)
     assert out["num_resets"] == summary["num_resets"]
@@ -172,7 +172,7 @@ for field, bad in (("parallel", "pmap"), ("num_devices", 4)):
         raise AssertionError(f"{field}={bad} accepted in a multi-process run")
     except ValueError as err:
         assert field in str(err), err
-assert runner.train(config, sys.argv[1], progress=False, stop_after=60) == {"stopped_at": 60}
+assert runner.train(config, sys.argv[1], progress=False, stop_after=60) == runner.Stopped(60)
 runner.train(config, sys.argv[1], progress=False, resume=True)
 """
 
@@ -466,8 +466,8 @@ def test_resume_needs_only_the_run_dir_and_keeps_the_run_mode(reference_run, tmp
     # A single run (no baseline), interrupted, resumed from --run-dir alone: still a single run.
     run_dir, _ = reference_run
     target = tmp_path / "single"
-    assert runner.train(tiny(baseline=False), target, progress=False, stop_after=60) == {
-        "stopped_at": 60}
+    assert runner.train(tiny(baseline=False), target, progress=False,
+                        stop_after=60) == runner.Stopped(60)
     assert cli.main(["train", "--quiet", "--run-dir", str(target), "--resume"]) == 0
     assert not (target / "baseline").exists()
     assert read_lines(target) == read_lines(run_dir)

@@ -217,10 +217,10 @@ _OFFICIAL = dict(reset_inner_state=True, schedule_on_reset="restore", schedule="
 @pytest.mark.slow
 def test_official_options_run_stops_and_resumes_identically(tmp_path):
     config = tiny(**_OFFICIAL)
-    whole = runner.train(config, tmp_path / "whole", progress=False)
-    assert runner.train(config, tmp_path / "parts", progress=False, stop_after=40) == {
-        "stopped_at": 40}
-    resumed = runner.train(config, tmp_path / "parts", progress=False, resume=True)
+    whole = runner.train(config, tmp_path / "whole", progress=False).summary
+    assert runner.train(config, tmp_path / "parts", progress=False,
+                        stop_after=40) == runner.Stopped(40)
+    resumed = runner.train(config, tmp_path / "parts", progress=False, resume=True).summary
     assert without_times(resumed) == without_times(whole)
     assert (tmp_path / "parts" / "metrics.jsonl").read_text() == (
         tmp_path / "whole" / "metrics.jsonl").read_text()

@@ -115,7 +115,7 @@ def test_table_end_to_end_with_an_interruption_and_resume(tmp_path, capsys, monk
         resumed = json.loads((run_dir / "cifar10n-aggre-ce/resetting-seed0/summary.json")
                              .read_text())
         config = workdir.load_config(run_dir / "cifar10n-aggre-ce/resetting-seed0")
-        whole = train(config, tmp_path / "whole", progress=False)
+        whole = train(config, tmp_path / "whole", progress=False).summary
     assert without_times(resumed) == without_times(whole)
 
     markdown = (run_dir / "table.md").read_text()

@@ -67,13 +67,13 @@ def _train(args) -> int:
     _start_processes(args)
     if config.baseline or plan:
         return _run_group(run_dir, config, _pair(config), args, _report_pair)
-    summary = runner.train(config, run_dir, resume=args.resume, overwrite=args.overwrite,
-                           progress=not args.quiet)
-    if "stopped_at" in summary:
-        return _stopped(summary, run_dir, args)
-    _print(json.dumps(summary, indent=2))
+    result = runner.train(config, run_dir, resume=args.resume, overwrite=args.overwrite,
+                          progress=not args.quiet)
+    if isinstance(result, runner.Stopped):
+        return _stopped(result, run_dir, args)
+    _print(json.dumps(result.summary, indent=2))
     _print(f"run directory: {run_dir}")
-    return _diverged({"run": summary})
+    return _report_divergence({"run": result})
 
 
 def _pair(config: config_lib.Config) -> list[tuple[str, config_lib.Config]]:
@@ -159,17 +159,17 @@ def _reproduce(args) -> int:
             run_dir, resume=args.resume, overwrite=args.overwrite, preflight=preflight,
             marker=workdir.PLAN_FILE,
             write=lambda path: reproduce.write_plan(path, table, overrides, seeds, cells)):
-        summaries = reproduce.run_table(
+        results = reproduce.run_table(
             table, runs, run_dir, resume=args.resume, announce=_print,
             train=lambda config, path, resume: group.train_or_reuse(
                 config, path, resume=resume, progress=not args.quiet))
-        stopped = [s for s in summaries.values() if "stopped_at" in s]
+        stopped = _first_stopped(results)
         if stopped:
-            return _stopped(stopped[0], run_dir, args)
+            return _stopped(stopped, run_dir, args)
         if distributed.is_primary():
-            _print(reproduce.write_report(table, summaries, run_dir, seeds))
+            _print(reproduce.write_report(table, _summaries(results), run_dir, seeds))
     _print(f"run directory: {run_dir}")
-    return _diverged(summaries)
+    return _report_divergence(results)
 
 
 def _run_group(run_dir: Path, config: config_lib.Config,
@@ -195,16 +195,16 @@ def _run_group(run_dir: Path, config: config_lib.Config,
 
     with workdir.run_directory(run_dir, resume=args.resume, overwrite=args.overwrite,
                                preflight=preflight, write=write) as jobs:
-        summaries = group.train_group(
+        results = group.train_group(
             [(name, part, run_dir / name) for name, part in parts], jobs=jobs,
             resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
             announce=_print)
-        stopped = [s for s in summaries.values() if "stopped_at" in s]
+        stopped = _first_stopped(results)
         if stopped:
-            return _stopped(stopped[0], run_dir, args)
-        report(summaries, config, run_dir)
+            return _stopped(stopped, run_dir, args)
+        report(_summaries(results), config, run_dir)
     _print(f"run directory: {run_dir}")
-    return _diverged(summaries)
+    return _report_divergence(results)
 
 
 def _plan(run_dir: Path, args) -> dict[str, Any] | None:
@@ -226,15 +226,28 @@ def _plan(run_dir: Path, args) -> dict[str, Any] | None:
     return plan
 
 
-def _diverged(summaries: dict[str, dict[str, Any]]) -> int:
+def _first_stopped(results: dict[str, Any]) -> Any:
+    """The first run of ``results`` that was stopped, None if none was."""
+    from resetax.experiment.runner import Stopped
+
+    return next((r for r in results.values() if isinstance(r, Stopped)), None)
+
+
+def _summaries(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The summaries of runs that ended (none of them stopped)."""
+    return {name: result.summary for name, result in results.items()}
+
+
+def _report_divergence(results: dict[str, Any]) -> int:
     """Reports rollbacks and the runs that ended on a non-finite loss; 1 if any did, else 0."""
     from resetax.experiment import workdir
+    from resetax.experiment.runner import Diverged
 
-    for name, s in summaries.items():
+    for name, s in _summaries(results).items():
         if s.get("num_rollbacks"):
             workdir.note(f"{name}: {s['num_rollbacks']} non-finite updates were rolled back to "
                          f"the checkpoint (rollback_steps in metrics.jsonl).")
-    diverged = {name: s["diverged_at"] for name, s in summaries.items() if "diverged_at" in s}
+    diverged = {name: r.step for name, r in results.items() if isinstance(r, Diverged)}
     for name, step in diverged.items():
         print(f"resetax: error: {name} diverged: its train loss has been non-finite since step "
               f"{step}; its summary reports the best model before that. Lower the learning "
@@ -242,14 +255,15 @@ def _diverged(summaries: dict[str, dict[str, Any]]) -> int:
     return 1 if diverged else 0
 
 
-def _stopped(result: dict[str, Any], run_dir: Path, args) -> int:
-    """Reports a run stopped by a signal; exits as the signal would (128 + its number)."""
+def _stopped(result: Any, run_dir: Path, args) -> int:
+    """Reports a run stopped by a signal (a :class:`~resetax.experiment.runner.Stopped`); exits
+    as the signal would (128 + its number)."""
     from resetax.experiment import distributed
 
-    name = result.get("signal", "SIGTERM")
+    name = result.signal or "SIGTERM"
     command = " ".join([args.command.__name__[1:], *([args.table] if "table" in args else [])])
     if distributed.is_primary():
-        print(f"resetax: stopped by {name} at step {result['stopped_at']}, after a checkpoint in "
+        print(f"resetax: stopped by {name} at step {result.step}, after a checkpoint in "
               f"{run_dir}; run `resetax {command} --run-dir {run_dir} --resume` to continue.",
               file=sys.stderr, flush=True)
     return 128 + signal.Signals[name].value

@@ -68,14 +68,15 @@ def resolve_jobs(jobs: int | str, num_devices: int = 1) -> int:
 
 def train_group(parts: Sequence[Part], *, jobs: int | str = 1, resume: bool = False,
                 overwrite: bool = False, progress: bool = True,
-                announce: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-    """Trains the runs ``parts``, ``jobs`` at a time, in their order; returns their summaries.
+                announce: Callable[[str], None] = print) -> dict[str, runner.RunResult]:
+    """Trains the runs ``parts``, ``jobs`` at a time, in their order; returns their results by
+    name (:data:`~resetax.experiment.runner.RunResult`).
 
-    Each run is :func:`train_or_reuse`'s (with ``resume``, a finished
-    run is read back and an interrupted one resumed). A SIGTERM or Ctrl-C stops every run at the
-    end of its evaluation window, after a checkpoint, and starts no other: the summaries of the
-    runs stopped or never started are ``{"stopped_at": step, "signal": name}``. A run that fails
-    stops the others the same way, and its error is raised once they have stopped.
+    Each run is :func:`train_or_reuse`'s (with ``resume``, a finished run is read back and an
+    interrupted one resumed). A SIGTERM or Ctrl-C stops every run at the end of its evaluation
+    window, after a checkpoint, and starts no other: the runs stopped or never started are
+    :class:`~resetax.experiment.runner.Stopped`. A run that fails stops the others the same way,
+    and its error is raised once they have stopped.
 
     Example:
       >>> import tempfile
@@ -87,13 +88,13 @@ def train_group(parts: Sequence[Part], *, jobs: int | str = 1, resume: bool = Fa
       >>> root = Path(tempfile.mkdtemp())
       >>> parts = [("baseline", config.replace(reset_prob=0.0), root / "baseline"),
       ...          ("resetting", config, root / "resetting")]
-      >>> summaries = group.train_group(parts, jobs=2, progress=False, announce=lambda _: None)
-      >>> list(summaries), [s["num_steps"] for s in summaries.values()]
+      >>> results = group.train_group(parts, jobs=2, progress=False, announce=lambda _: None)
+      >>> list(results), [r.summary["num_steps"] for r in results.values()]
       (['baseline', 'resetting'], [20, 20])
     """
     jobs = resolve_jobs(jobs, max(len(placement.devices(config)) for _, config, _ in parts))
     shared = SharedExperiments(size=jobs)
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, runner.RunResult] = {}
     errors: list[BaseException] = []
 
     with control.StopRequest() as stop:  # installed here, in the main thread, for every run
@@ -122,12 +123,12 @@ def train_group(parts: Sequence[Part], *, jobs: int | str = 1, resume: bool = Fa
                     _, pending = concurrent.futures.wait(pending, timeout=0.2)
     if errors:
         raise errors[0]
-    never_started = {"stopped_at": 0, **({"signal": stop.signal_name} if stop.signum else {})}
+    never_started = runner.Stopped(0, stop.signal_name)
     return {name: results.get(name, never_started) for name, _, _ in parts}
 
 
 def train_or_reuse(config: Config, run_dir: str | Path, *, resume: bool,
-                   overwrite: bool = False, **train_options: Any) -> dict[str, Any]:
+                   overwrite: bool = False, **train_options: Any) -> runner.RunResult:
     """One run of a group (a pair, ``compare``'s seeds, a paper table):
     :func:`~resetax.experiment.runner.train`, but with ``resume`` a finished run's summary is read
     back, an interrupted one (its ``config.json`` written) is resumed and one that never started
@@ -141,11 +142,11 @@ def train_or_reuse(config: Config, run_dir: str | Path, *, resume: bool,
       >>> run_dir = Path(tempfile.mkdtemp())
       >>> _ = (run_dir / "summary.json").write_text(json.dumps({"test_acc": 0.5}))
       >>> group.train_or_reuse(get_config("quick"), run_dir, resume=True)  # finished: reused
-      {'test_acc': 0.5}
+      Finished(summary={'test_acc': 0.5})
     """
     run_dir = Path(run_dir)
     if resume and (run_dir / workdir.SUMMARY_FILE).exists():
-        return json.loads((run_dir / workdir.SUMMARY_FILE).read_text())
+        return runner.ended(json.loads((run_dir / workdir.SUMMARY_FILE).read_text()))
     return runner.train(config, run_dir,
                         resume=resume and (run_dir / workdir.CONFIG_FILE).exists(),
                         overwrite=overwrite, **train_options)

@@ -15,11 +15,14 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from resetax.experiment.config import Config, get_config
+
+if TYPE_CHECKING:  # the runner imports JAX, which a dry run does without
+    from resetax.experiment.runner import RunResult
 
 DEFAULT_SEEDS = 5  # the paper's runs per cell
 ROBUST_LEARNING_RATE = 0.01  # the paper's rate for MAE, GCE and SCE (PARITY.md, row 26)
@@ -302,28 +305,29 @@ def dry_run(table: Table, runs: Sequence[Run]) -> str:
 
 
 def run_table(table: Table, runs: Sequence[Run], run_dir: Path, *, resume: bool,
-              train: Callable[[Config, Path, bool], dict[str, Any]],
-              announce: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-    """Trains ``runs`` one after the other under ``run_dir``; returns their summaries by path.
+              train: Callable[[Config, Path, bool], RunResult],
+              announce: Callable[[str], None] = print) -> dict[str, RunResult]:
+    """Trains ``runs`` one after the other under ``run_dir``; returns their results by path.
 
     ``train(config, run_dir, resume)`` trains one run, or with ``resume`` reuses a finished one
     and resumes an interrupted one (the CLI passes
     :func:`~resetax.experiment.group.train_or_reuse`); a reused run is not announced. It stops
-    at the first run that returns ``{"stopped_at": ...}`` (a signal), returning the summaries so
-    far and that one.
+    at the first run that is :class:`~resetax.experiment.runner.Stopped` (a signal), returning the
+    results so far and that one.
     """
     from resetax.experiment import workdir
+    from resetax.experiment.runner import Stopped
 
-    summaries = {}
+    results = {}
     for i, run in enumerate(runs):
         path = run_dir / run.path
         if not (resume and (path / workdir.SUMMARY_FILE).exists()):  # finished runs are reused
             announce(f"== [{i + 1}/{len(runs)}] {table.name} {run.path} "
                      f"(reset_prob={run.config.reset_prob}, seed {run.config.seed})")
-        summaries[run.path] = train(run.config, path, resume)
-        if "stopped_at" in summaries[run.path]:
+        results[run.path] = train(run.config, path, resume)
+        if isinstance(results[run.path], Stopped):
             break
-    return summaries
+    return results
 
 
 def summarize_table(table: Table, summaries: Mapping[str, Mapping[str, Any]]

@@ -21,11 +21,64 @@ from resetax.experiment.build import Builder, Experiment, Inputs, load_inputs, s
 from resetax.experiment.config import Config, validate
 
 
+class Finished(NamedTuple):
+    """A run that trained to its last step.
+
+    Attributes:
+      summary: Its ``summary.json``.
+    """
+
+    summary: dict[str, Any]
+
+
+class Diverged(NamedTuple):
+    """A run that ended on a train loss non-finite for a whole evaluation window.
+
+    Attributes:
+      summary: Its ``summary.json``, of the best model before; ``diverged_at`` in it is
+        :attr:`step`.
+    """
+
+    summary: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        """The first step of the non-finite stretch."""
+        return self.summary["diverged_at"]
+
+
+class Stopped(NamedTuple):
+    """A run stopped before its last step, after a checkpoint there: resumable.
+
+    Attributes:
+      step: The step it stopped at (0 for a run of a group that never started).
+      signal: The signal that stopped it (``"SIGTERM"``, ``"SIGINT"``); None when it was
+        ``stop_after`` or a group's failed run.
+    """
+
+    step: int
+    signal: str | None = None
+
+
+RunResult = Finished | Diverged | Stopped
+
+
+def ended(summary: dict[str, Any]) -> Finished | Diverged:
+    """The result of a run that wrote ``summary`` (a finished run's, read back).
+
+    Example:
+      >>> from resetax.experiment.runner import ended
+      >>> ended({"num_steps": 120}), ended({"num_steps": 40, "diverged_at": 20}).step
+      (Finished(summary={'num_steps': 120}), 20)
+    """
+    return Diverged(summary) if "diverged_at" in summary else Finished(summary)
+
+
 def train(config: Config, run_dir: str | Path, *, resume: bool = False,
           overwrite: bool = False, progress: bool | control.Progress = True,
           stop_after: int | None = None, build: Builder | None = None,
-          stop: control.StopRequest | None = None) -> dict[str, Any]:
-    """Trains one run and writes its directory; returns the summary.
+          stop: control.StopRequest | None = None) -> RunResult:
+    """Trains one run and writes its directory; returns how it ended (:data:`RunResult`).
 
     ``config.baseline`` is ignored (recorded as False): this is one run, and ``resetax train
     --baseline`` calls it once for each run of the pair. Every check (config, run directory,
@@ -35,7 +88,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
     uninterrupted one. ``stop_after`` stops at the first evaluation window that starts at or
     after that step, after a checkpoint there, as an interruption would. A SIGTERM or Ctrl-C
     stops the run at the end of the current evaluation window, after a checkpoint; the result is
-    then ``{"stopped_at": step, "signal": "SIGTERM"}``.
+    then ``Stopped(step, "SIGTERM")``.
 
     The runs of a group trained side by side (:func:`resetax.experiment.group.train_group`) pass
     how to ``build`` the experiment (:func:`setup` by default), the ``stop`` request they share
@@ -51,8 +104,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
       ...                     baseline=False)
       >>> run_dir = Path(tempfile.mkdtemp()) / "run"
       >>> runner.train(config, run_dir, progress=False, stop_after=60)  # as if interrupted
-      {'stopped_at': 60}
-      >>> summary = runner.train(config, run_dir, progress=False, resume=True)
+      Stopped(step=60, signal=None)
+      >>> summary = runner.train(config, run_dir, progress=False, resume=True).summary
       >>> summary["num_steps"], summary["num_resets"] > 0, 0 <= summary["test_acc"] <= 1
       (120, True, True)
       >>> sorted(p.name for p in run_dir.iterdir())
@@ -83,15 +136,15 @@ def _check_resumed_config(run_dir: Path, config: Config) -> None:
 
 def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
                progress: bool | control.Progress = True, stop_after: int | None = None,
-               stop: control.StopRequest | None = None) -> dict[str, Any]:
+               stop: control.StopRequest | None = None) -> RunResult:
     """Trains from the initial state, or from the last intact checkpoint with ``resume``.
 
     Writes ``metrics.jsonl`` as evaluation windows complete, a checkpoint every
     ``checkpoint_every`` steps, and at the end the best model, ``summary.json`` and
-    ``curves.png``. Returns the summary; ``{"stopped_at": step}`` (with ``"signal"`` after a
-    SIGTERM or SIGINT) when it stopped early, see :func:`train`. A run whose train loss stays
-    non-finite for a whole evaluation window ends there: its summary (of the best model before
-    that) holds ``"diverged_at"``, the first step of that stretch. It stops on ``stop``
+    ``curves.png``. Returns :class:`Finished`, or :class:`Stopped` when it stopped early (see
+    :func:`train`). A run whose train loss stays non-finite for a whole evaluation window ends
+    there, :class:`Diverged`: its summary (of the best model before that) holds
+    ``"diverged_at"``, the first step of that stretch. It stops on ``stop``
     (:class:`~resetax.experiment.control.StopRequest`), a request of its own by default, and
     shows a ``progress`` bar (``True``, or where: :class:`~resetax.experiment.control.Progress`).
     """
@@ -110,7 +163,7 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
             control.ProgressBar(config.num_steps, step, shown) as bar:
         while step < config.num_steps:
             stopping = stop.agreed()  # the same decision on every process
-            if _stops_here(step, config, stopping, stop_after) or _diverged(
+            if _stops_here(step, config, stopping, stop_after) or _has_diverged(
                     nonfinite_since, step, config):
                 break
             diagnostics = None
@@ -131,12 +184,11 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
         if step < config.num_steps and saved_step != step:
             _save(manager, placement.fetch(state), wall_time)
     timing = {"wall_time_s": wall_time, "compile_time_s": compiling.seconds}
-    if _diverged(nonfinite_since, step, config):
-        return _finish(experiment, run_dir, state, timing,
-                       diverged_at=nonfinite_since)
+    if _has_diverged(nonfinite_since, step, config):
+        return Diverged(_finish(experiment, run_dir, state, timing, diverged_at=nonfinite_since))
     if step < config.num_steps:
-        return {"stopped_at": step, **({"signal": stop.signal_name} if stop.requested else {})}
-    return _finish(experiment, run_dir, state, timing)
+        return Stopped(step, stop.signal_name)
+    return Finished(_finish(experiment, run_dir, state, timing))
 
 
 def nonfinite_streak(since: int | None, rows: list[dict[str, Any]]) -> int | None:
@@ -318,7 +370,7 @@ def _stops_here(step: int, config: Config, stopping: bool, stop_after: int | Non
     return stopping or (stop_after is not None and step >= stop_after)
 
 
-def _diverged(nonfinite_since: int | None, step: int, config: Config) -> bool:
+def _has_diverged(nonfinite_since: int | None, step: int, config: Config) -> bool:
     """Whether the train loss has been non-finite for a whole evaluation window."""
     return nonfinite_since is not None and step - nonfinite_since >= config.eval_every
 
