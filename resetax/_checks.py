@@ -8,6 +8,7 @@ through, so that every function stays jittable; they check Python numbers and co
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -98,6 +99,30 @@ def in_range(name: str, value: Any, low: float, high: float) -> None:
     """A Python number (not a bool, not an array) in ``[low, high]``."""
     if not (_is_real(value) and low <= value <= high):
         raise ValueError(f"{name} must be in [{low}, {high}], got {value!r}.")
+
+
+def python_number(name: str, value: Any, ok: Callable[[float], bool], accepted: str) -> None:
+    """A Python number (not a bool, not an array) for which ``ok(value)`` holds; ``accepted``
+    says which in the message (``"in (0, 1)"``, ``"a finite number > 0"``)."""
+    if not (_is_real(value) and ok(value)):
+        raise ValueError(f"{name} must be {accepted}, got {value!r}.")
+
+
+def multiple_of(name: str, value: int | None, base_name: str, base: int, reason: str = "") -> None:
+    """``value`` a multiple of ``base`` (another argument, ``base_name``), or ``None``;
+    ``reason`` ends the message (``", so that ..."``)."""
+    if value is not None and value % base:
+        raise ValueError(f"{name} ({value}) must be a multiple of {base_name} ({base}){reason}.")
+
+
+def regex(name: str, value: str | None) -> None:
+    """A regular expression that compiles, or ``None``."""
+    if value is None:
+        return
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(f"{name} must be a regular expression, got {value!r}: {err}.") from err
 
 
 def positive_int(name: str, value: Any, *, none_ok: bool = False) -> None:

@@ -101,3 +101,29 @@ def test_path_name_and_is_masked():
         "Dense_0/kernel", "blocks/0", "blocks/1/0"]
     leaves = jax.tree.leaves(tree, is_leaf=_trees.is_masked)
     assert [_trees.is_masked(x) for x in leaves] == [False, False, False, True]
+
+
+def test_python_number_takes_python_numbers_only():
+    positive = lambda v: v > 0  # noqa: E731
+    _checks.python_number("learning_rate", 0.1, positive, "a number > 0")
+    _checks.python_number("learning_rate", np.float64(0.1), positive, "a number > 0")
+    for value in (0.0, True, np.array(0.5), "0.1", None):
+        with pytest.raises(ValueError, match=re.escape(
+                f"learning_rate must be a number > 0, got {value!r}.")):
+            _checks.python_number("learning_rate", value, positive, "a number > 0")
+
+
+def test_multiple_of_names_both_arguments_and_passes_none():
+    _checks.multiple_of("checkpoint_every", 200, "eval_every", 100)
+    _checks.multiple_of("test_every", None, "eval_every", 100)
+    with pytest.raises(ValueError, match=re.escape(
+            "checkpoint_every (150) must be a multiple of eval_every (100), so that x.")):
+        _checks.multiple_of("checkpoint_every", 150, "eval_every", 100, ", so that x")
+
+
+def test_regex_reports_the_pattern_error():
+    _checks.regex("reset_layers", "Dense_[01]$")
+    _checks.regex("reset_layers", None)
+    with pytest.raises(ValueError, match=re.escape("reset_layers must be a regular expression, "
+                                                   "got 'Dense_[': ")):
+        _checks.regex("reset_layers", "Dense_[")

@@ -484,8 +484,8 @@ def _resumed_config(args, run_dir: Path) -> config_lib.Config:
     given = _overrides(args)
     if args.preset is not None:  # every field of that preset counts as given
         given = dataclasses.asdict(config_from_args(args))
-    changed = [f"{name} (saved {_show(getattr(saved, name))}, given {_show(value)})"
-               for name, value in given.items() if getattr(saved, name) != value]
+    changed = [f"{name} (saved {_show(was)}, given {_show(value)})"
+               for name, (was, value) in saved.diff(given).items()]
     if changed:
         raise ValueError(
             f"--resume continues {str(run_dir)!r} with its saved config; these flags would "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
+from collections.abc import Mapping
 from typing import Any
 
 from resetax import _checks
@@ -158,9 +158,29 @@ class Config:
               "memorization fractions. none: off.")
     data_dir: str | None = _field(None, "TFDS data directory for the datasets that need one.")
 
+    def __post_init__(self):
+        validate(self)  # once, when the config is made: a Config is always valid
+
     def replace(self, **changes: Any) -> Config:
-        """Returns a copy with fields changed (validated)."""
-        return validate(dataclasses.replace(self, **changes))
+        """Returns a copy with fields changed (validated, as every Config is)."""
+        return dataclasses.replace(self, **changes)
+
+    def diff(self, other: Config | Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """The fields whose values differ from ``other``'s (a Config, or some fields' values):
+        ``{name: (this value, other's)}``, in field order.
+
+        Example:
+          >>> from resetax.experiment.config import get_config
+          >>> config = get_config("quick")
+          >>> config.diff(config.replace(seed=3, noise_rate=0.6))
+          {'noise_rate': (0.4, 0.6), 'seed': (0, 3)}
+          >>> config.diff({"seed": 0, "batch_size": 64})
+          {'batch_size': (32, 64)}
+        """
+        values = other if isinstance(other, Mapping) else dataclasses.asdict(other)
+        return {f.name: (getattr(self, f.name), values[f.name])
+                for f in dataclasses.fields(self)
+                if f.name in values and getattr(self, f.name) != values[f.name]}
 
     @classmethod
     def help(cls, name: str) -> str:
@@ -284,21 +304,19 @@ def get_config(preset: str = "quick", **overrides: Any) -> Config:
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown config field(s) {unknown}; accepted: {sorted(fields)}.")
-    return validate(Config(**{**PRESETS[preset], **overrides}))
+    return Config(**{**PRESETS[preset], **overrides})
 
 
 def validate(config: Config) -> Config:
-    """Checks every field, raising ValueError that names the field and the accepted values.
+    """Checks every field, raising ValueError that names the field and the accepted values;
+    every :class:`Config` is checked so when it is made.
 
     Returns:
       The config itself, when it is valid.
 
     Example:
-      >>> import dataclasses
-      >>> from resetax.experiment.config import Config, validate
-      >>> validate(Config()).batch_size
-      32
-      >>> validate(dataclasses.replace(Config(), reset_prob=-0.1))
+      >>> from resetax.experiment.config import Config
+      >>> Config(reset_prob=-0.1)
       Traceback (most recent call last):
       ...
       ValueError: reset_prob must be in [0.0, 1.0], got -0.1.
@@ -334,26 +352,18 @@ def _check_choices(config: Config) -> None:
     for field in dataclasses.fields(config):
         if field.type == "bool":
             _checks.boolean(field.name, getattr(config, field.name))
-    if config.reset_layers is not None:
-        try:
-            re.compile(config.reset_layers)
-        except re.error as err:
-            raise ValueError(
-                f"reset_layers must be a regular expression, got {config.reset_layers!r}: {err}."
-            ) from err
+    _checks.regex("reset_layers", config.reset_layers)
 
 
 def _check_numbers(config: Config) -> None:
     _checks.in_range("noise_rate", config.noise_rate, 0.0, 1.0)
     _checks.in_range("reset_prob", config.reset_prob, 0.0, 1.0)
     _checks.in_range("momentum", config.momentum, 0.0, 1.0)
-    if not 0.0 < config.val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {config.val_fraction!r}.")
-    value = config.learning_rate
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"learning_rate must be a finite number > 0, got {value!r}.")
-    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
-        raise ValueError(f"weight_decay must be >= 0, got {config.weight_decay!r}.")
+    _checks.python_number("val_fraction", config.val_fraction, lambda v: 0 < v < 1, "in (0, 1)")
+    _checks.python_number("learning_rate", config.learning_rate,
+                          lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+    _checks.python_number("weight_decay", config.weight_decay,
+                          lambda v: math.isfinite(v) and v >= 0, ">= 0")
     for name in ("num_per_class", "num_devices"):
         _checks.positive_int(name, getattr(config, name), none_ok=True)
     if config.baseline and config.reset_prob == 0:
@@ -366,30 +376,22 @@ def _check_schedule(config: Config) -> None:
     for name in ("batch_size", "num_steps", "eval_every", "steps_per_dispatch",
                  "checkpoint_every"):
         _checks.positive_int(name, getattr(config, name))
-    if config.checkpoint_every % config.eval_every:
-        raise ValueError(
-            f"checkpoint_every ({config.checkpoint_every}) must be a multiple of eval_every "
-            f"({config.eval_every}), so that a resumed run reports the same metrics.")
+    _checks.multiple_of("checkpoint_every", config.checkpoint_every, "eval_every",
+                        config.eval_every, ", so that a resumed run reports the same metrics")
     _checks.int_at_least("patience", config.patience, 0, none_ok=True)
     _checks.positive_int("diagnostics_every", config.diagnostics_every, none_ok=True)
-    if config.diagnostics_every is not None:
-        if config.diagnostics_every % config.eval_every:
-            raise ValueError(
-                f"diagnostics_every ({config.diagnostics_every}) must be a multiple of eval_every "
-                f"({config.eval_every}).")
+    _checks.multiple_of("diagnostics_every", config.diagnostics_every, "eval_every",
+                        config.eval_every)
 
 
 def _check_loss_hyperparameters(config: Config) -> None:
     for name in ("sce_alpha", "sce_beta", "nce_rce_alpha", "nce_rce_beta", "elr_lambda"):
-        value = getattr(config, name)
-        if not (_is_number(value) and math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+        _checks.python_number(name, getattr(config, name),
+                              lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
     for name, ok, accepted in (("gce_q", lambda v: 0 < v <= 1, "in (0, 1]"),
                                ("truncated_gce_k", lambda v: 0 <= v < 1, "in [0, 1)"),
                                ("elr_beta", lambda v: 0 <= v < 1, "in [0, 1)")):
-        value = getattr(config, name)
-        if not (_is_number(value) and ok(value)):
-            raise ValueError(f"{name} must be {accepted}, got {value!r}.")
+        _checks.python_number(name, getattr(config, name), ok, accepted)
 
 
 def _check_official_options(config: Config) -> None:
@@ -406,13 +408,7 @@ def _check_official_options(config: Config) -> None:
         raise ValueError(f"val_size is only used with val_source='train_unused', got "
                          f"val_source={config.val_source!r}; leave val_size none.")
     _checks.positive_int("test_every", config.test_every, none_ok=True)
-    if config.test_every is not None and config.test_every % config.eval_every:
-        raise ValueError(f"test_every ({config.test_every}) must be a multiple of eval_every "
-                         f"({config.eval_every}).")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    _checks.multiple_of("test_every", config.test_every, "eval_every", config.eval_every)
 
 
 def _registries() -> tuple[tuple[str, ...], tuple[str, ...]]:

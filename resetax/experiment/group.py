@@ -173,8 +173,7 @@ def with_reset_prob(experiment: Experiment, config: Config) -> Experiment:
       ...
       ValueError: an experiment serves configs that differ in reset_prob only, not in ['seed'].
     """
-    changed = [f.name for f in dataclasses.fields(Config) if f.name != "reset_prob"
-               and getattr(config, f.name) != getattr(experiment.config, f.name)]
+    changed = [name for name in config.diff(experiment.config) if name != "reset_prob"]
     if changed:
         raise ValueError(f"an experiment serves configs that differ in reset_prob only, "
                          f"not in {changed}.")
@@ -217,7 +216,7 @@ class SharedExperiments:
 
     def get(self, config: Config, inputs: Inputs) -> Experiment:
         """The experiment for ``config``, built from its ``inputs``."""
-        key = dataclasses.replace(config, reset_prob=0.0)  # not validated: only a key
+        key = config.replace(reset_prob=0.0)
         with self._lock:
             entry = self._entries.pop(key, None) or [threading.Lock(), None]
             self._entries[key] = entry  # the most recent last

@@ -6,7 +6,6 @@ checkpoints.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 from resetax.experiment import checkpoint, control, distributed, report, workdir
 from resetax.experiment import steps as steps_lib
 from resetax.experiment.build import Builder, Experiment, Inputs, load_inputs, setup
-from resetax.experiment.config import Config, validate
+from resetax.experiment.config import Config
 
 
 class Finished(NamedTuple):
@@ -111,7 +110,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
       >>> sorted(p.name for p in run_dir.iterdir())
       ['best', 'checkpoints', 'config.json', 'curves.png', 'metrics.jsonl', 'summary.json']
     """
-    config = validate(config).replace(baseline=False)  # one run; the CLI pairs two of them
+    config = config.replace(baseline=False)  # one run; the CLI pairs two of them
     run_dir = Path(run_dir)
 
     def preflight() -> Inputs:
@@ -127,10 +126,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
 
 
 def _check_resumed_config(run_dir: Path, config: Config) -> None:
-    saved = workdir.load_config(run_dir)
-    if saved != config:
-        changed = [f.name for f in dataclasses.fields(Config)
-                   if getattr(saved, f.name) != getattr(config, f.name)]
+    changed = list(workdir.load_config(run_dir).diff(config))
+    if changed:
         raise ValueError(f"cannot resume {str(run_dir)!r} with a different config: {changed}.")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from resetax.experiment import distributed
-from resetax.experiment.config import Config, validate
+from resetax.experiment.config import Config
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
 LOCK_FILE = ".lock"
@@ -234,7 +234,7 @@ def load_config(run_dir: str | os.PathLike) -> Config:
     """
     _check_resumable(Path(run_dir), CONFIG_FILE)
     fields = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
-    return validate(Config(**fields))
+    return Config(**fields)
 
 
 def write_config(run_dir: str | os.PathLike, config: Config) -> None:
