@@ -104,8 +104,9 @@ def _library_runs(root: Path) -> None:
     _report("tiny-resumed", resumed)
     pair = root / "tiny-pair"
     config = tiny(num_devices=1, baseline=False)
-    group.train_group([("baseline", config.replace(reset_prob=0.0), pair / "baseline"),
-                       ("resetting", config, pair / "resetting")],
+    group.train_group([group.GroupRun("baseline", config.replace(reset_prob=0.0),
+                                      pair / "baseline"),
+                       group.GroupRun("resetting", config, pair / "resetting")],
                       jobs=2, progress=False, announce=lambda _: None)
     _report("tiny-pair", pair)
 

@@ -84,10 +84,11 @@ def test_a_failing_run_stops_the_others_at_their_window_end(tmp_path, monkeypatc
 
     monkeypatch.setattr(group, "train_or_reuse", train_or_reuse)
     config = tiny(num_steps=100_000, checkpoint_every=100_000, num_devices=1)
-    parts = [("first", config, first), ("failing", config, tmp_path / "failing"),
-             ("third", config, tmp_path / "third")]
+    runs = [group.GroupRun("first", config, first),
+            group.GroupRun("failing", config, tmp_path / "failing"),
+            group.GroupRun("third", config, tmp_path / "third")]
     with pytest.raises(workdir.RunError, match="the disk is full"):
-        group.train_group(parts, jobs=2, progress=False, announce=lambda _: None)
+        group.train_group(runs, jobs=2, progress=False, announce=lambda _: None)
     steps = sorted(int(p.name) for p in (first / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and steps[-1] % config.eval_every == 0 and steps[-1] < config.num_steps
     assert not (first / "summary.json").exists()  # stopped, resumable
@@ -105,17 +106,17 @@ def test_runs_on_several_devices_train_one_at_a_time(tmp_path, monkeypatch, caps
         return {"num_steps": 0}
 
     monkeypatch.setattr(group, "train_or_reuse", train_or_reuse)
-    parts = [(name, tiny(), tmp_path / name) for name in ("a", "b", "c")]  # all 8 devices
-    assert len(placement.devices(parts[0][1])) == 8
-    group.train_group(parts, jobs="auto", progress=False, announce=lambda _: None)
+    runs = [group.GroupRun(name, tiny(), tmp_path / name) for name in ("a", "b", "c")]  # 8 devices
+    assert len(placement.devices(runs[0].config)) == 8
+    group.train_group(runs, jobs="auto", progress=False, announce=lambda _: None)
     assert set(threads.values()) == {threading.main_thread()}
     with pytest.raises(ValueError, match=r"jobs must be 1 when each run trains on several "
                                          r"devices \(8\), got 2"):
-        group.train_group(parts, jobs=2, progress=False, announce=lambda _: None)
+        group.train_group(runs, jobs=2, progress=False, announce=lambda _: None)
     # One device each: side by side, in the pool's threads.
     threads.clear()
-    parts = [(name, tiny(num_devices=1), tmp_path / name) for name in ("a", "b", "c")]
-    group.train_group(parts, jobs=2, progress=False, announce=lambda _: None)
+    runs = [group.GroupRun(name, tiny(num_devices=1), tmp_path / name) for name in ("a", "b", "c")]
+    group.train_group(runs, jobs=2, progress=False, announce=lambda _: None)
     assert sorted(threads) == ["a", "b", "c"] and threading.main_thread() not in set(
         threads.values())
     # The CLI says so in one line, before anything is written.

@@ -103,12 +103,12 @@ def _compare(args) -> int:
     if seeds < 2:
         raise ValueError(f"seeds must be >= 2 for a standard error, got {seeds}.")
     _start_processes(args)
-    parts = [(f"{name}-seed{seed}", config.replace(seed=seed, reset_prob=reset_prob,
-                                                    baseline=False))
+    named_configs = [(f"{name}-seed{seed}", config.replace(seed=seed, reset_prob=reset_prob,
+                                                            baseline=False))
              for seed in range(config.seed, config.seed + seeds)
              for name, reset_prob in (("baseline", 0.0), ("resetting", config.reset_prob))]
-    return _run_group(run_dir, config, parts, argparse.Namespace(**{**vars(args), "seeds": seeds}),
-                      _report_compare)
+    return _run_group(run_dir, config, named_configs,
+                      argparse.Namespace(**{**vars(args), "seeds": seeds}), _report_compare)
 
 
 def _report_compare(summaries: dict[str, dict[str, Any]], config, run_dir: Path) -> None:
@@ -173,7 +173,7 @@ def _reproduce(args) -> int:
 
 
 def _run_group(run_dir: Path, config: config_lib.Config,
-               parts: list[tuple[str, config_lib.Config]], args, report) -> int:
+               named_configs: list[tuple[str, config_lib.Config]], args, report) -> int:
     """Trains several runs under one directory (a pair, or compare's seeds), resumably.
 
     The directory holds the group's config, its plan and one subdirectory per run; a finished run
@@ -191,12 +191,13 @@ def _run_group(run_dir: Path, config: config_lib.Config,
     def write(path: Path) -> None:
         workdir.write_config(path, config)
         workdir.write_json(path / workdir.PLAN_FILE, {
-            "command": args.command.__name__[1:], "seeds": getattr(args, "seeds", None)})
+            "command": args.command_name, "seeds": getattr(args, "seeds", None)})
 
     with workdir.run_directory(run_dir, resume=args.resume, overwrite=args.overwrite,
                                preflight=preflight, write=write) as jobs:
         results = group.train_group(
-            [(name, part, run_dir / name) for name, part in parts], jobs=jobs,
+            [group.GroupRun(name, run_config, run_dir / name)
+             for name, run_config in named_configs], jobs=jobs,
             resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
             announce=_print)
         stopped = _first_stopped(results)
@@ -216,7 +217,7 @@ def _plan(run_dir: Path, args) -> dict[str, Any] | None:
     from resetax.experiment import workdir
 
     path = run_dir / workdir.PLAN_FILE
-    command = args.command.__name__[1:]
+    command = args.command_name
     if not args.resume or not (path.exists() or command == "compare"):
         return None
     plan = json.loads(path.read_text()) if path.exists() else {"command": "train"}
@@ -261,7 +262,7 @@ def _stopped(result: Any, run_dir: Path, args) -> int:
     from resetax.experiment import distributed
 
     name = result.signal or "SIGTERM"
-    command = " ".join([args.command.__name__[1:], *([args.table] if "table" in args else [])])
+    command = " ".join([args.command_name, *([args.table] if "table" in args else [])])
     if distributed.is_primary():
         print(f"resetax: stopped by {name} at step {result.step}, after a checkpoint in "
               f"{run_dir}; run `resetax {command} --run-dir {run_dir} --resume` to continue.",
@@ -357,7 +358,7 @@ def parser(preset: str | None = None) -> argparse.ArgumentParser:
         # No abbreviated flags: among 40 flags a typo must not silently pick one.
         sub = commands.add_parser(name, help=help_text, description=help_text,
                                   allow_abbrev=False)
-        sub.set_defaults(command=func, parser=sub)
+        sub.set_defaults(command=func, command_name=name, parser=sub)
         if name == "reproduce":
             _add_reproduce_arguments(sub)
         else:

@@ -130,7 +130,7 @@ class ProgressBar:
     Example:
       >>> from resetax.experiment.control import ProgressBar
       >>> with ProgressBar(total=20, initial=0, progress=None) as bar:  # hidden
-      ...     bar.show(rows=[{"step": 0}, {"step": 1}], lines=[])
+      ...     bar.show(per_step=[{"step": 0}, {"step": 1}], window_lines=[])
     """
 
     def __init__(self, total: int, initial: int, progress: Progress | None):
@@ -147,9 +147,10 @@ class ProgressBar:
     def __exit__(self, *exc_info) -> None:
         self._bar.close()
 
-    def show(self, rows: list[dict[str, Any]], lines: list[dict[str, Any]]) -> None:
-        if lines:
-            last = lines[-1]
+    def show(self, per_step: list[dict[str, Any]], window_lines: list[dict[str, Any]]) -> None:
+        """Advances by the steps done; shows the last closed window's losses and resets."""
+        if window_lines:
+            last = window_lines[-1]
             self._bar.set_postfix(loss=f"{last['train_loss']:.3f}", val=f"{last['val_loss']:.3f}",
                                   resets=last["num_resets"], refresh=False)
-        self._bar.update(len(rows))
+        self._bar.update(len(per_step))

@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -26,7 +26,19 @@ from resetax.experiment import build, control, placement, runner, workdir
 from resetax.experiment.build import Experiment, Inputs
 from resetax.experiment.config import Config
 
-Part = tuple[str, Config, Path]  # a run's name, config and directory
+
+class GroupRun(NamedTuple):
+    """One run of a group.
+
+    Attributes:
+      name: Its name (a pair's ``baseline``, compare's ``resetting-seed1``).
+      config: Its config.
+      run_dir: Its directory.
+    """
+
+    name: str
+    config: Config
+    run_dir: Path
 
 
 def resolve_jobs(jobs: int | str, num_devices: int = 1) -> int:
@@ -66,10 +78,10 @@ def resolve_jobs(jobs: int | str, num_devices: int = 1) -> int:
     return jobs
 
 
-def train_group(parts: Sequence[Part], *, jobs: int | str = 1, resume: bool = False,
+def train_group(runs: Sequence[GroupRun], *, jobs: int | str = 1, resume: bool = False,
                 overwrite: bool = False, progress: bool = True,
                 announce: Callable[[str], None] = print) -> dict[str, runner.RunResult]:
-    """Trains the runs ``parts``, ``jobs`` at a time, in their order; returns their results by
+    """Trains the ``runs``, ``jobs`` at a time, in their order; returns their results by
     name (:data:`~resetax.experiment.runner.RunResult`).
 
     Each run is :func:`train_or_reuse`'s (with ``resume``, a finished run is read back and an
@@ -86,21 +98,21 @@ def train_group(parts: Sequence[Part], *, jobs: int | str = 1, resume: bool = Fa
       >>> config = get_config("quick", dataset="digits", model="mlp", num_steps=20,
       ...                     eval_every=10, checkpoint_every=20, num_devices=1, baseline=False)
       >>> root = Path(tempfile.mkdtemp())
-      >>> parts = [("baseline", config.replace(reset_prob=0.0), root / "baseline"),
-      ...          ("resetting", config, root / "resetting")]
-      >>> results = group.train_group(parts, jobs=2, progress=False, announce=lambda _: None)
+      >>> runs = [group.GroupRun("baseline", config.replace(reset_prob=0.0), root / "baseline"),
+      ...         group.GroupRun("resetting", config, root / "resetting")]
+      >>> results = group.train_group(runs, jobs=2, progress=False, announce=lambda _: None)
       >>> list(results), [r.summary["num_steps"] for r in results.values()]
       (['baseline', 'resetting'], [20, 20])
     """
-    jobs = resolve_jobs(jobs, max(len(placement.devices(config)) for _, config, _ in parts))
+    jobs = resolve_jobs(jobs, max(len(placement.devices(run.config)) for run in runs))
     shared = SharedExperiments(size=jobs)
     results: dict[str, runner.RunResult] = {}
     errors: list[BaseException] = []
 
     with control.StopRequest() as stop:  # installed here, in the main thread, for every run
 
-        def run_part(index: int, part: Part) -> None:
-            name, config, run_dir = part
+        def train_one(index: int, run: GroupRun) -> None:
+            name, config, run_dir = run
             if stop.requested:  # stopped before this run started
                 return
             announce(f"== {name} (reset_prob={config.reset_prob}, seed {config.seed})")
@@ -114,17 +126,17 @@ def train_group(parts: Sequence[Part], *, jobs: int | str = 1, resume: bool = Fa
                 stop.request()
 
         if jobs == 1:
-            for index, part in enumerate(parts):
-                run_part(index, part)
+            for index, run in enumerate(runs):
+                train_one(index, run)
         else:
             with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-                pending = {pool.submit(run_part, index, part) for index, part in enumerate(parts)}
+                pending = {pool.submit(train_one, index, run) for index, run in enumerate(runs)}
                 while pending:  # in short waits: the main thread handles signals between them
                     _, pending = concurrent.futures.wait(pending, timeout=0.2)
     if errors:
         raise errors[0]
     never_started = runner.Stopped(0, stop.signal_name)
-    return {name: results.get(name, never_started) for name, _, _ in parts}
+    return {run.name: results.get(run.name, never_started) for run in runs}
 
 
 def train_or_reuse(config: Config, run_dir: str | Path, *, resume: bool,

@@ -159,7 +159,7 @@ class JitMesh(Placement):
 
     @property
     def replicas(self) -> steps_lib.Replicas:
-        return steps_lib.GLOBAL_BATCH
+        return steps_lib.NO_REPLICAS
 
     @property
     def batch_sharding(self) -> NamedSharding:

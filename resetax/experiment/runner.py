@@ -169,13 +169,13 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
             start = time.perf_counter()
             state, metrics = experiment.run_steps(
                 state, step, chunk_length(step, config, stopping=stopping))
-            rows = metric_rows(placement.fetch(metrics))
+            per_step = per_step_metrics(placement.fetch(metrics))
             wall_time += time.perf_counter() - start
-            window, lines = fold_rows(window, rows, config, diagnostics)
-            log.write(lines)
-            bar.show(rows, lines)
-            nonfinite_since = nonfinite_streak(nonfinite_since, rows)
-            step = rows[-1]["step"] + 1
+            window, window_lines = fold_windows(window, per_step, config, diagnostics)
+            log.write(window_lines)
+            bar.show(per_step, window_lines)
+            nonfinite_since = nonfinite_streak(nonfinite_since, per_step)
+            step = per_step[-1]["step"] + 1
             if step % config.checkpoint_every == 0 or step == config.num_steps:
                 saved_step = _save(manager, placement.fetch(state), wall_time)
         if step < config.num_steps and saved_step != step:
@@ -188,19 +188,19 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
     return Finished(_finish(experiment, run_dir, state, timing))
 
 
-def nonfinite_streak(since: int | None, rows: list[dict[str, Any]]) -> int | None:
+def nonfinite_streak(since: int | None, per_step: list[dict[str, Any]]) -> int | None:
     """The first step of the current run of non-finite train losses, None if the last is finite.
 
     Example:
       >>> from resetax.experiment.runner import nonfinite_streak
-      >>> rows = [{"step": s, "train_loss": v} for s, v in ((4, 1.0), (5, float("nan")),
-      ...                                                     (6, float("inf")))]
-      >>> nonfinite_streak(None, rows), nonfinite_streak(2, rows[1:])
+      >>> per_step = [{"step": s, "train_loss": v} for s, v in ((4, 1.0), (5, float("nan")),
+      ...                                                         (6, float("inf")))]
+      >>> nonfinite_streak(None, per_step), nonfinite_streak(2, per_step[1:])
       (5, 2)
       >>> print(nonfinite_streak(5, [{"step": 7, "train_loss": 0.9}]))  # recovered
       None
     """
-    for row in rows:
+    for row in per_step:
         if math.isfinite(row["train_loss"]):
             since = None
         elif since is None:
@@ -233,13 +233,13 @@ def chunk_length(step: int, config: Config, *, stopping: bool = False) -> int:
     return min(boundaries)
 
 
-def metric_rows(metrics: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Per-step rows of Python numbers from stacked per-step metrics.
+def per_step_metrics(metrics: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """One dict of Python numbers per step, from the steps' metrics stacked.
 
     Example:
       >>> import numpy as np
-      >>> from resetax.experiment.runner import metric_rows
-      >>> metric_rows({"step": np.array([4, 5]), "did_reset": np.array([False, True]),
+      >>> from resetax.experiment.runner import per_step_metrics
+      >>> per_step_metrics({"step": np.array([4, 5]), "did_reset": np.array([False, True]),
       ...              "train_loss": np.array([0.5, 0.25], np.float32)})
       [{'step': 4, 'did_reset': False, 'train_loss': 0.5},
        {'step': 5, 'did_reset': True, 'train_loss': 0.25}]
@@ -258,7 +258,7 @@ class Window(NamedTuple):
     Attributes:
       start: The window's first step, where validation (and test) were measured; -1 before the
         first window.
-      head: The window's measurements at ``start``: step, val_loss, val_acc, test_acc,
+      measured: The window's measurements at ``start``: step, val_loss, val_acc, test_acc,
         learning_rate, and the diagnostics when they ran there.
       train_losses: The train losses of the window's steps so far.
       reset_steps: The window's steps that reset at random.
@@ -266,15 +266,16 @@ class Window(NamedTuple):
     """
 
     start: int = -1
-    head: tuple[tuple[str, Any], ...] = ()
+    measured: tuple[tuple[str, Any], ...] = ()
     train_losses: tuple[float, ...] = ()
     reset_steps: tuple[int, ...] = ()
     rollback_steps: tuple[int, ...] = ()
 
 
-def fold_rows(window: Window, rows: list[dict[str, Any]], config: Config,
+def fold_windows(window: Window, per_step: list[dict[str, Any]], config: Config,
               diagnostics: dict[str, float] | None = None) -> tuple[Window, list[dict[str, Any]]]:
-    """Folds per-step rows into evaluation windows; returns the open window and the closed lines.
+    """Folds the metrics of consecutive steps (:func:`per_step_metrics`) into evaluation
+    windows; returns the window still open and the lines (``metrics.jsonl``'s) of those closed.
 
     A window starts at each step divisible by ``eval_every`` and ends before the next one (or at
     the end of the run). Its line holds the measurements at its first step (validation and test,
@@ -283,26 +284,26 @@ def fold_rows(window: Window, rows: list[dict[str, Any]], config: Config,
 
     Example:
       >>> from resetax.experiment.config import get_config
-      >>> from resetax.experiment.runner import Window, fold_rows
+      >>> from resetax.experiment.runner import Window, fold_windows
       >>> config = get_config("quick", eval_every=2, num_steps=4)
       >>> row = lambda step, loss, reset: dict(
       ...     step=step, train_loss=loss, did_reset=reset, val_loss=1.0, val_acc=0.5,
       ...     test_acc=0.5, learning_rate=0.1, active=True, num_resets=int(reset), distance=0.0)
-      >>> window, lines = fold_rows(Window(), [row(0, 2.0, False), row(1, 1.0, True),
+      >>> window, window_lines = fold_windows(Window(), [row(0, 2.0, False), row(1, 1.0, True),
       ...                                      row(2, 0.5, False)], config)
-      >>> [(line["step"], line["train_loss"], line["reset_steps"]) for line in lines]
+      >>> [(line["step"], line["train_loss"], line["reset_steps"]) for line in window_lines]
       [(0, 1.5, [1])]
       >>> window.start, window.train_losses  # steps 2 and 3 make the next window
       (2, (0.5,))
     """
-    lines = []
-    for row in rows:
+    window_lines = []
+    for row in per_step:
         if row["step"] % config.eval_every == 0:
-            head = {k: row[k] for k in ("step", "val_loss", "val_acc", "test_acc",
-                                        "learning_rate")}
-            if diagnostics is not None and row["step"] == rows[0]["step"]:
-                head.update(diagnostics)
-            window = Window(start=row["step"], head=tuple(head.items()))
+            measured = {k: row[k] for k in ("step", "val_loss", "val_acc", "test_acc",
+                                            "learning_rate")}
+            if diagnostics is not None and row["step"] == per_step[0]["step"]:
+                measured.update(diagnostics)
+            window = Window(start=row["step"], measured=tuple(measured.items()))
         window = window._replace(
             train_losses=(*window.train_losses, row["train_loss"]),
             reset_steps=(*window.reset_steps, row["step"]) if row["did_reset"]
@@ -311,13 +312,13 @@ def fold_rows(window: Window, rows: list[dict[str, Any]], config: Config,
             else window.rollback_steps)
         end = row["step"] + 1
         if end % config.eval_every == 0 or end == config.num_steps:
-            lines.append({**dict(window.head), "reset_steps": list(window.reset_steps),
-                          "rollback_steps": list(window.rollback_steps),
-                          "train_loss": float(np.mean(window.train_losses)),
-                          "active": row["active"], "num_resets": row["num_resets"],
-                          "num_rollbacks": row.get("num_rollbacks", 0),
-                          "distance": row["distance"]})
-    return window, lines
+            window_lines.append({
+                **dict(window.measured), "reset_steps": list(window.reset_steps),
+                "rollback_steps": list(window.rollback_steps),
+                "train_loss": float(np.mean(window.train_losses)),
+                "active": row["active"], "num_resets": row["num_resets"],
+                "num_rollbacks": row.get("num_rollbacks", 0), "distance": row["distance"]})
+    return window, window_lines
 
 
 def summarize(experiment: Experiment, state: steps_lib.TrainState,

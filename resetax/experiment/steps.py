@@ -472,7 +472,7 @@ class Replicas(NamedTuple):
 
 
 EVAL_BATCH_SIZE = 1000  # examples per evaluation batch, on each device
-GLOBAL_BATCH = Replicas(None)  # the step sees the global batch: jit over a Mesh, or one device
+NO_REPLICAS = Replicas(None)  # no pmap replicas: the step sees the whole batch (jit, one device)
 
 
 class Evaluation(NamedTuple):
@@ -489,7 +489,7 @@ class Evaluation(NamedTuple):
         return cls(nan, nan, nan)
 
 
-def make_evaluate(model: Any, eval_batch_size: int, replicas: Replicas = GLOBAL_BATCH, *,
+def make_evaluate(model: Any, eval_batch_size: int, replicas: Replicas = NO_REPLICAS, *,
                   loss: Callable | None = None, dataset: str | None = None) -> Callable:
     """Returns ``evaluate(params, batch_stats, x, y, weight) -> (mean loss, accuracy)``.
 
@@ -548,7 +548,7 @@ def make_evaluate(model: Any, eval_batch_size: int, replicas: Replicas = GLOBAL_
 
 
 def make_eval_step(config: Config, model: Any, eval_batch_size: int,
-                   replicas: Replicas = GLOBAL_BATCH) -> Callable:
+                   replicas: Replicas = NO_REPLICAS) -> Callable:
     """Returns ``eval_step(state, data) -> Evaluation`` at the state's params.
 
     The validation loss is :func:`validation_loss`'s. The test accuracy is measured only with
@@ -623,7 +623,7 @@ def track_best(state: TrainState, value: jax.Array) -> dict[str, Any]:
 
 
 def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation,
-                    loss_fn: Callable, num_train: int, *, replicas: Replicas = GLOBAL_BATCH,
+                    loss_fn: Callable, num_train: int, *, replicas: Replicas = NO_REPLICAS,
                     batch_sharding: Any = None) -> Callable:
     """Returns ``train_step(state, data, evaluation) -> (state, metrics)``: one update.
 
@@ -758,7 +758,7 @@ class Steps(NamedTuple):
 
 
 def make_steps(config: Config, model: Any, tx: optax.GradientTransformation,
-               loss_fn: Callable, num_train: int, *, replicas: Replicas = GLOBAL_BATCH,
+               loss_fn: Callable, num_train: int, *, replicas: Replicas = NO_REPLICAS,
                batch_sharding: Any = None, eval_batch_size: int = EVAL_BATCH_SIZE,
                unroll: bool = False) -> Steps:
     """The train step, the eval step and the chunk of fused steps of a run of ``config``.
