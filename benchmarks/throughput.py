@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resetax import models
-from resetax.experiment import steps
+from resetax.experiment import optimization, steps, train_state
 from resetax.experiment.config import get_config
 
 
@@ -30,7 +30,7 @@ def synthetic_data(num_train, num_eval, mesh):
     labels = lambda n: rng.integers(0, 10, n, dtype=np.int32)  # noqa: E731
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     ones = np.ones(num_eval, np.float32)
-    return steps.DeviceData(
+    return train_state.DeviceData(
         *jax.device_put((images(num_train), labels(num_train)), replicated),
         *jax.device_put((images(num_eval), labels(num_eval), ones), sharded),
         *jax.device_put((images(num_eval), labels(num_eval), ones), sharded),
@@ -43,13 +43,13 @@ def measure(model_name, args, mesh, data):
     model = models.get_model(model_name, 10)
     sample = jnp.zeros((1, 32, 32, 3), jnp.uint8)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), sample)["params"])
-    tx = steps.make_optimizer(config, params)
+    tx = optimization.make_optimizer(config, params)
     replicated = NamedSharding(mesh, P())
     # Step 0 evaluates; start at step 1 so that the timed chunks only train.
-    state = steps.init_state(config, model, tx, sample, num_train=args.num_train)._replace(
+    state = train_state.init_state(config, model, tx, sample, num_train=args.num_train)._replace(
         step=jnp.ones([], jnp.int32))
     state = jax.device_put(state, replicated)
-    loss_fn, _ = steps.make_loss(config, args.num_train, 10)
+    loss_fn, _ = optimization.make_loss(config, args.num_train, 10)
     chunk = steps.make_steps(config, model, tx, loss_fn, args.num_train,
                              batch_sharding=NamedSharding(mesh, P("data")),
                              eval_batch_size=args.eval_batch_size,

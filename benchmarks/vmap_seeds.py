@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from resetax.experiment import build, steps
+from resetax.experiment import build, steps, train_state
 from resetax.experiment.config import get_config
 
 CHECK_STEPS = 20
@@ -44,7 +44,8 @@ def main():
     one = jax.jit(run)
     # The step counter is shared, not batched: evaluation stays a real lax.cond under vmap
     # instead of becoming a select that would evaluate at every step.
-    axes = steps.TrainState(**{f: None if f == "step" else 0 for f in steps.TrainState._fields})
+    fields = train_state.TrainState._fields
+    axes = train_state.TrainState(**{f: None if f == "step" else 0 for f in fields})
     many = jax.jit(jax.vmap(run, in_axes=(axes, 0), out_axes=(axes, 0)))
     states = [exp.init_state for exp, _, _ in exps]
     datas = [data for _, _, data in exps]

@@ -25,7 +25,7 @@ from runs import (
     wait_for,
 )
 
-from resetax.experiment import build, checkpoint, cli, runner, steps
+from resetax.experiment import build, checkpoint, cli, optimization, runner, steps, train_state
 from resetax.experiment import placement as placement_lib
 from resetax.experiment.config import PRESETS, Config, get_config
 from resetax.experiment.data_input import ExperimentData, load_data, preprocess
@@ -242,7 +242,7 @@ def test_partial_reset_by_pattern(tmp_path):
     config = tiny(reset_layers="Dense_1", reset_prob=1.0, patience=0, num_steps=40,
                   checkpoint_every=40)
     experiment = build.setup(config)
-    mask = steps.reset_mask(config, experiment.init_state.params)
+    mask = optimization.reset_mask(config, experiment.init_state.params)
     assert sorted(k for k, v in mask.items() if all(jax.tree.leaves(v))) == ["Dense_1"]
     initial = experiment.init_state.params
     runner.train(config, tmp_path / "run", progress=False)
@@ -396,7 +396,7 @@ def test_evaluation_counts_every_example_once(eval_sets, num_devices, parallel):
     eval_step = steps.make_eval_step(tiny(eval_test=True), model, steps.EVAL_BATCH_SIZE,
                                      placement.replicas)
     compiled = placement.compile_eval(eval_step)
-    state = placement.place_state(steps.TrainState(
+    state = placement.place_state(train_state.TrainState(
         step=0, params=variables["params"], batch_stats=variables["batch_stats"],
         opt_state=(), model_checkpoint=(), best_params=(), best_batch_stats=(), best_value=0.0,
         best_step=0, loss_state=(), key=0, epoch_order=0))
@@ -494,7 +494,7 @@ def test_checkpoints_read_by_field_name_with_plain_orbax(reference_run):
 
     run_dir, summary = reference_run
     raw = ocp.StandardCheckpointer().restore(run_dir / "checkpoints" / "120" / "state")
-    assert set(raw) == set(steps.TrainState._fields)
+    assert set(raw) == set(train_state.TrainState._fields)
     assert int(raw["step"]) == 120 and int(raw["best_step"]) == summary["best_step"]
     # The optimizer state: inject_hyperparams' state around the ResettingState's fields.
     assert float(raw["opt_state"]["hyperparams"]["reset_prob"]) == pytest.approx(0.1)

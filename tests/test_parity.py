@@ -330,13 +330,13 @@ def test_core_transform_draws_one_uniform_per_update_from_its_key():
 
 def _trainer_transform(params, **fields):
     """The trainer's optimizer and its ``learning_rate(opt_state, step)`` metric."""
-    from resetax.experiment import steps
+    from resetax.experiment import optimization
     from resetax.experiment.config import get_config
 
     config = get_config("quick", num_steps=_N, eval_every=_E, reset_prob=_R, seed=0,
                         schedule="cosine", learning_rate=0.1, reset_inner_state=True, **fields)
-    return (steps.make_optimizer(config, params),
-            lambda opt_state, step: steps.learning_rate(config, opt_state, step))
+    return (optimization.make_optimizer(config, params),
+            lambda opt_state, step: optimization.learning_rate(config, opt_state, step))
 
 
 def _trainer_run(params, grads, values, **fields):

@@ -15,7 +15,7 @@ from runs import tiny, without_times
 
 from resetax import data as resetax_data
 from resetax import losses, models
-from resetax.experiment import runner, steps
+from resetax.experiment import optimization, runner, steps, train_state
 from resetax.experiment.config import get_config
 from resetax.experiment.data_input import load_data, preprocess
 
@@ -101,18 +101,19 @@ def test_validation_on_the_test_images_with_noisy_labels():
 def _indices_of_steps(config, num_train, num_steps):
     """The training indices each step uses, read through a loss that keeps them as its state."""
     model = models.get_model("mlp", 3, hidden_sizes=(4,))
-    tx = steps.make_optimizer(config, jax.eval_shape(model.init, jax.random.key(0),
+    tx = optimization.make_optimizer(config, jax.eval_shape(model.init, jax.random.key(0),
                                                      jnp.zeros((1, 2)))["params"])
 
     def loss_fn(logits, labels, indices, loss_state):
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels), indices
 
-    state = jax.jit(lambda: steps.init_state(  # one compilation, not one per operation
+    state = jax.jit(lambda: train_state.init_state(  # one compilation, not one per operation
         config, model, tx, jnp.zeros((1, 2)), jnp.zeros(config.batch_size, jnp.int32),
         num_train=num_train))()
     x = jnp.ones((num_train, 2))
-    data = steps.DeviceData(x, jnp.zeros(num_train, jnp.int32), x[:1], jnp.zeros(1, jnp.int32),
-                            jnp.ones(1), x[:1], jnp.zeros(1, jnp.int32), jnp.ones(1))
+    data = train_state.DeviceData(x, jnp.zeros(num_train, jnp.int32), x[:1],
+                                  jnp.zeros(1, jnp.int32), jnp.ones(1), x[:1],
+                                  jnp.zeros(1, jnp.int32), jnp.ones(1))
     step = jax.jit(steps.make_train_step(config, model, tx, loss_fn, num_train))
     out = []
     for _ in range(num_steps):
@@ -138,9 +139,9 @@ def test_validation_loss_train_is_the_training_loss_with_its_hyperparameters():
     x = jax.random.normal(jax.random.key(0), (7, 4))
     y = jnp.arange(7) % 3
     config = get_config("quick", loss="gce", gce_q=0.3, val_loss="train", eval_test=False)
-    state = jax.jit(lambda: steps.init_state(config, model, optax.sgd(0.1), x[:1],
+    state = jax.jit(lambda: train_state.init_state(config, model, optax.sgd(0.1), x[:1],
                                              num_train=7))()
-    data = steps.DeviceData(x, y, x, y, jnp.ones(7), x, y, jnp.ones(7))
+    data = train_state.DeviceData(x, y, x, y, jnp.ones(7), x, y, jnp.ones(7))
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x)
     evaluation = jax.jit(steps.make_eval_step(config, model, 4))(state, data)
     expected = losses.generalized_cross_entropy(logits, y, q=0.3).mean()
@@ -169,10 +170,10 @@ def test_validation_loss_train_is_the_training_loss_with_its_hyperparameters():
 def test_loss_hyperparameters_reach_the_loss(loss, fields, reference):
     logits = jax.random.normal(jax.random.key(1), (6, 5))
     labels = jnp.arange(6) % 5
-    loss_fn, _ = steps.make_loss(get_config("quick", loss=loss, **fields), 6, 5)
+    loss_fn, _ = optimization.make_loss(get_config("quick", loss=loss, **fields), 6, 5)
     got, _ = loss_fn(logits, labels, jnp.arange(6), optax.EmptyState())
     np.testing.assert_allclose(got, reference(logits, labels), rtol=1e-6)
-    default, _ = steps.make_loss(get_config("quick", loss=loss), 6, 5)[0](
+    default, _ = optimization.make_loss(get_config("quick", loss=loss), 6, 5)[0](
         logits, labels, jnp.arange(6), optax.EmptyState())
     assert np.abs(np.asarray(default) - np.asarray(got)).max() > 1e-3  # the fields matter
 
@@ -180,7 +181,7 @@ def test_loss_hyperparameters_reach_the_loss(loss, fields, reference):
 def test_elr_hyperparameters_reach_the_stateful_loss():
     logits = jax.random.normal(jax.random.key(2), (4, 3))
     labels, indices = jnp.arange(4) % 3, jnp.arange(4)
-    loss_fn, state = steps.make_loss(get_config("quick", loss="elr", elr_lambda=7.0,
+    loss_fn, state = optimization.make_loss(get_config("quick", loss="elr", elr_lambda=7.0,
                                                 elr_beta=0.9), 4, 3)
     got, _ = loss_fn(logits, labels, indices, state)
     expected, _ = losses.elr_loss(logits, labels, indices, state, lam=7.0, beta=0.9)
@@ -191,11 +192,11 @@ def test_cifar100_images_use_cifar100_statistics_in_the_steps():
     model = models.get_model("mlp", 3, hidden_sizes=(8,))
     x = jnp.asarray(np.random.default_rng(3).integers(0, 256, (5, 4, 4, 3)), jnp.uint8)
     y = jnp.arange(5) % 3
-    data = steps.DeviceData(x, y, x, y, jnp.ones(5), x, y, jnp.ones(5))
+    data = train_state.DeviceData(x, y, x, y, jnp.ones(5), x, y, jnp.ones(5))
     results = {}
     for dataset in ("cifar10", "cifar100"):
         config = get_config("quick", dataset=dataset, model="mlp", eval_test=False)
-        state = jax.jit(lambda config=config: steps.init_state(
+        state = jax.jit(lambda config=config: train_state.init_state(
             config, model, optax.sgd(0.1), x[:1], num_train=5))()
         logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                              preprocess(x, dataset))

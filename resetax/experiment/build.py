@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resetax.experiment import optimization, train_state, workdir
 from resetax.experiment import steps as steps_lib
-from resetax.experiment import workdir
 from resetax.experiment.config import Config
 from resetax.experiment.data_input import ExperimentData, load_data, preprocess
 from resetax.experiment.placement import Placement, check_devices, placement_for
@@ -27,7 +27,7 @@ class Experiment:
 
     Attributes:
       config: The run's config.
-      init_state: The initial :class:`~resetax.experiment.steps.TrainState`, host arrays.
+      init_state: The initial :class:`~resetax.experiment.train_state.TrainState`, host arrays.
       placement: Where the state and data live
         (:class:`~resetax.experiment.placement.Placement`).
       run_steps: ``run_steps(state, step, num_steps) -> (state, metrics)``: ``num_steps`` train
@@ -42,7 +42,7 @@ class Experiment:
     """
 
     config: Config
-    init_state: steps_lib.TrainState
+    init_state: train_state.TrainState
     placement: Placement
     run_steps: Callable
     evaluate: Callable
@@ -57,7 +57,7 @@ class Inputs(NamedTuple):
       model: The Flax model, without cross-replica BatchNorm.
       params: The shapes of the model's parameters (``jax.ShapeDtypeStruct`` leaves).
       tx: The optimizer: the inner one wrapped in stochastic resetting.
-      loss_fn: The training loss (:func:`~resetax.experiment.steps.make_loss`).
+      loss_fn: The training loss (:func:`~resetax.experiment.optimization.make_loss`).
       loss_state: Its initial state.
     """
 
@@ -112,7 +112,7 @@ def setup(config: Config, inputs: Inputs | None = None) -> Experiment:
     return Experiment(
         config=config,
         init_state=jax.device_get(jax.jit(  # one compilation, not one per operation
-            lambda x, loss_state: steps_lib.init_state(config, model, tx, x, loss_state,
+            lambda x, loss_state: train_state.init_state(config, model, tx, x, loss_state,
                                                        num_train=len(data.train)))(
             jnp.asarray(data.train.inputs[:1]), loss_state)),
         placement=placement, run_steps=run_steps,
@@ -188,15 +188,15 @@ def inputs_for(config: Config, data: ExperimentData) -> Inputs:
     from resetax import models  # imported here: it pulls in every architecture
 
     model = models.get_model(config.model, data.num_classes, init_scheme=config.init)
-    params = jax.eval_shape(lambda x: steps_lib.init_variables(config, model, x),
+    params = jax.eval_shape(lambda x: train_state.init_variables(config, model, x),
                             jnp.asarray(data.train.inputs[:1]))["params"]
-    mask = steps_lib.reset_mask(config, params)
+    mask = optimization.reset_mask(config, params)
     if mask is not None and not any(jax.tree.leaves(mask)):
-        paths = sorted({name.rsplit("/", 1)[0] for name in steps_lib.param_paths(params)})
+        paths = sorted({name.rsplit("/", 1)[0] for name in optimization.param_paths(params)})
         raise ValueError(f"reset_layers {config.reset_layers!r} matches no parameter of "
                          f"{config.model}; its layers are {paths}.")
-    loss_fn, loss_state = steps_lib.make_loss(config, len(data.train), data.num_classes)
-    return Inputs(data, model, params, steps_lib.make_optimizer(config, params), loss_fn,
+    loss_fn, loss_state = optimization.make_loss(config, len(data.train), data.num_classes)
+    return Inputs(data, model, params, optimization.make_optimizer(config, params), loss_fn,
                   loss_state)
 
 
@@ -233,7 +233,7 @@ def make_diagnose(model: Any, data: ExperimentData, dataset: str | None = None) 
                              batch_size=min(n, steps_lib.EVAL_BATCH_SIZE))
         return parts.overall, diagnostics.memorization_fractions(logits, noisy, clean)
 
-    def diagnose(host_state: steps_lib.TrainState) -> dict[str, float]:
+    def diagnose(host_state: train_state.TrainState) -> dict[str, float]:
         alignment, memorization = run(host_state.params, host_state.batch_stats)
         out = {f"grad_{k}": float(v) for k, v in alignment._asdict().items()}
         out.update({f"mem_{k}": float(v) for k, v in memorization._asdict().items()

@@ -83,7 +83,9 @@ def _pair(config: config_lib.Config) -> list[tuple[str, config_lib.Config]]:
 
 
 def _report_pair(summaries: dict[str, dict[str, Any]], config, run_dir: Path) -> None:
-    _print(_side_by_side(summaries))
+    from resetax.experiment import report
+
+    _print(report.side_by_side(summaries))
 
 
 def _compare(args) -> int:
@@ -112,27 +114,15 @@ def _compare(args) -> int:
 
 
 def _report_compare(summaries: dict[str, dict[str, Any]], config, run_dir: Path) -> None:
-    from resetax.experiment import distributed, report
+    from resetax.experiment import report
 
-    accuracy = {name: [s["test_acc"] for part, s in summaries.items() if part.startswith(name)]
-                for name in ("baseline", "resetting")}
-    table = report.compare_table(accuracy["baseline"], accuracy["resetting"])
-    markdown = report.compare_markdown(
-        table, f"noise {config.noise} {config.noise_rate}, reset_prob {config.reset_prob}")
-    _print(markdown)
-    if distributed.is_primary():
-        (run_dir / "compare.md").write_text(markdown)
-        # Each arm's mean and standard error with its per-seed accuracies (seed order).
-        result = {**table, **{name: {**table[name], "per_seed": accuracy[name]}
-                              for name in accuracy}}
-        (run_dir / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
-        report.plot_compare(accuracy["baseline"], accuracy["resetting"], run_dir / "compare.png")
+    _print(report.write_compare(summaries, config, run_dir))
 
 
 def _reproduce(args) -> int:
     """``resetax reproduce TABLE``: every run of a paper table, then the table beside the paper's
     (:mod:`resetax.experiment.reproduce`)."""
-    from resetax.experiment import build, distributed, group, reproduce, workdir
+    from resetax.experiment import build, distributed, group, reproduce, table_report, workdir
 
     table = reproduce.TABLES[args.table]
     run_dir = Path(args.run_dir or _default_run_dir(f"reproduce-{args.table}"))
@@ -167,7 +157,7 @@ def _reproduce(args) -> int:
         if stopped:
             return _stopped(stopped, run_dir, args)
         if distributed.is_primary():
-            _print(reproduce.write_report(table, _summaries(results), run_dir, seeds))
+            _print(table_report.write_report(table, _summaries(results), run_dir, seeds))
     _print(f"run directory: {run_dir}")
     return _report_divergence(results)
 
@@ -316,22 +306,6 @@ def _print(text: str) -> None:
 
     if distributed.is_primary():
         print(text, flush=True)
-
-
-def _side_by_side(summaries: dict[str, dict[str, Any]]) -> str:
-    keys = ("test_acc", "last_test_acc", "best_val_loss", "best_step", "num_resets",
-            "wall_time_s")
-    lines = [f"{'':16}" + "".join(f"{name:>12}" for name in summaries)]
-    for key in keys:
-        cells = []
-        for summary in summaries.values():
-            v = summary[key]
-            if key.endswith("acc"):
-                cells.append(f"{100 * v:11.2f}%")
-            else:
-                cells.append(f"{v:12.4f}" if isinstance(v, float) else f"{v:>12}")
-        lines.append(f"{key:16}" + "".join(cells))
-    return "\n".join(lines)
 
 
 def parser(preset: str | None = None) -> argparse.ArgumentParser:

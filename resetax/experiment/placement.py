@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resetax.experiment import steps as steps_lib
+from resetax.experiment import train_state
 from resetax.experiment.config import Config
 from resetax.experiment.data_input import ExperimentData, pad_eval_set
 
@@ -85,7 +86,7 @@ class Placement(abc.ABC):
         """The host copy (numpy) of a placed pytree (of one replica, where there are several)."""
 
     @abc.abstractmethod
-    def place_data(self, data: ExperimentData) -> steps_lib.DeviceData:
+    def place_data(self, data: ExperimentData) -> train_state.DeviceData:
         """The training split on every device, the evaluation splits padded and split over them.
         """
 
@@ -113,14 +114,14 @@ class Placement(abc.ABC):
         """``eval_step(state, data)`` compiled for this placement."""
         return self.compile(eval_step)
 
-    def compile_chunk(self, chunk: Callable, data: steps_lib.DeviceData) -> Callable:
+    def compile_chunk(self, chunk: Callable, data: train_state.DeviceData) -> Callable:
         """``run_steps(state, step, num_steps)`` as one call of ``chunk(state, data, num_steps)``
         (fused steps, :func:`~resetax.experiment.steps.fuse_steps`); the state is donated."""
         compiled = self.compile(chunk, static_argnums=(2,), donate_argnums=(0,))
         return lambda state, step, num_steps: compiled(state, data, num_steps)
 
     def compile_steps(self, train_step: Callable, evaluate: Callable, eval_every: int,
-                      data: steps_lib.DeviceData) -> Callable:
+                      data: train_state.DeviceData) -> Callable:
         """``run_steps(state, step, num_steps)`` as one call per step, dispatched from Python.
 
         ``evaluate`` is the eval step compiled by :meth:`compile_eval`. The calls run
@@ -176,9 +177,9 @@ class JitMesh(Placement):
     def fetch(self, tree: Any) -> Any:
         return jax.tree.map(np.asarray, jax.device_get(tree))
 
-    def place_data(self, data: ExperimentData) -> steps_lib.DeviceData:
+    def place_data(self, data: ExperimentData) -> train_state.DeviceData:
         train = (data.train.inputs, data.train.labels.astype(np.int32))
-        return steps_lib.DeviceData(
+        return train_state.DeviceData(
             *jax.device_put(train, self.replicated),
             *jax.device_put(self.padded(data.val), self.sharded),
             *jax.device_put(self.padded(data.test), self.sharded))
@@ -226,12 +227,12 @@ class Pmap(Placement):
         return jax.tree.map(lambda x, whole: np.asarray(x).reshape(np.shape(whole)[1:]),
                             jax.device_get(first), tree)
 
-    def place_data(self, data: ExperimentData) -> steps_lib.DeviceData:
+    def place_data(self, data: ExperimentData) -> train_state.DeviceData:
         n = len(self.devices)
         train = (data.train.inputs, data.train.labels.astype(np.int32))
         stack = lambda a: np.broadcast_to(a, (n, *a.shape))  # noqa: E731
         split = lambda a: a.reshape(n, -1, *a.shape[1:])  # noqa: E731
-        return jax.device_put(steps_lib.DeviceData(
+        return jax.device_put(train_state.DeviceData(
             *map(stack, train), *map(split, self.padded(data.val)),
             *map(split, self.padded(data.test))), self.sharded)
 

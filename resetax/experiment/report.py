@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -177,3 +178,55 @@ def plot_compare(baseline: list[float], resetting: list[float], path: str | os.P
     ax.set_xlim(-0.3, 1.3)
     fig.savefig(path, dpi=100)
     return Path(path)
+
+
+def write_compare(summaries: dict[str, dict[str, Any]], config: Any, run_dir: Path) -> str:
+    """``compare``'s report of its runs' ``summaries`` (named ``baseline-seed<k>`` and
+    ``resetting-seed<k>``): writes ``compare.md``, ``compare.json`` (each arm's mean and standard
+    error, with its per-seed accuracies in seed order) and ``compare.png`` into ``run_dir`` on
+    process 0; returns the markdown."""
+    from resetax.experiment import distributed
+
+    accuracy = {name: [s["test_acc"] for run, s in summaries.items() if run.startswith(name)]
+                for name in ("baseline", "resetting")}
+    table = compare_table(accuracy["baseline"], accuracy["resetting"])
+    markdown = compare_markdown(
+        table, f"noise {config.noise} {config.noise_rate}, reset_prob {config.reset_prob}")
+    if distributed.is_primary():
+        (run_dir / "compare.md").write_text(markdown)
+        result = {**table, **{name: {**table[name], "per_seed": accuracy[name]}
+                              for name in accuracy}}
+        (run_dir / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+        plot_compare(accuracy["baseline"], accuracy["resetting"], run_dir / "compare.png")
+    return markdown
+
+
+def side_by_side(summaries: dict[str, dict[str, Any]]) -> str:
+    """The summaries of a pair's runs in columns, one line per number.
+
+    Example:
+      >>> from resetax.experiment.report import side_by_side
+      >>> run = dict(test_acc=0.5, last_test_acc=0.25, best_val_loss=1.0, best_step=10,
+      ...            num_resets=2, wall_time_s=3.0)
+      >>> print(side_by_side({"baseline": run, "resetting": run}))  # doctest: +NORMALIZE_WHITESPACE
+                          baseline   resetting
+      test_acc                50.00%      50.00%
+      last_test_acc           25.00%      25.00%
+      best_val_loss           1.0000      1.0000
+      best_step                   10          10
+      num_resets                   2           2
+      wall_time_s             3.0000      3.0000
+    """
+    keys = ("test_acc", "last_test_acc", "best_val_loss", "best_step", "num_resets",
+            "wall_time_s")
+    lines = [f"{'':16}" + "".join(f"{name:>12}" for name in summaries)]
+    for key in keys:
+        cells = []
+        for summary in summaries.values():
+            v = summary[key]
+            if key.endswith("acc"):
+                cells.append(f"{100 * v:11.2f}%")
+            else:
+                cells.append(f"{v:12.4f}" if isinstance(v, float) else f"{v:>12}")
+        lines.append(f"{key:16}" + "".join(cells))
+    return "\n".join(lines)

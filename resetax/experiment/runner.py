@@ -14,8 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from resetax.experiment import checkpoint, control, distributed, report, workdir
-from resetax.experiment import steps as steps_lib
+from resetax.experiment import checkpoint, control, distributed, report, train_state, workdir
 from resetax.experiment.build import Builder, Experiment, Inputs, load_inputs, setup
 from resetax.experiment.config import Config
 
@@ -321,8 +320,8 @@ def fold_windows(window: Window, per_step: list[dict[str, Any]], config: Config,
     return window, window_lines
 
 
-def summarize(experiment: Experiment, state: steps_lib.TrainState,
-              final: steps_lib.TrainState, wall_time_s: float,
+def summarize(experiment: Experiment, state: train_state.TrainState,
+              final: train_state.TrainState, wall_time_s: float,
               compile_time_s: float = 0.0) -> dict[str, Any]:
     """The run's ``summary.json``: the best-validation model's metrics, measured anew.
 
@@ -374,7 +373,7 @@ def _has_diverged(nonfinite_since: int | None, step: int, config: Config) -> boo
 
 
 def _initial_state(experiment: Experiment, manager: checkpoint.CheckpointManager,
-                   resume: bool, run_dir: Path) -> tuple[steps_lib.TrainState, float]:
+                   resume: bool, run_dir: Path) -> tuple[train_state.TrainState, float]:
     restored = manager.restore_latest(experiment.init_state) if resume else None
     if restored is None:
         if resume:
@@ -389,7 +388,7 @@ def _save(manager: checkpoint.CheckpointManager, host_state: Any, wall_time: flo
     return int(host_state.step)
 
 
-def _finish(experiment: Experiment, run_dir: Path, state: steps_lib.TrainState,
+def _finish(experiment: Experiment, run_dir: Path, state: train_state.TrainState,
             timing: dict[str, float], diverged_at: int | None = None) -> dict[str, Any]:
     final = experiment.placement.fetch(state)
     checkpoint.save_best(run_dir / "best", final.best_params, final.best_batch_stats)

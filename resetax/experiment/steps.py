@@ -8,7 +8,6 @@ identities.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -17,406 +16,10 @@ import jax.numpy as jnp
 import optax
 
 import resetax
-from resetax._trees import path_name
 from resetax.experiment.config import Config
 from resetax.experiment.data_input import preprocess
-
-
-class TrainState(NamedTuple):
-    """Everything that changes during training; a checkpoint of it resumes a run exactly.
-
-    Attributes:
-      step: Steps taken (``int32``).
-      params: Model parameters.
-      batch_stats: BatchNorm running statistics (``{}`` for models without BatchNorm).
-      opt_state: Optimizer state, holding the :class:`resetax.ResettingState`.
-      model_checkpoint: The BatchNorm statistics that go with the resetting checkpoint.
-      best_params: Parameters at the best validation measurement (the reported model).
-      best_batch_stats: BatchNorm statistics of the best model.
-      best_value: Best validation metric so far, in "lower is better" sign.
-      best_step: Step of the best validation measurement.
-      loss_state: State of the loss (ELR's per-sample targets), ``optax.EmptyState()`` if none.
-      key: Raw PRNG key data for batches, augmentation and dropout.
-      epoch_order: The current epoch's order of the training examples
-        (:func:`resetax.data.epoch_order`), drawn anew at each epoch's first step.
-
-    Example:
-      >>> from resetax import models
-      >>> from resetax.experiment import steps
-      >>> from resetax.experiment.config import get_config
-      >>> config = get_config("quick", dataset="digits", model="mlp")
-      >>> model = models.get_model("mlp", 10, hidden_sizes=(16,))
-      >>> sample = jnp.zeros((1, 8, 8, 1))
-      >>> tx = steps.make_optimizer(config, jax.eval_shape(model.init, jax.random.key(0),
-      ...                                                  sample)["params"])
-      >>> state = steps.init_state(config, model, tx, sample, num_train=100)
-      >>> int(state.step), int(state.best_step), float(state.best_value)  # nothing measured yet
-      (0, -1, inf)
-      >>> type(resetax.find_resetting_state(state.opt_state)).__name__, sorted(state.batch_stats)
-      ('ResettingState', ['BatchNorm_0'])
-      >>> host = jax.device_get(state)  # one pytree: fetch, checkpoint and restore it whole
-      >>> type(host).__name__, host.key.shape, host.key.dtype
-      ('TrainState', (2,), dtype('uint32'))
-    """
-
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    model_checkpoint: resetax.ModelStateCheckpoint
-    best_params: Any
-    best_batch_stats: Any
-    best_value: jax.Array
-    best_step: jax.Array
-    loss_state: Any
-    key: jax.Array
-    epoch_order: jax.Array
-
-
-class DeviceData(NamedTuple):
-    """Arrays that live on the devices for the whole run.
-
-    ``*_weight`` is 1 for real examples and 0 for the padding that makes eval sets divide evenly.
-
-    Example:
-      >>> import numpy as np
-      >>> from resetax.experiment.data_input import pad_eval_set
-      >>> from resetax.experiment.steps import DeviceData
-      >>> rng = np.random.default_rng(0)
-      >>> x, y = rng.normal(size=(10, 4)).astype(np.float32), rng.integers(0, 3, 10, np.int32)
-      >>> val = pad_eval_set(x[:3], y[:3], multiple=4)  # 3 examples and 1 of padding
-      >>> test = pad_eval_set(x[3:], y[3:], multiple=4)  # 7 examples and 1 of padding
-      >>> data = jax.device_put(DeviceData(x, y, *val, *test))  # placed once, for the whole run
-      >>> data.train_x.shape, data.val_x.shape, data.test_x.shape
-      ((10, 4), (4, 4), (8, 4))
-      >>> float(data.val_weight.sum()), float(data.test_weight.sum())  # the real examples
-      (3.0, 7.0)
-    """
-
-    train_x: jax.Array
-    train_y: jax.Array
-    val_x: jax.Array
-    val_y: jax.Array
-    val_weight: jax.Array
-    test_x: jax.Array
-    test_y: jax.Array
-    test_weight: jax.Array
-
-
-def learning_rate_schedule(config: Config) -> optax.Schedule:
-    """The learning-rate schedule of a config.
-
-    Example:
-      >>> from resetax.experiment.config import get_config
-      >>> from resetax.experiment.steps import learning_rate_schedule
-      >>> config = get_config("quick", schedule="cosine", learning_rate=0.1, num_steps=100)
-      >>> schedule = learning_rate_schedule(config)
-      >>> float(schedule(0)), float(schedule(50)), float(schedule(100))
-      (0.1, 0.05, 0.0)
-      >>> float(learning_rate_schedule(config.replace(schedule="constant"))(100))
-      0.1
-    """
-    if config.schedule == "cosine":
-        return optax.cosine_decay_schedule(config.learning_rate, config.num_steps)
-    return optax.constant_schedule(config.learning_rate)
-
-
-def reset_mask(config: Config, params: Any) -> Any:
-    """Bool tree over ``params``: True for the leaves whose ``/``-joined path matches.
-
-    The pattern is ``config.reset_layers``, searched anywhere in the path; ``None`` when it is
-    unset (all layers reset).
-
-    Example:
-      >>> from resetax.experiment.config import get_config
-      >>> from resetax.experiment.steps import reset_mask
-      >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)},
-      ...           "Dense_1": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
-      >>> reset_mask(get_config("quick", reset_layers="Dense_1"), params)  # the last layer
-      {'Dense_0': {'bias': False, 'kernel': False}, 'Dense_1': {'bias': True, 'kernel': True}}
-      >>> reset_mask(get_config("quick", reset_layers="kernel$"), params)  # weights, not biases
-      {'Dense_0': {'bias': False, 'kernel': True}, 'Dense_1': {'bias': False, 'kernel': True}}
-      >>> reset_mask(get_config("quick"), params) is None
-      True
-    """
-    if config.reset_layers is None:
-        return None
-    pattern = re.compile(config.reset_layers)
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: bool(pattern.search(path_name(path))), params)
-
-
-def param_paths(params: Any) -> list[str]:
-    """The ``/``-joined paths of the parameter leaves, which ``reset_layers`` is matched against.
-
-    Example:
-      >>> from resetax.experiment.steps import param_paths
-      >>> param_paths({"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}})
-      ['Dense_0/bias', 'Dense_0/kernel']
-    """
-    return [path_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
-
-
-def make_optimizer(config: Config, params: Any) -> optax.GradientTransformationExtraArgs:
-    """The inner optimizer wrapped in stochastic resetting, as the config describes.
-
-    ``params`` (or a tree of their shapes) is only used to build the :func:`reset_mask`. The
-    transformation's ``update`` takes the validation metric as ``value``, lower is better.
-
-    Example:
-      >>> from resetax.experiment.config import get_config
-      >>> from resetax.experiment.steps import make_optimizer
-      >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2))},
-      ...           "Dense_1": {"kernel": jnp.ones((2, 2))}}
-      >>> config = get_config("quick", reset_prob=1.0, patience=None, reset_layers="Dense_1")
-      >>> tx = make_optimizer(config, params)
-      >>> opt_state = tx.init(params)
-      >>> grads = jax.tree.map(jnp.ones_like, params)
-      >>> updates, opt_state = tx.update(grads, opt_state, params, value=1.0)
-      >>> params = resetax.apply_updates(params, updates, opt_state)
-      >>> float(params["Dense_0"]["kernel"][0, 0]), float(params["Dense_1"]["kernel"][0, 0])
-      (0.95, 1.0)
-      >>> int(resetax.find_resetting_state(opt_state).num_resets)
-      1
-
-      The quick preset's SGD (learning rate 0.05) moved ``Dense_0``; resetting, on from the
-      start (``patience=None``) with ``reset_prob=1``, sent ``Dense_1`` back to its checkpoint.
-
-      With ``schedule_on_reset="restore"`` the learning rate is carried in the optimizer state
-      (:func:`resetax.scale_by_restorable_schedule`), which a reset restores with the momentum:
-
-      >>> config = get_config("quick", schedule="cosine", num_steps=100, learning_rate=0.1,
-      ...                     reset_inner_state=True, schedule_on_reset="restore")
-      >>> from resetax.experiment.steps import learning_rate
-      >>> tx = make_optimizer(config, params)
-      >>> float(learning_rate(config, tx.init(params), step=0))  # the rate of update 0
-      0.1
-    """
-    inner = inner_optimizer(config)
-    # reset_prob is a hyperparameter in the state, not a constant of the compiled step: a
-    # baseline (0) and its resetting run (r) then compile to the same program, which the
-    # persistent compilation cache serves the second time.
-    static = ("inner", "key", "patience", "adaptive", "reset_inner_state", "reset_on_nonfinite",
-              "mask", "mode")
-    return optax.inject_hyperparams(resetax.stochastic_resetting, static_args=static)(
-        inner,
-        reset_prob=config.reset_prob,
-        key=config.seed + 1,
-        patience=config.patience,
-        adaptive=config.adaptive,
-        reset_inner_state=config.reset_inner_state,
-        reset_on_nonfinite=config.reset_on_nonfinite,
-        mask=reset_mask(config, params),
-        mode="min",  # accuracies are negated before they reach the transformation
-    )
-
-
-def inner_optimizer(config: Config) -> optax.GradientTransformation:
-    """The optimizer that :func:`make_optimizer` wraps in stochastic resetting.
-
-    SGD (momentum ``config.momentum``) or Adam, after weight decay added to the gradients, at
-    the rate of :func:`learning_rate_schedule`. With ``schedule_on_reset="restore"`` the rate is
-    applied by :func:`resetax.scale_by_restorable_schedule`, whose float state a reset restores
-    together with the momentum (the official code's ``--scheduler-reset 1``); the updates are
-    the same as with ``"continue"`` until a reset.
-
-    Example:
-      >>> from resetax.experiment.config import get_config
-      >>> from resetax.experiment.steps import inner_optimizer
-      >>> config = get_config("quick", momentum=0.0, learning_rate=0.1)
-      >>> tx = inner_optimizer(config)
-      >>> updates, _ = tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))
-      >>> updates.tolist()
-      [-0.1, -0.1]
-      >>> restoring = inner_optimizer(config.replace(reset_inner_state=True,
-      ...                                            schedule_on_reset="restore"))
-      >>> bool((restoring.update(jnp.ones(2), restoring.init(jnp.zeros(2)))[0] == updates).all())
-      True
-    """
-    schedule = learning_rate_schedule(config)
-    momentum = config.momentum or None
-    if config.schedule_on_reset == "continue":
-        parts = [optax.adam(schedule) if config.optimizer == "adam"
-                 else optax.sgd(schedule, momentum=momentum)]
-    else:
-        # optax.sgd and optax.adam with their rate step taken apart, so that it can be restored.
-        parts = [optax.scale_by_adam()] if config.optimizer == "adam" else (
-            [optax.trace(momentum)] if momentum else [])
-        parts += [resetax.scale_by_restorable_schedule(schedule), optax.scale(-1.0)]
-    if config.weight_decay:
-        parts.insert(0, optax.add_decayed_weights(config.weight_decay))
-    return parts[0] if len(parts) == 1 else optax.chain(*parts)
-
-
-def learning_rate(config: Config, opt_state: Any, step: jax.Array) -> jax.Array:
-    """The learning rate of the update at ``step`` from ``opt_state`` (the state before it).
-
-    The schedule's value, or with ``schedule_on_reset="restore"`` the rate the optimizer state
-    carries (:func:`resetax.restorable_learning_rate`), which a reset may have restored.
-
-    Example:
-      >>> from resetax.experiment.config import get_config
-      >>> from resetax.experiment.steps import learning_rate, make_optimizer
-      >>> config = get_config("quick", schedule="cosine", learning_rate=0.1, num_steps=10)
-      >>> opt_state = make_optimizer(config, jnp.zeros(2)).init(jnp.zeros(2))
-      >>> float(learning_rate(config, opt_state, jnp.int32(5)))  # half-way down the cosine
-      0.05
-    """
-    schedule = learning_rate_schedule(config)
-    if config.schedule_on_reset == "restore":
-        return resetax.restorable_learning_rate(opt_state, schedule)
-    return jnp.asarray(schedule(step), jnp.float32)
-
-
-def loss_hyperparameters(config: Config) -> dict[str, float]:
-    """The hyperparameters of ``config.loss`` from the config's fields, by their loss names.
-
-    Example:
-      >>> from resetax.experiment.config import get_config
-      >>> from resetax.experiment.steps import loss_hyperparameters
-      >>> loss_hyperparameters(get_config("quick", loss="sce", sce_alpha=6.0, sce_beta=0.1))
-      {'alpha': 6.0, 'beta': 0.1}
-      >>> loss_hyperparameters(get_config("quick", loss="ce"))
-      {}
-    """
-    return {
-        "gce": dict(q=config.gce_q),
-        "truncated_gce": dict(q=config.gce_q, k=config.truncated_gce_k),
-        "sce": dict(alpha=config.sce_alpha, beta=config.sce_beta),
-        "nce_rce": dict(alpha=config.nce_rce_alpha, beta=config.nce_rce_beta),
-        "elr": dict(lam=config.elr_lambda, beta=config.elr_beta),
-        "elr_official": dict(lam=config.elr_lambda, beta=config.elr_beta),
-    }.get(config.loss, {})
-
-
-def validation_loss(config: Config) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The per-example validation loss ``fn(logits, labels)`` of ``config.val_loss``.
-
-    ``"ce"``: the cross-entropy. ``"train"``: the training loss with its hyperparameters, as
-    the official code validates; the cross-entropy for ``elr`` and ``elr_official`` (whose
-    regularizer needs training targets), as the official code too.
-
-    Example:
-      >>> from resetax.experiment.config import get_config
-      >>> from resetax.experiment.steps import validation_loss
-      >>> logits, labels = jnp.log(jnp.array([[0.25, 0.75]])), jnp.array([0])
-      >>> validation_loss(get_config("quick", loss="mae"))(logits, labels)  # cross-entropy
-      Array([1.3862944], dtype=float32)
-      >>> validation_loss(get_config("quick", loss="mae", val_loss="train"))(logits, labels)
-      Array([1.5], dtype=float32)
-    """
-    from resetax import losses
-
-    if config.val_loss == "ce" or config.loss in ("elr", "elr_official"):
-        return optax.softmax_cross_entropy_with_integer_labels
-    return losses.get_loss(config.loss, **loss_hyperparameters(config))
-
-
-def make_loss(config: Config, num_train: int, num_classes: int) -> tuple[Callable, Any]:
-    """The config's loss as ``fn(logits, labels, indices, loss_state) -> (per-example, state)``.
-
-    Returns the function and its initial state: ELR's per-sample target buffer, or
-    ``optax.EmptyState()`` for the stateless losses.
-
-    Example:
-      >>> from resetax.experiment.config import get_config
-      >>> from resetax.experiment.steps import make_loss
-      >>> loss_fn, loss_state = make_loss(get_config("quick", loss="ce"), 100, num_classes=10)
-      >>> loss_state
-      EmptyState()
-      >>> logits, labels, indices = jnp.zeros((2, 10)), jnp.array([3, 7]), jnp.array([0, 1])
-      >>> per_example, loss_state = loss_fn(logits, labels, indices, loss_state)
-      >>> per_example  # log(10): uniform predictions
-      Array([2.3025851, 2.3025851], dtype=float32)
-      >>> _, elr_state = make_loss(get_config("quick", loss="elr"), 100, num_classes=10)
-      >>> elr_state.targets.shape  # one target distribution per training example
-      (100, 10)
-    """
-    import functools
-
-    from resetax import losses
-
-    hyperparameters = loss_hyperparameters(config)
-    if config.loss == "elr":
-        return (functools.partial(losses.elr_loss, **hyperparameters),
-                losses.elr_init(num_train, num_classes))
-    per_example = losses.get_loss(config.loss, **hyperparameters)
-
-    def loss_fn(logits, labels, indices, loss_state):
-        return per_example(logits, labels), loss_state
-
-    return loss_fn, optax.EmptyState()
-
-
-def init_variables(config: Config, model: Any, sample_input: jax.Array) -> dict[str, Any]:
-    """The model's initial variables (``params``, ``batch_stats``...) from the config's seed.
-
-    ``sample_input`` is one stored example with its batch axis, e.g. ``train.inputs[:1]``.
-
-    Example:
-      >>> from resetax import models
-      >>> from resetax.experiment.config import get_config
-      >>> from resetax.experiment.steps import init_variables
-      >>> model = models.get_model("mlp", 10, hidden_sizes=(16,))
-      >>> config = get_config("quick")
-      >>> shapes = jax.eval_shape(lambda x: init_variables(config, model, x), jnp.zeros((1, 4)))
-      >>> sorted(shapes), shapes["params"]["Dense_0"]["kernel"].shape  # nothing computed
-      (['batch_stats', 'params'], (4, 16))
-    """
-    init_key, _ = jax.random.split(jax.random.key(config.seed))
-    return model.init({"params": init_key, "dropout": init_key},
-                      preprocess(sample_input, config.dataset), train=False)
-
-
-def init_state(config: Config, model: Any, tx: optax.GradientTransformation,
-               sample_input: jax.Array, loss_state: Any = None, *, num_train: int
-               ) -> TrainState:
-    """Initializes model variables, optimizer and bookkeeping from the config's seed.
-
-    ``sample_input`` is one stored example with its batch axis, e.g. ``train.inputs[:1]``;
-    ``loss_state`` is the second result of :func:`make_loss`; ``num_train`` is the size of the
-    training split.
-
-    Example:
-      >>> from resetax import models
-      >>> from resetax.experiment import steps
-      >>> from resetax.experiment.config import get_config
-      >>> config = get_config("quick", dataset="digits", model="mlp")
-      >>> model = models.get_model("mlp", 10, hidden_sizes=(16,))
-      >>> sample = jnp.zeros((1, 8, 8, 1))
-      >>> tx = steps.make_optimizer(config, jax.eval_shape(model.init, jax.random.key(0),
-      ...                                                  sample)["params"])
-      >>> state = steps.init_state(config, model, tx, sample, num_train=100)
-      >>> jax.tree.map(jnp.shape, state.params)
-      {'BatchNorm_0': {'bias': (16,), 'scale': (16,)},
-       'Dense_0': {'bias': (16,), 'kernel': (64, 16)},
-       'Dense_1': {'bias': (10,), 'kernel': (16, 10)}}
-      >>> kernel = lambda s: s.params["Dense_0"]["kernel"]
-      >>> bool(jnp.array_equal(kernel(steps.init_state(config, model, tx, sample,
-      ...                                                       num_train=100)), kernel(state)))
-      True
-      >>> other = steps.init_state(config.replace(seed=1), model, tx, sample, num_train=100)
-      >>> bool(jnp.array_equal(kernel(other), kernel(state)))  # another seed, another init
-      False
-    """
-    _, data_key = jax.random.split(jax.random.key(config.seed))
-    variables = init_variables(config, model, sample_input)
-    params = variables["params"]
-    batch_stats = variables.get("batch_stats", {})
-    return TrainState(
-        step=jnp.zeros([], jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=tx.init(params),
-        model_checkpoint=resetax.init_model_state_checkpoint(batch_stats),
-        best_params=jax.tree.map(jnp.array, params),
-        best_batch_stats=jax.tree.map(jnp.array, batch_stats),
-        best_value=jnp.asarray(jnp.inf, jnp.float32),
-        best_step=jnp.asarray(-1, jnp.int32),
-        loss_state=optax.EmptyState() if loss_state is None else loss_state,
-        key=jax.random.key_data(data_key),
-        epoch_order=resetax.data.epoch_order(data_key, 0, num_train),
-    )
+from resetax.experiment.optimization import learning_rate, validation_loss
+from resetax.experiment.train_state import DeviceData, TrainState
 
 
 class Replicas(NamedTuple):
@@ -556,13 +159,14 @@ def make_eval_step(config: Config, model: Any, eval_batch_size: int,
 
     Example:
       >>> from resetax import models
-      >>> from resetax.experiment import steps
+      >>> from resetax.experiment import optimization, steps, train_state
       >>> from resetax.experiment.config import get_config
       >>> config = get_config("quick", dataset="digits", model="mlp", eval_test=False)
       >>> model = models.get_model("mlp", 3, hidden_sizes=(8,))
-      >>> state = steps.init_state(config, model, optax.sgd(0.1), jnp.zeros((1, 4)), num_train=5)
+      >>> state = train_state.init_state(config, model, optax.sgd(0.1), jnp.zeros((1, 4)),
+      ...                                num_train=5)
       >>> x, y, w = jnp.ones((5, 4)), jnp.zeros(5, jnp.int32), jnp.ones(5)
-      >>> data = steps.DeviceData(x, y, x, y, w, x, y, w)
+      >>> data = train_state.DeviceData(x, y, x, y, w, x, y, w)
       >>> evaluation = steps.make_eval_step(config, model, 100)(state, data)
       >>> sorted(evaluation._asdict()), bool(jnp.isnan(evaluation.test_acc))
       (['test_acc', 'val_acc', 'val_loss'], True)
@@ -601,7 +205,8 @@ def track_best(state: TrainState, value: jax.Array) -> dict[str, Any]:
     ``value`` was measured at ``state.params``; a NaN (no measurement) changes nothing.
 
     Example:
-      >>> from resetax.experiment.steps import TrainState, track_best
+      >>> from resetax.experiment.steps import track_best
+      >>> from resetax.experiment.train_state import TrainState
       >>> state = TrainState(step=jnp.int32(5), params={"w": jnp.ones(2)}, batch_stats={},
       ...                    opt_state=None, model_checkpoint=None,
       ...                    best_params={"w": jnp.zeros(2)}, best_batch_stats={},
@@ -637,16 +242,17 @@ def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation
 
     Example:
       >>> from resetax import models
-      >>> from resetax.experiment import steps
+      >>> from resetax.experiment import optimization, steps, train_state
       >>> from resetax.experiment.config import get_config
       >>> config = get_config("quick", dataset="digits", model="mlp", batch_size=4)
       >>> model = models.get_model("mlp", 3, hidden_sizes=(8,))
       >>> params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4)))["params"]
-      >>> tx = steps.make_optimizer(config, params)
-      >>> loss_fn, loss_state = steps.make_loss(config, 10, 3)
-      >>> state = steps.init_state(config, model, tx, jnp.zeros((1, 4)), loss_state, num_train=10)
+      >>> tx = optimization.make_optimizer(config, params)
+      >>> loss_fn, loss_state = optimization.make_loss(config, 10, 3)
+      >>> state = train_state.init_state(config, model, tx, jnp.zeros((1, 4)), loss_state,
+      ...                                num_train=10)
       >>> x, y, w = jax.random.normal(jax.random.key(1), (10, 4)), jnp.arange(10) % 3, jnp.ones(10)
-      >>> data = steps.DeviceData(x, y, x, y, w, x, y, w)
+      >>> data = train_state.DeviceData(x, y, x, y, w, x, y, w)
       >>> train_step = jax.jit(steps.make_train_step(config, model, tx, loss_fn, 10))
       >>> state, metrics = train_step(state, data, steps.Evaluation.missing())
       >>> int(state.step), int(metrics["step"]), sorted(metrics)[:4]
@@ -770,7 +376,7 @@ def make_steps(config: Config, model: Any, tx: optax.GradientTransformation,
     Example:
       >>> import numpy as np
       >>> from resetax import models
-      >>> from resetax.experiment import steps
+      >>> from resetax.experiment import optimization, steps, train_state
       >>> from resetax.experiment.config import get_config
       >>> from resetax.experiment.data_input import load_data, pad_eval_set
       >>> config = get_config("quick", dataset="digits", model="mlp", batch_size=32,
@@ -779,12 +385,12 @@ def make_steps(config: Config, model: Any, tx: optax.GradientTransformation,
       >>> data = load_data(config)
       >>> model = models.get_model(config.model, data.num_classes, hidden_sizes=(32,))
       >>> sample = jnp.asarray(data.train.inputs[:1])
-      >>> tx = steps.make_optimizer(config, jax.eval_shape(model.init, jax.random.key(0),
+      >>> tx = optimization.make_optimizer(config, jax.eval_shape(model.init, jax.random.key(0),
       ...                                                  sample)["params"])
-      >>> loss_fn, loss_state = steps.make_loss(config, len(data.train), data.num_classes)
-      >>> state = steps.init_state(config, model, tx, sample, loss_state,
+      >>> loss_fn, loss_state = optimization.make_loss(config, len(data.train), data.num_classes)
+      >>> state = train_state.init_state(config, model, tx, sample, loss_state,
       ...                          num_train=len(data.train))
-      >>> device_data = steps.DeviceData(data.train.inputs, data.train.labels,
+      >>> device_data = train_state.DeviceData(data.train.inputs, data.train.labels,
       ...                                *pad_eval_set(data.val.inputs, data.val.labels, 1),
       ...                                *pad_eval_set(data.test.inputs, data.test.labels, 1))
       >>> run = jax.jit(steps.make_steps(config, model, tx, loss_fn, len(data.train)).chunk,

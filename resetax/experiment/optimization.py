@@ -1,0 +1,262 @@
+"""The optimizer and the losses of a run, from its config: the inner optimizer wrapped in
+stochastic resetting (which layers reset, the learning-rate schedule), the training loss and the
+validation loss."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import resetax
+from resetax._trees import path_name
+from resetax.experiment.config import Config
+
+
+def learning_rate_schedule(config: Config) -> optax.Schedule:
+    """The learning-rate schedule of a config.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.optimization import learning_rate_schedule
+      >>> config = get_config("quick", schedule="cosine", learning_rate=0.1, num_steps=100)
+      >>> schedule = learning_rate_schedule(config)
+      >>> float(schedule(0)), float(schedule(50)), float(schedule(100))
+      (0.1, 0.05, 0.0)
+      >>> float(learning_rate_schedule(config.replace(schedule="constant"))(100))
+      0.1
+    """
+    if config.schedule == "cosine":
+        return optax.cosine_decay_schedule(config.learning_rate, config.num_steps)
+    return optax.constant_schedule(config.learning_rate)
+
+
+def reset_mask(config: Config, params: Any) -> Any:
+    """Bool tree over ``params``: True for the leaves whose ``/``-joined path matches.
+
+    The pattern is ``config.reset_layers``, searched anywhere in the path; ``None`` when it is
+    unset (all layers reset).
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.optimization import reset_mask
+      >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)},
+      ...           "Dense_1": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+      >>> reset_mask(get_config("quick", reset_layers="Dense_1"), params)  # the last layer
+      {'Dense_0': {'bias': False, 'kernel': False}, 'Dense_1': {'bias': True, 'kernel': True}}
+      >>> reset_mask(get_config("quick", reset_layers="kernel$"), params)  # weights, not biases
+      {'Dense_0': {'bias': False, 'kernel': True}, 'Dense_1': {'bias': False, 'kernel': True}}
+      >>> reset_mask(get_config("quick"), params) is None
+      True
+    """
+    if config.reset_layers is None:
+        return None
+    pattern = re.compile(config.reset_layers)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: bool(pattern.search(path_name(path))), params)
+
+
+def param_paths(params: Any) -> list[str]:
+    """The ``/``-joined paths of the parameter leaves, which ``reset_layers`` is matched against.
+
+    Example:
+      >>> from resetax.experiment.optimization import param_paths
+      >>> param_paths({"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}})
+      ['Dense_0/bias', 'Dense_0/kernel']
+    """
+    return [path_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+
+
+def make_optimizer(config: Config, params: Any) -> optax.GradientTransformationExtraArgs:
+    """The inner optimizer wrapped in stochastic resetting, as the config describes.
+
+    ``params`` (or a tree of their shapes) is only used to build the :func:`reset_mask`. The
+    transformation's ``update`` takes the validation metric as ``value``, lower is better.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.optimization import make_optimizer
+      >>> params = {"Dense_0": {"kernel": jnp.ones((3, 2))},
+      ...           "Dense_1": {"kernel": jnp.ones((2, 2))}}
+      >>> config = get_config("quick", reset_prob=1.0, patience=None, reset_layers="Dense_1")
+      >>> tx = make_optimizer(config, params)
+      >>> opt_state = tx.init(params)
+      >>> grads = jax.tree.map(jnp.ones_like, params)
+      >>> updates, opt_state = tx.update(grads, opt_state, params, value=1.0)
+      >>> params = resetax.apply_updates(params, updates, opt_state)
+      >>> float(params["Dense_0"]["kernel"][0, 0]), float(params["Dense_1"]["kernel"][0, 0])
+      (0.95, 1.0)
+      >>> int(resetax.find_resetting_state(opt_state).num_resets)
+      1
+
+      The quick preset's SGD (learning rate 0.05) moved ``Dense_0``; resetting, on from the
+      start (``patience=None``) with ``reset_prob=1``, sent ``Dense_1`` back to its checkpoint.
+
+      With ``schedule_on_reset="restore"`` the learning rate is carried in the optimizer state
+      (:func:`resetax.scale_by_restorable_schedule`), which a reset restores with the momentum:
+
+      >>> config = get_config("quick", schedule="cosine", num_steps=100, learning_rate=0.1,
+      ...                     reset_inner_state=True, schedule_on_reset="restore")
+      >>> from resetax.experiment.optimization import learning_rate
+      >>> tx = make_optimizer(config, params)
+      >>> float(learning_rate(config, tx.init(params), step=0))  # the rate of update 0
+      0.1
+    """
+    inner = inner_optimizer(config)
+    # reset_prob is a hyperparameter in the state, not a constant of the compiled step: a
+    # baseline (0) and its resetting run (r) then compile to the same program, which the
+    # persistent compilation cache serves the second time.
+    static = ("inner", "key", "patience", "adaptive", "reset_inner_state", "reset_on_nonfinite",
+              "mask", "mode")
+    return optax.inject_hyperparams(resetax.stochastic_resetting, static_args=static)(
+        inner,
+        reset_prob=config.reset_prob,
+        key=config.seed + 1,
+        patience=config.patience,
+        adaptive=config.adaptive,
+        reset_inner_state=config.reset_inner_state,
+        reset_on_nonfinite=config.reset_on_nonfinite,
+        mask=reset_mask(config, params),
+        mode="min",  # accuracies are negated before they reach the transformation
+    )
+
+
+def inner_optimizer(config: Config) -> optax.GradientTransformation:
+    """The optimizer that :func:`make_optimizer` wraps in stochastic resetting.
+
+    SGD (momentum ``config.momentum``) or Adam, after weight decay added to the gradients, at
+    the rate of :func:`learning_rate_schedule`. With ``schedule_on_reset="restore"`` the rate is
+    applied by :func:`resetax.scale_by_restorable_schedule`, whose float state a reset restores
+    together with the momentum (the official code's ``--scheduler-reset 1``); the updates are
+    the same as with ``"continue"`` until a reset.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.optimization import inner_optimizer
+      >>> config = get_config("quick", momentum=0.0, learning_rate=0.1)
+      >>> tx = inner_optimizer(config)
+      >>> updates, _ = tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))
+      >>> updates.tolist()
+      [-0.1, -0.1]
+      >>> restoring = inner_optimizer(config.replace(reset_inner_state=True,
+      ...                                            schedule_on_reset="restore"))
+      >>> bool((restoring.update(jnp.ones(2), restoring.init(jnp.zeros(2)))[0] == updates).all())
+      True
+    """
+    schedule = learning_rate_schedule(config)
+    momentum = config.momentum or None
+    if config.schedule_on_reset == "continue":
+        parts = [optax.adam(schedule) if config.optimizer == "adam"
+                 else optax.sgd(schedule, momentum=momentum)]
+    else:
+        # optax.sgd and optax.adam with their rate step taken apart, so that it can be restored.
+        parts = [optax.scale_by_adam()] if config.optimizer == "adam" else (
+            [optax.trace(momentum)] if momentum else [])
+        parts += [resetax.scale_by_restorable_schedule(schedule), optax.scale(-1.0)]
+    if config.weight_decay:
+        parts.insert(0, optax.add_decayed_weights(config.weight_decay))
+    return parts[0] if len(parts) == 1 else optax.chain(*parts)
+
+
+def learning_rate(config: Config, opt_state: Any, step: jax.Array) -> jax.Array:
+    """The learning rate of the update at ``step`` from ``opt_state`` (the state before it).
+
+    The schedule's value, or with ``schedule_on_reset="restore"`` the rate the optimizer state
+    carries (:func:`resetax.restorable_learning_rate`), which a reset may have restored.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.optimization import learning_rate, make_optimizer
+      >>> config = get_config("quick", schedule="cosine", learning_rate=0.1, num_steps=10)
+      >>> opt_state = make_optimizer(config, jnp.zeros(2)).init(jnp.zeros(2))
+      >>> float(learning_rate(config, opt_state, jnp.int32(5)))  # half-way down the cosine
+      0.05
+    """
+    schedule = learning_rate_schedule(config)
+    if config.schedule_on_reset == "restore":
+        return resetax.restorable_learning_rate(opt_state, schedule)
+    return jnp.asarray(schedule(step), jnp.float32)
+
+
+def loss_hyperparameters(config: Config) -> dict[str, float]:
+    """The hyperparameters of ``config.loss`` from the config's fields, by their loss names.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.optimization import loss_hyperparameters
+      >>> loss_hyperparameters(get_config("quick", loss="sce", sce_alpha=6.0, sce_beta=0.1))
+      {'alpha': 6.0, 'beta': 0.1}
+      >>> loss_hyperparameters(get_config("quick", loss="ce"))
+      {}
+    """
+    return {
+        "gce": dict(q=config.gce_q),
+        "truncated_gce": dict(q=config.gce_q, k=config.truncated_gce_k),
+        "sce": dict(alpha=config.sce_alpha, beta=config.sce_beta),
+        "nce_rce": dict(alpha=config.nce_rce_alpha, beta=config.nce_rce_beta),
+        "elr": dict(lam=config.elr_lambda, beta=config.elr_beta),
+        "elr_official": dict(lam=config.elr_lambda, beta=config.elr_beta),
+    }.get(config.loss, {})
+
+
+def validation_loss(config: Config) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The per-example validation loss ``fn(logits, labels)`` of ``config.val_loss``.
+
+    ``"ce"``: the cross-entropy. ``"train"``: the training loss with its hyperparameters, as
+    the official code validates; the cross-entropy for ``elr`` and ``elr_official`` (whose
+    regularizer needs training targets), as the official code too.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.optimization import validation_loss
+      >>> logits, labels = jnp.log(jnp.array([[0.25, 0.75]])), jnp.array([0])
+      >>> validation_loss(get_config("quick", loss="mae"))(logits, labels)  # cross-entropy
+      Array([1.3862944], dtype=float32)
+      >>> validation_loss(get_config("quick", loss="mae", val_loss="train"))(logits, labels)
+      Array([1.5], dtype=float32)
+    """
+    from resetax import losses
+
+    if config.val_loss == "ce" or config.loss in ("elr", "elr_official"):
+        return optax.softmax_cross_entropy_with_integer_labels
+    return losses.get_loss(config.loss, **loss_hyperparameters(config))
+
+
+def make_loss(config: Config, num_train: int, num_classes: int) -> tuple[Callable, Any]:
+    """The config's loss as ``fn(logits, labels, indices, loss_state) -> (per-example, state)``.
+
+    Returns the function and its initial state: ELR's per-sample target buffer, or
+    ``optax.EmptyState()`` for the stateless losses.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.optimization import make_loss
+      >>> loss_fn, loss_state = make_loss(get_config("quick", loss="ce"), 100, num_classes=10)
+      >>> loss_state
+      EmptyState()
+      >>> logits, labels, indices = jnp.zeros((2, 10)), jnp.array([3, 7]), jnp.array([0, 1])
+      >>> per_example, loss_state = loss_fn(logits, labels, indices, loss_state)
+      >>> per_example  # log(10): uniform predictions
+      Array([2.3025851, 2.3025851], dtype=float32)
+      >>> _, elr_state = make_loss(get_config("quick", loss="elr"), 100, num_classes=10)
+      >>> elr_state.targets.shape  # one target distribution per training example
+      (100, 10)
+    """
+    import functools
+
+    from resetax import losses
+
+    hyperparameters = loss_hyperparameters(config)
+    if config.loss == "elr":
+        return (functools.partial(losses.elr_loss, **hyperparameters),
+                losses.elr_init(num_train, num_classes))
+    per_example = losses.get_loss(config.loss, **hyperparameters)
+
+    def loss_fn(logits, labels, indices, loss_state):
+        return per_example(logits, labels), loss_state
+
+    return loss_fn, optax.EmptyState()
