@@ -1,7 +1,7 @@
 """resetax: stochastic resetting of SGD for training on noisy labels, in JAX and Optax.
 
 Importing resetax loads jax and optax only; the submodules that need Flax or TensorFlow Datasets
-(``resetax.data``, ``resetax.models``, ``resetax.nnx``, ``resetax.experiment``,
+(``resetax.data``, ``resetax.models``, ``resetax.nnx``, ``resetax.linen``, ``resetax.experiment``,
 ``resetax.diagnostics``) load on first attribute access.
 """
 
@@ -26,7 +26,7 @@ from resetax.schedules import (
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "data", "diagnostics", "experiment", "losses", "models", "nnx", "noise", "theory")
+    "data", "diagnostics", "experiment", "linen", "losses", "models", "nnx", "noise", "theory")
 
 
 def __getattr__(name):
