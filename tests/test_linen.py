@@ -274,3 +274,16 @@ def test_orbax_checkpoint_resumes_exactly(tmp_path):
         return load
 
     _resume_matches(restore)
+
+
+def test_overwrite_with_gradient_leaves_take_their_gradients_as_in_flax():
+    """Flax's fp8 convention: the _overwrite_with_gradient collection bypasses the optimizer."""
+    owg = resetax.linen.train_state.OVERWRITE_WITH_GRADIENT
+    params = {"params": {"w": jnp.ones(2)}, owg: {"scale": jnp.ones(1)}}
+    state = resetax.linen.TrainState.create(apply_fn=None, params=params,
+                                            tx=_tx(reset_prob=1.0, patience=None))
+    grads = {"params": {"w": jnp.full(2, 3.0)}, owg: {"scale": jnp.full(1, 7.0)}}
+    state = state.apply_gradients(grads=grads, value=jnp.float32(NAN))
+    assert bool(state.resetting_state.did_reset)
+    np.testing.assert_array_equal(state.params["params"]["w"], jnp.ones(2))  # reset, exactly
+    np.testing.assert_array_equal(state.params[owg]["scale"], jnp.full(1, 7.0))
