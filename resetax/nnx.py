@@ -25,6 +25,7 @@ from resetax.resetting import (
     ResettingState,
     _check_resetting_tx,
     find_resetting_state,
+    init_model_state_checkpoint,
     reset_model_state,
 )
 
@@ -72,6 +73,8 @@ class Optimizer(nnx.Optimizer[M]):
       model_state: Filter of the variables reset together with the parameters.
       model_state_before: The ``model_state`` variables as the last update left them.
       model_state_checkpoint: Their values when the parameters were last checkpointed.
+      model_state_checkpoint_count: The resetting state's ``count`` at the last update (see
+        :class:`resetax.ModelStateCheckpoint`).
 
     Examples:
       >>> from flax import nnx
@@ -144,7 +147,9 @@ class Optimizer(nnx.Optimizer[M]):
         super().__init__(model, tx, wrt=wrt, **graph_kwargs)
         self.model_state = model_state
         self.model_state_before = nnx.data(to_opt_state(state))
-        self.model_state_checkpoint = nnx.data(to_opt_state(state))
+        checkpoint = init_model_state_checkpoint(state)
+        self.model_state_checkpoint = nnx.data(to_opt_state(checkpoint.model_state))
+        self.model_state_checkpoint_count = nnx.data(to_opt_state(checkpoint.count))
 
     def update(self, model: M, grads: Any, /, *, value: Any = _MISSING, **kwargs: Any) -> Any:
         """Takes one step: the resetting update, then the exact reset of params and model state.
@@ -191,12 +196,14 @@ class Optimizer(nnx.Optimizer[M]):
         new_model_state, checkpoint = reset_model_state(
             _as_pure(self.model_state_before),
             _as_pure(nnx.state(model, self.model_state, **graph_kwargs)),
-            ModelStateCheckpoint(_as_pure(self.model_state_checkpoint)),
+            ModelStateCheckpoint(_as_pure(self.model_state_checkpoint),
+                                 _as_pure(self.model_state_checkpoint_count)),
             resetting,
         )
         nnx.update(model, new_model_state)
         nnx.update(self.model_state_before, new_model_state)
         nnx.update(self.model_state_checkpoint, checkpoint.model_state)
+        self.model_state_checkpoint_count[...] = checkpoint.count
         return updates
 
     @property

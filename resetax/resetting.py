@@ -40,6 +40,7 @@ MISSING_VALUE_MSG = (
     "or value=jnp.float32(jnp.nan) on a step with no measurement."
 )
 _MISSING = object()
+_INT32_MAX = int(np.iinfo(np.int32).max)  # the step counters are int32
 _RESET_PROB = "a probability in [0, 1] (a float, a scalar array or a schedule step -> probability)"
 
 
@@ -109,6 +110,10 @@ class ModelStateCheckpoint(NamedTuple):
     Attributes:
       model_state: The model state taken at the moments the parameters were copied into
         :attr:`ResettingState.checkpoint`.
+      count: The :attr:`ResettingState.count` that :func:`reset_model_state` last acted on
+        (``int32``), so that a call after no new update (an accumulation-only mini-step of
+        ``optax.MultiSteps``) changes nothing; ``None`` (a checkpoint built by hand) acts on
+        every call.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -120,6 +125,7 @@ class ModelStateCheckpoint(NamedTuple):
     """
 
     model_state: Any
+    count: Any = None
 
 
 def stochastic_resetting(
@@ -287,11 +293,13 @@ def stochastic_resetting(
         _checks.probability("reset_prob", reset_prob, scalar=True)
     _checks.instance("key", key, (int, np.integer, jax.Array, np.ndarray),
                      "an int seed or a jax.random.key")
+    _check_key(key)
     if isinstance(patience, jax.Array):
-        _checks.check("patience", patience, lambda a: (a >= 0) & np.issubdtype(a.dtype, np.integer),
-                      "None or an integer >= 0", scalar=True)
+        _checks.check("patience", patience,
+                      lambda a: (a >= 0) & (a <= _INT32_MAX) & np.issubdtype(a.dtype, np.integer),
+                      f"None or an integer in [0, {_INT32_MAX}]", scalar=True)
     else:
-        _checks.int_at_least("patience", patience, 0, none_ok=True)
+        _checks.int_between("patience", patience, 0, _INT32_MAX, none_ok=True)
     _checks.instance("adaptive", adaptive, (bool, np.bool_, jax.Array), "a bool")
     _checks.instance("reset_inner_state", reset_inner_state, (bool,),
                      "a Python bool (it decides the state's structure)")
@@ -532,7 +540,7 @@ def init_model_state_checkpoint(model_state: Any) -> ModelStateCheckpoint:
       >>> checkpoint.model_state["mean"].shape
       (3,)
     """
-    return ModelStateCheckpoint(jax.tree.map(jnp.array, model_state))
+    return ModelStateCheckpoint(jax.tree.map(jnp.array, model_state), jnp.zeros([], jnp.int32))
 
 
 def reset_model_state(
@@ -548,6 +556,11 @@ def reset_model_state(
     copied into the checkpoint, and returns the snapshot in place of ``new_model_state`` (the
     state after this step's forward pass) whenever the update was a reset or a rollback of a
     non-finite update. Jittable.
+
+    Under ``optax.MultiSteps`` the resetting state of an accumulation-only mini-step is the one
+    the last real update left, flags included; the checkpoint's ``count`` tells such a call
+    apart, and it returns ``new_model_state`` and the checkpoint unchanged, so that statistics
+    are never snapshotted apart from the parameters they belong with.
 
     Args:
       model_state: The model state that goes with the ``params`` given to ``update`` (before this
@@ -594,9 +607,13 @@ def reset_model_state(
       >>> params, batch_stats, opt_state, bs_checkpoint = out
     """
     resetting = find_resetting_state(opt_state)
-    snapshot = _where_tree(resetting.checkpoint_updated, model_state, checkpoint.model_state)
-    model_state = _where_tree(resetting.did_reset, snapshot, new_model_state)
-    return model_state, ModelStateCheckpoint(snapshot)
+    count = checkpoint.count
+    new_update = jnp.asarray(True) if count is None else resetting.count != count
+    snapshot = _where_tree(resetting.checkpoint_updated & new_update, model_state,
+                           checkpoint.model_state)
+    model_state = _where_tree(resetting.did_reset & new_update, snapshot, new_model_state)
+    return model_state, ModelStateCheckpoint(
+        snapshot, None if count is None else jnp.asarray(resetting.count, jnp.int32))
 
 
 def _check_resetting_tx(tx: optax.GradientTransformation, params: Any, plain: str) -> None:
@@ -717,6 +734,28 @@ def _replace_leaves(stored, new, name):
             f"{name} must have the structure and shapes of the optimized {name}: "
             f"{jax.tree.structure(new)}."
         ) from err
+
+
+def _check_key(key) -> None:
+    """One key, usable by ``update``: a typed key of shape (), raw key data, or an int seed."""
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape:
+            raise ValueError(
+                f"key must be a single jax.random.key (shape ()), got a key array of shape "
+                f"{key.shape}; pass one of them, e.g. key[0].")
+        return
+    if isinstance(key, (int, np.integer)):
+        if not -(2**63) <= int(key) < 2**63:
+            raise ValueError(f"key must be an int seed in [-2**63, 2**63 - 1], got {key}.")
+        return
+    if isinstance(key, jax.core.Tracer):
+        return
+    expected = jax.random.key_data(jax.random.key(0)).shape
+    if np.shape(key) != expected or not np.issubdtype(np.asarray(key).dtype, np.integer):
+        raise ValueError(
+            f"key must be an int seed, a jax.random.key or raw key data of shape {expected} "
+            f"(jax.random.PRNGKey), got an array of shape {np.shape(key)} and dtype "
+            f"{np.asarray(key).dtype}.")
 
 
 def _key_data(key):

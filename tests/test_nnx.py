@@ -109,6 +109,34 @@ def test_reset_lands_exactly_on_checkpoint_with_batch_stats(graph):
     assert int(optimizer.step[...]) == 4
 
 
+def test_multisteps_mini_step_after_a_reset_keeps_its_batch_stats():
+    model = Net(nnx.Rngs(0))
+    tx = optax.MultiSteps(resetax.stochastic_resetting(optax.sgd(0.1), reset_prob=1.0, key=0),
+                          every_k_schedule=2)
+    optimizer = resetax.nnx.Optimizer(model, tx, wrt=nnx.Param)
+    _train_step(model, optimizer, *_data(0), np.float32(NAN))  # accumulates
+    _train_step(model, optimizer, *_data(1), np.float32(NAN))  # updates: a reset
+    assert bool(optimizer.resetting_state.did_reset)
+    reset_stats = _pure(nnx.state(model, nnx.BatchStat))
+    # The next call only accumulates: its forward pass's statistics stay, though the resetting
+    # state it sees still says did_reset.
+    _train_step(model, optimizer, *_data(2), np.float32(NAN))
+    assert bool(optimizer.resetting_state.did_reset)
+    assert not _equal(_pure(nnx.state(model, nnx.BatchStat)), reset_stats)
+    assert _equal(_pure(optimizer.model_state_checkpoint), reset_stats)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"value": None}])
+def test_update_without_value_is_a_one_line_type_error(kwargs):
+    model = Net(nnx.Rngs(0))
+    tx = resetax.stochastic_resetting(optax.sgd(0.1), reset_prob=0.1, key=0)
+    optimizer = resetax.nnx.Optimizer(model, tx, wrt=nnx.Param)
+    grads = nnx.grad(_loss)(model, *_data(0))
+    with pytest.raises(TypeError) as err:
+        optimizer.update(model, grads, **kwargs)
+    assert str(err.value).splitlines()[0] == resetax.resetting.MISSING_VALUE_MSG
+
+
 def test_model_state_filter_selects_what_resets():
     x, y = _data(0)
 

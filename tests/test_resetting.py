@@ -804,12 +804,32 @@ def test_missing_params_raises_optax_message():
         (dict(mode="mean"), "mode"),
         (dict(min_delta=-1.0), "min_delta"),
         (dict(mask=["yes"]), "mask"),
+        (dict(patience=2**40), r"patience must be None or an integer in \[0, 2147483647\]"),
+        (dict(patience=jnp.array(2**31 - 1, jnp.uint32) + 1), "patience"),
+        (dict(key=2**64), r"key must be an int seed in \[-2\*\*63"),
+        (dict(key=jax.random.split(jax.random.key(0))), r"single jax.random.key .*shape \(2,\)"),
+        (dict(key=np.arange(3, dtype=np.uint32)), r"raw key data of shape \(2,\)"),
+        (dict(key=np.array([1.5, 2.0])), "key .* dtype float64"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, match):
     args = dict(reset_prob=0.1, key=0) | kwargs
     with pytest.raises(ValueError, match=match):
         resetax.stochastic_resetting(optax.sgd(0.1), **args)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(reset_prob=jnp.array(0.5, jnp.bfloat16)),
+    dict(reset_prob=jnp.array(0.5, jnp.float16)),
+    dict(key=jax.random.PRNGKey(3)),  # raw key data
+    dict(key=-1),
+    dict(patience=2**31 - 1),
+])
+def test_accepted_arguments_are_checked_eagerly_and_run(kwargs):
+    tx = resetax.stochastic_resetting(optax.sgd(0.1), **(dict(reset_prob=0.1, key=0) | kwargs))
+    params = jnp.zeros(2)
+    updates, state = jax.jit(tx.update)(jnp.ones(2), tx.init(params), params, value=1.0)
+    assert int(state.num_values) == 1
 
 
 def test_bad_types_raise_type_error():
@@ -942,6 +962,40 @@ def test_multisteps_values_on_other_mini_steps_only_never_reset():
     assert int(resetting.num_values) == 0 and int(resetting.num_resets) == 0
     assert not bool(resetting.active)
     np.testing.assert_allclose(params, [1.0 - 0.6, 2.0 - 0.6], rtol=1e-6)
+
+
+def test_multisteps_mini_steps_leave_the_model_state_checkpoint_alone():
+    """The flags of the last update, still set on the next accumulation-only mini-step, must not
+    snapshot or restore the model state a second time (the snapshot would no longer belong with
+    the checkpointed params)."""
+    tx = _wrapped("multisteps", patience=2)
+    params = jnp.array([1.0])
+    state = tx.init(params)
+    checkpoint = resetax.init_model_state_checkpoint(jnp.float32(-1.0))
+    update = jax.jit(tx.update)
+    # Calls 1, 3, 5, ... apply the accumulated gradients; improvements at calls 1 and 3, then
+    # patience runs out and every later update resets (reset_prob=1).
+    values = {1: 3.0, 3: 2.0, 5: 4.0, 7: 4.0, 9: 4.0, 11: 4.0}
+    snapshot_of, restored = None, []
+    for call in range(12):
+        model_state = jnp.float32(call)  # the model state this call receives, told apart by call
+        new_model_state = jnp.float32(100 + call)  # what this call's forward pass made of it
+        value = jnp.float32(values.get(call, jnp.nan))
+        updates, state = update(jnp.ones(1), state, params, value=value)
+        params = resetax.apply_updates(params, updates, state)
+        out, checkpoint = resetax.reset_model_state(model_state, new_model_state, checkpoint,
+                                                    state)
+        resetting = resetax.find_resetting_state(state)
+        updating = call % 2 == 1
+        if updating and bool(resetting.checkpoint_updated):
+            snapshot_of = call
+        assert float(checkpoint.model_state) == (-1.0 if snapshot_of is None else snapshot_of)
+        if updating and bool(resetting.did_reset):
+            restored.append(call)
+            assert float(out) == snapshot_of
+        else:  # no reset at this call: the forward pass's state goes on
+            assert float(out) == 100 + call
+    assert snapshot_of == 3 and restored == [7, 9, 11]
 
 
 def test_float32_nan_for_no_measurement_compiles_the_step_once():
