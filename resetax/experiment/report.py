@@ -54,8 +54,9 @@ def plot_run(run_dir: str | os.PathLike) -> Path:
                     label="test accuracy")
     for ax in axes.ravel():
         # One collection of lines per kind: thousands of axvline calls cost seconds.
-        ax.vlines(resets, 0, 1, transform=ax.get_xaxis_transform(), color="C3", alpha=0.25,
-                  lw=0.8)
+        # Opaque enough to read as the title's red (at alpha 0.25 they looked pink).
+        ax.vlines(resets, 0, 1, transform=ax.get_xaxis_transform(), color="red", alpha=0.6,
+                  lw=0.6)
         ax.vlines(rollbacks, 0, 1, transform=ax.get_xaxis_transform(), color="k", alpha=0.5,
                   lw=0.8, linestyles="dotted")
         ax.set_xlabel("step")
@@ -154,7 +155,7 @@ def compare_markdown(table: dict[str, Any], title: str) -> str:
 
 
 def plot_compare(baseline: list[float], resetting: list[float], path: str | os.PathLike) -> Path:
-    """Paired test accuracies per seed, baseline vs resetting.
+    """Paired test accuracies per seed, baseline vs resetting, titled with the paired difference.
 
     Writes the figure to ``path`` (its suffix picks the format) and returns the path.
 
@@ -173,7 +174,11 @@ def plot_compare(baseline: list[float], resetting: list[float], path: str | os.P
     for b, r in zip(baseline, resetting, strict=True):
         ax.plot([0, 1], [100 * b, 100 * r], "o-", color="C0", alpha=0.7)
     ax.set_xticks([0, 1], ["baseline", "resetting"])
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%) of the best-validation model")
     ax.set_xlim(-0.3, 1.3)
+    difference = compare_table(baseline, resetting)["difference"]
+    ax.set_title(f"{len(baseline)} seeds, resetting − baseline:\n"
+                 f"{100 * difference['mean']:+.2f} ± {100 * difference['se']:.2f} points (paired)")
+    fig.tight_layout()
     fig.savefig(path, dpi=100)
     return Path(path)
