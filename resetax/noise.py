@@ -45,8 +45,8 @@ TRANSITION_MATRIX_KINDS = ("symmetric", "pair", "asymmetric_cifar10", "asymmetri
 """Names accepted by :func:`transition_matrix`: the class-conditional structured models."""
 
 CIFAR10_ASYMMETRIC_MAP: Mapping[int, int] = types.MappingProxyType({9: 1, 2: 0, 4: 7, 3: 5, 5: 3})
-"""CIFAR-10 asymmetric noise (Patrini et al., 2017): truck -> automobile, bird -> airplane,
-deer -> horse, cat <-> dog. Classes not listed keep their label."""
+"""The CIFAR-10 asymmetric noise of Patrini et al. (2017), truck -> automobile, bird ->
+airplane, deer -> horse, cat <-> dog. Classes not listed keep their label."""
 
 CIFAR100_COARSE_OF_FINE = np.array(
     [4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
@@ -518,17 +518,17 @@ def apply_noise(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Applies the noise model named ``kind``: one entry point for configs and command lines.
 
-    ======================  ============================================  =====================
-    ``kind``                function                                      keyword arguments
-    ======================  ============================================  =====================
-    ``symmetric``           :func:`symmetric_noise`                       ``include_true_class``
-    ``pair``                :func:`pair_noise`
-    ``asymmetric_cifar10``  :func:`asymmetric_cifar10_noise` (C = 10)
-    ``asymmetric_cifar100`` :func:`asymmetric_cifar100_noise` (C = 100)   ``coarse_labels``
-    ``instance_dependent``  :func:`instance_dependent_noise`              ``inputs``,
-                                                                          ``flip_rate_std``
-    ``transition_matrix``   :func:`transition_matrix_noise`               ``transition_matrix``
-    ======================  ============================================  =====================
+    ========================  ============================================  =====================
+    ``kind``                  function                                      keyword arguments
+    ========================  ============================================  =====================
+    ``symmetric``             :func:`symmetric_noise`                       ``include_true_class``
+    ``pair``                  :func:`pair_noise`
+    ``asymmetric_cifar10``    :func:`asymmetric_cifar10_noise` (C = 10)
+    ``asymmetric_cifar100``   :func:`asymmetric_cifar100_noise` (C = 100)   ``coarse_labels``
+    ``instance_dependent``    :func:`instance_dependent_noise`              ``inputs``,
+                                                                            ``flip_rate_std``
+    ``transition_matrix``     :func:`transition_matrix_noise`               ``transition_matrix``
+    ========================  ============================================  =====================
 
     ``coarse_labels``, ``inputs`` and ``transition_matrix`` are required by their kind. For
     ``"transition_matrix"`` the matrix sets the noise, and ``noise_rate`` must be ``None``.
