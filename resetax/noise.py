@@ -45,8 +45,8 @@ TRANSITION_MATRIX_KINDS = ("symmetric", "pair", "asymmetric_cifar10", "asymmetri
 """Names accepted by :func:`transition_matrix`: the class-conditional structured models."""
 
 CIFAR10_ASYMMETRIC_MAP: Mapping[int, int] = types.MappingProxyType({9: 1, 2: 0, 4: 7, 3: 5, 5: 3})
-"""The CIFAR-10 asymmetric noise of Patrini et al. (2017), truck -> automobile, bird ->
-airplane, deer -> horse, cat <-> dog. Classes not listed keep their label."""
+"""CIFAR-10 asymmetric noise (Patrini et al., 2017): truck -> automobile, bird -> airplane,
+deer -> horse, cat <-> dog. Classes not listed keep their label."""
 
 CIFAR100_COARSE_OF_FINE = np.array(
     [4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,

@@ -29,8 +29,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from sphinx.pycode import ModuleAnalyzer
-
 DOCS = Path(__file__).resolve().parents[1]
 REPO = DOCS.parent
 GENERATED = DOCS / "generated"
@@ -83,8 +81,10 @@ def cli_page() -> str:
     for name, sub in commands.choices.items():
         lines.append(_title(f"resetax {name}", "-"))
         lines.append(_escape(sub.description or "") + "\n")
-        usage = sub.format_usage().strip().removeprefix("usage: ")
-        lines.append(".. code-block:: text\n\n   " + usage.replace("\n", "\n   ") + "\n")
+        positionals = [a for a in sub._actions if not a.option_strings]
+        synopsis = " ".join([f"resetax {name}", *(a.dest.upper() for a in positionals),
+                             "[OPTIONS]", "[--FIELD VALUE ...]"])
+        lines.append(f"``{synopsis}``\n")
         formatter = sub._get_formatter()
         own = []
         for action in sub._actions:
@@ -173,10 +173,15 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def generate(app: Any = None, config: Any = None) -> None:
-    """Writes every generated page, removing the ones whose source is gone."""
-    api = GENERATED / "api"
+def generate(app: Any = None, config: Any = None, out: Path = GENERATED) -> None:
+    """Writes every generated page under ``out``, removing the ones whose source is gone."""
+    api = out / "api"
     modules = public_modules()
+    if config is not None:
+        # The API pages show a constant's value, unless it is too long to read (PRESETS).
+        config.autosummary_context = {**config.autosummary_context, "long_values": sorted(
+            f"{m}.{n}" for m in modules for n in importlib.import_module(m).__all__
+            if len(repr(getattr(importlib.import_module(m), n))) > 300)}
     for stale in api.glob("*.rst"):
         if stale.stem not in modules:
             stale.unlink()
@@ -187,13 +192,13 @@ def generate(app: Any = None, config: Any = None) -> None:
     for stale in (api / "_autosummary").glob("*.rst"):
         if stale.stem not in names:
             stale.unlink()
-    _write(GENERATED / "cli.rst", cli_page())
+    _write(out / "cli.rst", cli_page())
     notebooks = sorted((REPO / "notebooks").glob("*.ipynb"))
-    for stale in (GENERATED / "notebooks").glob("*.ipynb"):
+    for stale in (out / "notebooks").glob("*.ipynb"):
         if stale.name not in {n.name for n in notebooks}:
             stale.unlink()
     for notebook in notebooks:
-        _copy(notebook, GENERATED / "notebooks" / notebook.name)
+        _copy(notebook, out / "notebooks" / notebook.name)
 
 
 def external_or_private_reference(app: Any, domain: Any, node: Any) -> bool | None:
@@ -235,6 +240,17 @@ def _documented() -> frozenset[str]:
     return frozenset(public_modules())
 
 
+_DATA_DOCSTRINGS: dict[str, list[str]] = {}
+
+
+def keep_data_docstring(app: Any, what: str, name: str, obj: Any, options: Any,
+                        lines: list[str]) -> None:
+    """Undoes napoleon on a constant's docstring, which is prose: napoleon reads a first line
+    with a colon as ``type: description``."""
+    if what == "data" and name in _DATA_DOCSTRINGS:
+        lines[:] = _DATA_DOCSTRINGS.pop(name)
+
+
 def data_docstring(app: Any, what: str, name: str, obj: Any, options: Any,
                    lines: list[str]) -> None:
     """A constant re-exported by a package keeps the docstring written where it is defined.
@@ -246,9 +262,15 @@ def data_docstring(app: Any, what: str, name: str, obj: Any, options: Any,
     if what != "data":
         return
     module_name, _, attr = name.rpartition(".")
-    if lines and "\n".join(lines).strip() != inspect.cleandoc(type(obj).__doc__ or ""):
-        return
-    lines.clear()
+    if not lines or "\n".join(lines).strip() == inspect.cleandoc(type(obj).__doc__ or ""):
+        lines.clear()
+        _defining_docstring(module_name, attr, obj, lines)
+    _DATA_DOCSTRINGS[name] = list(lines)
+
+
+def _defining_docstring(module_name: str, attr: str, obj: Any, lines: list[str]) -> None:
+    from sphinx.pycode import ModuleAnalyzer
+
     package = importlib.import_module(module_name)
     for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
         module = importlib.import_module(f"{module_name}.{info.name}")
@@ -259,10 +281,27 @@ def data_docstring(app: Any, what: str, name: str, obj: Any, options: Any,
                 return
 
 
+def init_signature(app: Any, what: str, name: str, obj: Any, options: Any, signature: str | None,
+                   return_annotation: str | None) -> tuple[str, str | None] | None:
+    """A class whose metaclass defines ``__call__(*args, **kwargs)`` (an ``nnx.Module``, say)
+    shows its ``__init__``'s signature instead."""
+    if what != "class" or signature != "(*args, **kwargs)" or "__init__" not in vars(obj):
+        return None
+    from sphinx.util.inspect import stringify_signature
+
+    init = inspect.signature(obj.__init__)
+    init = init.replace(parameters=list(init.parameters.values())[1:])
+    # The types are listed with the parameters (autodoc_typehints = "description").
+    return stringify_signature(init, show_annotation=False, show_return_annotation=False), None
+
+
 def setup(app: Any) -> dict[str, Any]:
     app.setup_extension("sphinx.ext.autodoc")
+    app.connect("autodoc-process-signature", init_signature)
     app.connect("warn-missing-reference", external_or_private_reference)
+    # Around napoleon's handler (priority 500).
     app.connect("autodoc-process-docstring", data_docstring, priority=100)
+    app.connect("autodoc-process-docstring", keep_data_docstring, priority=900)
     # At config-inited, before Sphinx lists the source files (autosummary, at builder-inited,
     # generates a page per name from the pages it finds then).
     app.connect("config-inited", generate)
