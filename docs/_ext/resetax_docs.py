@@ -305,4 +305,8 @@ def setup(app: Any) -> dict[str, Any]:
     # At config-inited, before Sphinx lists the source files (autosummary, at builder-inited,
     # generates a page per name from the pages it finds then).
     app.connect("config-inited", generate)
+    # An environment loaded from an earlier build lists the sources of that build; autosummary
+    # must also see the pages just written (a new module's).
+    app.connect("builder-inited", lambda app: app.env.find_files(app.config, app.builder),
+                priority=100)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
