@@ -24,6 +24,7 @@ import functools
 import importlib
 import inspect
 import pkgutil
+import re
 import shutil
 import typing
 from pathlib import Path
@@ -65,6 +66,20 @@ def api_page(module_name: str) -> str:
         f".. currentmodule:: {module_name}\n\n"
         f".. autosummary::\n   :toctree: _autosummary\n\n{rows}"
     )
+
+
+def api_index(modules: list[str]) -> str:
+    """The table of the API reference: each module and the first line of its docstring."""
+    rows = []
+    for name in modules:
+        doc = inspect.getdoc(importlib.import_module(name)) or ""
+        summary = doc.split("\n\n")[0].replace("\n", " ")
+        # A cross-reference relative to the module (:func:`get_model`) resolves from here too.
+        summary = re.sub(r":(\w+):`(\w[\w.]*)`",
+                         lambda m, name=name: m[0] if m[2].startswith("resetax")
+                         else f":{m[1]}:`~{name}.{m[2]}`", summary)
+        rows.append((f":mod:`{name}`", summary))
+    return _table(("module", "what it holds"), rows, raw_columns=(0, 1))
 
 
 def cli_page() -> str:
@@ -192,6 +207,7 @@ def generate(app: Any = None, config: Any = None, out: Path = GENERATED) -> None
     for stale in (api / "_autosummary").glob("*.rst"):
         if stale.stem not in names:
             stale.unlink()
+    _write(out / "api_index.rst", api_index(modules))
     _write(out / "cli.rst", cli_page())
     notebooks = sorted((REPO / "notebooks").glob("*.ipynb"))
     for stale in (out / "notebooks").glob("*.ipynb"):
