@@ -6,6 +6,7 @@ At ``config-inited``, before Sphinx lists the sources (autosummary then adds a p
   listing its ``__all__`` in an autosummary table. A new module (``resetax.linen``, say) appears
   without any change here; a module whose ``__all__`` only re-exports names of its package's
   ``__all__`` (``resetax.resetting``, ``resetax.theory.mfpt``) is documented under the package.
+  ``generated/api_index.rst`` is the table of those modules with their docstrings' summaries.
 - ``generated/cli.rst``: the ``resetax`` commands and their flags, read from the argparse parser,
   and every :class:`resetax.experiment.Config` field with its help text (``metadata["help"]``,
   the flag's help too), its default and each preset's value, read from the dataclass.
