@@ -30,7 +30,6 @@ nitpicky = True
 
 # -- API pages: one per public name (docs/_ext/resetax_docs.py lists each module's __all__).
 autosummary_generate = True
-autosummary_imported_members = True
 autodoc_default_options = {"member-order": "bysource"}
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented"
