@@ -1,4 +1,4 @@
-"""The documentation site's generated pages, its link check, and the code its pages show.
+"""The documentation site's generated pages and its link check.
 
 The site itself is built by ``.ci/run`` (``sphinx-build -n -W``, then ``docs/check_links.py``);
 these tests need no Sphinx.
@@ -102,9 +102,18 @@ def test_check_links_reports_missing_pages_and_anchors(tmp_path):
     assert "index.html: broken link sub/gone.html" in out.getvalue()
 
 
-@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
-def test_the_python_code_of_the_pages_runs(page):
-    blocks = re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), re.S)
-    for block in blocks:
-        with contextlib.redirect_stdout(io.StringIO()):
-            exec(compile(block, f"docs/{page}", "exec"), {"__name__": "__docs__"})
+def test_the_examples_page_shows_each_pair_as_a_diff_and_every_script(generated):
+    text = generated.joinpath("examples.rst").read_text()
+    examples = ROOT / "examples"
+    idioms = [p.name.removesuffix("_resetting.py") for p in examples.glob("*_resetting.py")]
+    assert {"optax", "linen", "nnx"} <= set(idioms)
+    for idiom in idioms:
+        assert (f".. literalinclude:: ../../examples/{idiom}_resetting.py\n"
+                f"   :diff: ../../examples/{idiom}_baseline.py\n") in text, idiom
+    for script in examples.glob("*.py"):
+        if not script.name.endswith("_baseline.py"):
+            assert f".. literalinclude:: ../../examples/{script.name}\n   :language: python" in (
+                text), script.name
+    # In the README's order.
+    from_readme = [text.index(f"examples/{i}_resetting.py``:") for i in ("optax", "linen", "nnx")]
+    assert from_readme == sorted(from_readme)

@@ -10,6 +10,8 @@ At ``config-inited``, before Sphinx lists the sources (autosummary then adds a p
 - ``generated/cli.rst``: the ``resetax`` commands and their flags, read from the argparse parser,
   and every :class:`resetax.experiment.Config` field with its help text (``metadata["help"]``,
   the flag's help too), its default and each preset's value, read from the dataclass.
+- ``generated/examples.rst``: the scripts of ``examples/``, included from the files: for each
+  ``<idiom>_baseline.py``/``<idiom>_resetting.py`` pair, the diff and the resetting script.
 - ``generated/notebooks/*.ipynb``: the notebooks of ``notebooks/``, rendered from their stored
   outputs (``nb_execution_mode = "off"``).
 
@@ -20,6 +22,7 @@ incremental build rereads only what changed), so none of it can drift from the c
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import functools
 import importlib
@@ -152,6 +155,54 @@ def cli_page() -> str:
     return "\n".join(lines)
 
 
+def examples_page(examples: Path) -> str:
+    """The examples of ``examples/``, shown from the files: for each ``<idiom>_baseline.py`` and
+    ``<idiom>_resetting.py`` pair the diff and the resetting script, then every other script."""
+    lines = [_title("Examples"), (
+        "Complete scripts from the repository's ``examples/`` folder, each run end to end by the "
+        "test suite on tiny settings. Each idiom is a pair, a training script without stochastic "
+        "resetting and the same script with it: the diff shows what adding resetting changes. "
+        "Run them from the repository's root, e.g. ``python examples/optax_resetting.py``.\n")]
+    pairs = sorted(p.name.removesuffix("_resetting.py") for p in examples.glob("*_resetting.py")
+                   if (examples / p.name.replace("_resetting", "_baseline")).exists())
+    # In the README's order (examples/diffs.py's IDIOMS), where it gives one.
+    order = list(_module_constant(examples / "diffs.py", "IDIOMS") or ())
+    pairs.sort(key=lambda idiom: order.index(idiom) if idiom in order else len(order))
+    shown = set()
+    for idiom in pairs:
+        after, before = f"{idiom}_resetting.py", f"{idiom}_baseline.py"
+        shown |= {after, before}
+        lines += [_title(_docstring_summary(examples / after), "-"),
+                  f"The diff from ``examples/{before}`` to ``examples/{after}``:\n",
+                  f".. literalinclude:: ../../examples/{after}\n"
+                  f"   :diff: ../../examples/{before}\n",
+                  f"``examples/{after}`` in full:\n",
+                  f".. literalinclude:: ../../examples/{after}\n   :language: python\n"]
+    others = sorted(p.name for p in examples.glob("*.py") if p.name not in shown)
+    if others:
+        lines.append(_title("Other files", "-"))
+    for name in others:
+        lines += [f"``examples/{name}``: {_docstring_summary(examples / name)}.\n",
+                  f".. literalinclude:: ../../examples/{name}\n   :language: python\n"]
+    return "\n".join(lines)
+
+
+def _docstring_summary(path: Path) -> str:
+    doc = ast.get_docstring(ast.parse(path.read_text())) or path.name
+    return _escape(doc.split("\n\n")[0].replace("\n", " ").removesuffix("."))
+
+
+def _module_constant(path: Path, name: str) -> Any:
+    """The literal value assigned to ``name`` at the top of a module, read without running it."""
+    if not path.exists():
+        return None
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    return None
+
+
 def _title(text: str, underline: str = "=") -> str:
     return f"{text}\n{underline * len(text)}\n"
 
@@ -210,6 +261,8 @@ def generate(app: Any = None, config: Any = None, out: Path = GENERATED) -> None
             stale.unlink()
     _write(out / "api_index.rst", api_index(modules))
     _write(out / "cli.rst", cli_page())
+    if (REPO / "examples").is_dir():
+        _write(out / "examples.rst", examples_page(REPO / "examples"))
     notebooks = sorted((REPO / "notebooks").glob("*.ipynb"))
     for stale in (out / "notebooks").glob("*.ipynb"):
         if stale.name not in {n.name for n in notebooks}:
