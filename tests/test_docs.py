@@ -108,8 +108,11 @@ def test_the_examples_page_shows_each_pair_as_a_diff_and_every_script(generated)
     idioms = [p.name.removesuffix("_resetting.py") for p in examples.glob("*_resetting.py")]
     assert {"optax", "linen", "nnx"} <= set(idioms)
     for idiom in idioms:
-        assert (f".. literalinclude:: ../../examples/{idiom}_resetting.py\n"
-                f"   :diff: ../../examples/{idiom}_baseline.py\n") in text, idiom
+        assert f".. literalinclude:: examples/{idiom}.diff\n" in text, idiom
+        diff = generated.joinpath("examples", f"{idiom}.diff").read_text()
+        assert diff.startswith(f"--- examples/{idiom}_baseline.py\n"
+                               f"+++ examples/{idiom}_resetting.py\n"), idiom
+        assert any(line.startswith("+") and "resetax" in line for line in diff.splitlines()[2:])
     for script in examples.glob("*.py"):
         if not script.name.endswith("_baseline.py"):
             assert f".. literalinclude:: ../../examples/{script.name}\n   :language: python" in (

@@ -11,7 +11,8 @@ At ``config-inited``, before Sphinx lists the sources (autosummary then adds a p
   and every :class:`resetax.experiment.Config` field with its help text (``metadata["help"]``,
   the flag's help too), its default and each preset's value, read from the dataclass.
 - ``generated/examples.rst``: the scripts of ``examples/``, included from the files: for each
-  ``<idiom>_baseline.py``/``<idiom>_resetting.py`` pair, the diff and the resetting script.
+  ``<idiom>_baseline.py``/``<idiom>_resetting.py`` pair, the diff (``generated/examples/``) and
+  the resetting script.
 - ``generated/notebooks/*.ipynb``: the notebooks of ``notebooks/``, rendered from their stored
   outputs (``nb_execution_mode = "off"``).
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import difflib
 import functools
 import importlib
 import inspect
@@ -155,27 +157,38 @@ def cli_page() -> str:
     return "\n".join(lines)
 
 
+def example_pairs(examples: Path) -> list[str]:
+    """The idioms with an ``<idiom>_baseline.py`` and ``<idiom>_resetting.py``, in the README's
+    order (``examples/diffs.py``'s ``IDIOMS``) where it gives one."""
+    pairs = sorted(p.name.removesuffix("_resetting.py") for p in examples.glob("*_resetting.py")
+                   if (examples / p.name.replace("_resetting", "_baseline")).exists())
+    order = list(_module_constant(examples / "diffs.py", "IDIOMS") or ())
+    return sorted(pairs, key=lambda idiom: order.index(idiom) if idiom in order else len(order))
+
+
+def example_diff(examples: Path, idiom: str) -> str:
+    """The unified diff from ``<idiom>_baseline.py`` to ``<idiom>_resetting.py``."""
+    before, after = (examples / f"{idiom}_{kind}.py" for kind in ("baseline", "resetting"))
+    return "".join(difflib.unified_diff(
+        before.read_text().splitlines(keepends=True), after.read_text().splitlines(keepends=True),
+        f"examples/{before.name}", f"examples/{after.name}"))
+
+
 def examples_page(examples: Path) -> str:
-    """The examples of ``examples/``, shown from the files: for each ``<idiom>_baseline.py`` and
-    ``<idiom>_resetting.py`` pair the diff and the resetting script, then every other script."""
+    """The examples of ``examples/``, shown from the files: for each pair the diff
+    (``generated/examples/<idiom>.diff``) and the resetting script, then every other script."""
     lines = [_title("Examples"), (
         "Complete scripts from the repository's ``examples/`` folder, each run end to end by the "
         "test suite on tiny settings. Each idiom is a pair, a training script without stochastic "
         "resetting and the same script with it: the diff shows what adding resetting changes. "
         "Run them from the repository's root, e.g. ``python examples/optax_resetting.py``.\n")]
-    pairs = sorted(p.name.removesuffix("_resetting.py") for p in examples.glob("*_resetting.py")
-                   if (examples / p.name.replace("_resetting", "_baseline")).exists())
-    # In the README's order (examples/diffs.py's IDIOMS), where it gives one.
-    order = list(_module_constant(examples / "diffs.py", "IDIOMS") or ())
-    pairs.sort(key=lambda idiom: order.index(idiom) if idiom in order else len(order))
     shown = set()
-    for idiom in pairs:
+    for idiom in example_pairs(examples):
         after, before = f"{idiom}_resetting.py", f"{idiom}_baseline.py"
         shown |= {after, before}
         lines += [_title(_docstring_summary(examples / after), "-"),
                   f"The diff from ``examples/{before}`` to ``examples/{after}``:\n",
-                  f".. literalinclude:: ../../examples/{after}\n"
-                  f"   :diff: ../../examples/{before}\n",
+                  f".. literalinclude:: examples/{idiom}.diff\n   :language: diff\n",
                   f"``examples/{after}`` in full:\n",
                   f".. literalinclude:: ../../examples/{after}\n   :language: python\n"]
     others = sorted(p.name for p in examples.glob("*.py") if p.name not in shown)
@@ -242,33 +255,43 @@ def _copy(source: Path, target: Path) -> None:
 
 def generate(app: Any = None, config: Any = None, out: Path = GENERATED) -> None:
     """Writes every generated page under ``out``, removing the ones whose source is gone."""
-    api = out / "api"
     modules = public_modules()
+    names = [f"{m}.{n}" for m in modules for n in importlib.import_module(m).__all__]
     if config is not None:
         # The API pages show a constant's value, unless it is too long to read (PRESETS).
-        config.autosummary_context = {**config.autosummary_context, "long_values": sorted(
-            f"{m}.{n}" for m in modules for n in importlib.import_module(m).__all__
-            if len(repr(getattr(importlib.import_module(m), n))) > 300)}
-    for stale in api.glob("*.rst"):
-        if stale.stem not in modules:
-            stale.unlink()
+        config.autosummary_context = {**config.autosummary_context, "long_values": [
+            name for name in names if len(repr(_resolve(name))) > 300]}
+    api = out / "api"
+    _remove_others(api, "*.rst", modules)
+    # autosummary writes a page per name but never removes one whose name is gone.
+    _remove_others(api / "_autosummary", "*.rst", names)
     for name in modules:
         _write(api / f"{name}.rst", api_page(name))
-    # autosummary writes a page per name but never removes one whose name is gone.
-    names = {f"{m}.{n}" for m in modules for n in importlib.import_module(m).__all__}
-    for stale in (api / "_autosummary").glob("*.rst"):
-        if stale.stem not in names:
-            stale.unlink()
     _write(out / "api_index.rst", api_index(modules))
     _write(out / "cli.rst", cli_page())
-    if (REPO / "examples").is_dir():
-        _write(out / "examples.rst", examples_page(REPO / "examples"))
+    examples = REPO / "examples"
+    idioms = example_pairs(examples) if examples.is_dir() else []
+    _remove_others(out / "examples", "*.diff", idioms)
+    if idioms:
+        _write(out / "examples.rst", examples_page(examples))
+    for idiom in idioms:
+        _write(out / "examples" / f"{idiom}.diff", example_diff(examples, idiom))
     notebooks = sorted((REPO / "notebooks").glob("*.ipynb"))
-    for stale in (out / "notebooks").glob("*.ipynb"):
-        if stale.name not in {n.name for n in notebooks}:
-            stale.unlink()
+    _remove_others(out / "notebooks", "*.ipynb", [n.stem for n in notebooks])
     for notebook in notebooks:
         _copy(notebook, out / "notebooks" / notebook.name)
+
+
+def _resolve(name: str) -> Any:
+    module, _, attr = name.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _remove_others(directory: Path, pattern: str, stems: list[str]) -> None:
+    """Removes the files of ``directory`` matching ``pattern`` whose stem is not in ``stems``."""
+    for path in directory.glob(pattern):
+        if path.stem not in stems:
+            path.unlink()
 
 
 def external_or_private_reference(app: Any, domain: Any, node: Any) -> bool | None:
