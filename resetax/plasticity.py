@@ -244,6 +244,10 @@ def reset_to_init(
       the parameters unchanged, so put this transformation last in an ``optax.chain``, and
       apply them with :func:`apply_reset_updates` to land on the fresh values bit for bit
       (``optax.apply_updates`` lands within float rounding).
+
+    .. note::
+      With ``optax.inject_hyperparams``, pass ``static_args=("init_fn", "key", "every",
+      "mask")`` (those you use): ``init_fn`` and a regex ``mask`` are not schedules.
     """
     trigger = _check_common(inner, init_fn, key, every, reset_prob, reset_inner_state)
     mask = _check_mask(mask)
@@ -365,6 +369,11 @@ def shrink_and_perturb(
     .. warning::
       The updates of a shrink-and-perturb step must reach the parameters unchanged: put this
       transformation last in an ``optax.chain`` and apply them with :func:`apply_reset_updates`.
+
+    .. note::
+      With ``optax.inject_hyperparams``, pass ``static_args=("init_fn", "key", "every",
+      "mask")`` (those you use), so that ``shrink``, ``perturb`` and ``reset_prob`` become the
+      injected hyperparameters.
     """
     trigger = _check_common(inner, init_fn, key, every, reset_prob, reset_inner_state)
     mask = _check_mask(mask)

@@ -636,3 +636,27 @@ def test_errors_at_init_and_update():
         resetax.init_from_initializers({"a": jax.nn.initializers.zeros}, {"b": jnp.zeros(2)})
     with pytest.raises(ValueError, match="state must contain the state of a resetting"):
         resetax.apply_reset_updates(jnp.zeros(2), jnp.zeros(2), optax.sgd(0.1).init(jnp.zeros(2)))
+
+
+def test_inject_hyperparams_traced_shrink():
+    tx = optax.inject_hyperparams(
+        resetax.shrink_and_perturb, static_args=("init_fn", "key", "every"))(
+        optax.sgd(0.0), init_fn=lambda key: jnp.ones(2), key=0, shrink=1.0, perturb=0.0, every=1)
+    params = jnp.array([1.0, 4.0])
+    state = tx.init(params)
+    traces = []
+
+    @jax.jit
+    def update(state, params):
+        traces.append(None)
+        return tx.update(jnp.ones(2), state, params)
+
+    updates, state = update(state, params)
+    params = resetax.apply_reset_updates(params, updates, state)
+    _assert_bits(params, jnp.array([1.0, 4.0]))
+    state.hyperparams["shrink"] = jnp.asarray(0.5, jnp.float32)
+    state.hyperparams["perturb"] = jnp.asarray(2.0, jnp.float32)
+    updates, state = update(state, params)
+    params = resetax.apply_reset_updates(params, updates, state)
+    _assert_bits(params, jnp.array([2.5, 4.0]))
+    assert len(traces) == 1
