@@ -14,7 +14,7 @@ initialization, random labels, batches and reset keys, run together with ``vmap`
         [--plot benchmarks/plasticity.png]
 
 The boundary-aligned methods reset at the last warm-up update (``every=--warmup-steps``, which
-recurs only if ``--steps`` exceeds ``--warmup-steps``); ReDo checks every 1000 updates through
+recurs only if ``--steps`` is at least ``--warmup-steps``); ReDo checks every 1000 updates through
 both phases, as the paper does.
 """
 
