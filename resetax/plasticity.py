@@ -21,7 +21,7 @@ import optax
 from optax._src.base import NO_PARAMS_MSG
 
 from resetax import _checks
-from resetax._trees import is_masked, path_name
+from resetax._trees import is_masked, key_name, path_name
 from resetax.resetting import (  # the private helpers are shared on purpose
     ResettingState,
     _full_mask,
@@ -710,7 +710,7 @@ def unit_activations(
         intermediates = intermediates["intermediates"]
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(intermediates)[0]:
-        names = [str(getattr(e, "key", getattr(e, "name", getattr(e, "idx", e)))) for e in path]
+        names = [key_name(e) for e in path]
         if names and isinstance(path[-1], jax.tree_util.SequenceKey):
             names = names[:-1]
         if names and names[-1] == "__call__":

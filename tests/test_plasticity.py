@@ -660,3 +660,24 @@ def test_inject_hyperparams_traced_shrink():
     params = resetax.apply_reset_updates(params, updates, state)
     _assert_bits(params, jnp.array([2.5, 4.0]))
     assert len(traces) == 1
+
+
+@pytest.mark.slow
+def test_benchmark_script_prints_its_table():
+    import os
+    import pathlib
+    import re
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root), XLA_FLAGS="")
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "plasticity.py"), "--seeds", "2",
+         "--warmup-steps", "100", "--steps", "100"],
+        capture_output=True, text=True, check=True, env=env, cwd=root).stdout
+    rows = re.findall(r"^(.+?)\s+(\d+\.\d+) ± +(\d+\.\d+) +(\d+\.\d+) ±", out, re.MULTILINE)
+    assert [name.strip() for name, *_ in rows] == [
+        "no reset", "fresh network", "reset_to_init, last layer", "reset_to_init, last 2 layers",
+        "shrink_and_perturb 0.3, 0.1", "recycle_dormant_units 0.1"]
+    assert all(0 <= float(acc) <= 100 for _, acc, _, _ in rows)
