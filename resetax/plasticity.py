@@ -596,6 +596,12 @@ def apply_reset_updates(
     ``optax.apply_updates``. With nested resetting transformations the outer one wins where
     both reset the same leaf. Jittable.
 
+    :func:`recycle_dormant_units` lands on whole leaves: at a recycling check, the entries of
+    a unit's weights that it did not recycle take ``params + updates`` as
+    ``optax.apply_updates`` computes it, so that a reset of an inner
+    :func:`resetax.stochastic_resetting` at the same update lands on those entries within
+    float rounding of its checkpoint, not bit for bit.
+
     Args:
       params: The parameters passed to ``update``.
       updates: The updates returned by ``update``.
