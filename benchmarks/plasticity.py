@@ -12,6 +12,8 @@ initialization, random labels, batches and reset keys, run together with ``vmap`
 
     python benchmarks/plasticity.py [--seeds 5] [--warmup-steps 3000] [--steps 1500] \
         [--plot benchmarks/plasticity.png]
+    python benchmarks/plasticity.py --overhead [--steps 1500]   # the train step's time
+
 
 The boundary-aligned methods reset at the last warm-up update (``every=--warmup-steps``, which
 recurs only if ``--steps`` is at least ``--warmup-steps``); ReDo checks every 1000 updates through
@@ -76,54 +78,73 @@ def methods(warmup_steps: int, net: nn.Module, x: jax.Array) -> dict:
     }
 
 
+def make_step(tx, plain, net, x):
+    """One training step ``((params, opt_state), key, labels) -> (params, opt_state)``."""
+
+    def step(carry, key, labels):
+        params, state = carry
+        idx = jax.random.randint(key, (BATCH,), 0, x.shape[0])
+        (_, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, net, x[idx], labels[idx])
+        updates, state = tx.update(grads, state, params, activations=acts)
+        if plain:
+            params = optax.apply_updates(params, updates)
+        else:
+            params = resetax.apply_reset_updates(params, updates, state)
+        return params, state
+
+    return step
+
+
+def loss_fn(params, net, xb, yb):
+    logits, state = net.apply({"params": params}, xb, mutable=["intermediates"])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+    return loss, resetax.unit_activations(state)
+
+
 def run_method(make_tx, warm, plain, net, train, test, seeds, warmup_steps, steps):
     """Test accuracy every ``EVAL_EVERY`` steps of the real task, and the dormant fraction."""
     x, y = train
     x_test, y_test = test
 
-    def loss_fn(params, xb, yb):
-        logits, state = net.apply({"params": params}, xb, mutable=["intermediates"])
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-        return loss, resetax.unit_activations(state)
-
     def one_seed(seed):
         k_init, k_labels, k_batches, k_tx = jax.random.split(jax.random.key(seed), 4)
         params = net.init(k_init, x[:1])["params"]
         tx = make_tx(k_tx)
-        state = tx.init(params)
+        step = make_step(tx, plain, net, x)
         random_labels = jax.random.randint(k_labels, y.shape, 0, 10)
-
-        def step(carry, key, labels):
-            params, state = carry
-            idx = jax.random.randint(key, (BATCH,), 0, x.shape[0])
-            (_, acts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, x[idx], labels[idx])
-            updates, state = tx.update(grads, state, params, activations=acts)
-            if plain:
-                params = optax.apply_updates(params, updates)
-            else:
-                params = resetax.apply_reset_updates(params, updates, state)
-            return (params, state), None
-
         k_warm, k_real = jax.random.split(k_batches)
-        carry = (params, state)
+        carry = (params, tx.init(params))
         if warm:
-            carry, _ = jax.lax.scan(lambda c, k: step(c, k, random_labels), carry,
+            carry, _ = jax.lax.scan(lambda c, k: (step(c, k, random_labels), None), carry,
                                     jax.random.split(k_warm, warmup_steps))
 
         def chunk(carry, keys):
-            carry, _ = jax.lax.scan(lambda c, k: step(c, k, y), carry, keys)
+            carry, _ = jax.lax.scan(lambda c, k: (step(c, k, y), None), carry, keys)
             logits = net.apply({"params": carry[0]}, x_test)
             return carry, (logits.argmax(-1) == y_test).mean()
 
         keys = jax.random.split(k_real, steps).reshape(steps // EVAL_EVERY, EVAL_EVERY)
         (params, _), curve = jax.lax.scan(chunk, carry, keys)
         train_acc = (net.apply({"params": params}, x).argmax(-1) == y).mean()
-        _, acts = loss_fn(params, x, y)
+        _, acts = loss_fn(params, net, x, y)
         dead = jnp.mean(jnp.stack([(a.max(0) <= 0).mean() for a in acts.values()]))
         return curve, train_acc, dead
 
     return jax.jit(jax.vmap(one_seed))(jnp.arange(seeds))
+
+
+def compiled_steps(make_tx, plain, net, train, steps):
+    """A compiled run of ``steps`` training steps of one seed, and its arguments."""
+    x, y = train
+    params = net.init(jax.random.key(0), x[:1])["params"]
+    tx = make_tx(jax.random.key(1))
+    step = make_step(tx, plain, net, x)
+    run = jax.jit(lambda carry, keys: jax.lax.scan(
+        lambda c, k: (step(c, k, y), None), carry, keys)[0])
+    args = (params, tx.init(params)), jax.random.split(jax.random.key(2), steps)
+    jax.block_until_ready(run(*args))
+    return run, args
 
 
 def mean_sem(values: np.ndarray) -> tuple[float, float]:
@@ -137,6 +158,8 @@ def main():
     parser.add_argument("--warmup-steps", type=int, default=3000)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--plot", default=None, help="write a PNG of the test-accuracy curves")
+    parser.add_argument("--overhead", action="store_true",
+                        help="time the train step of each method instead (one seed)")
     args = parser.parse_args()
     if args.steps % EVAL_EVERY:
         parser.error(f"--steps must be a multiple of {EVAL_EVERY}, got {args.steps}.")
@@ -144,6 +167,9 @@ def main():
     train = jnp.asarray(train.inputs), jnp.asarray(train.labels)
     test = jnp.asarray(test.inputs), jnp.asarray(test.labels)
     net = MLP()
+    if args.overhead:
+        print_overhead(net, train, args.warmup_steps, args.steps)
+        return
     print(f"MNIST-1D, {args.seeds} seeds, {args.warmup_steps} random-label steps then "
           f"{args.steps} true-label steps; device {jax.devices()[0].device_kind}")
     print(f"{'method':32s} {'test acc (%)':>16s} {'train acc (%)':>15s} {'dead units (%)':>15s}"
@@ -162,6 +188,25 @@ def main():
               f" {dd:7.2f} ± {dd_sem:4.2f} {elapsed:9.1f}", flush=True)
     if args.plot:
         plot(curves, args.plot)
+
+
+def print_overhead(net, train, warmup_steps, steps, repeats=7):
+    """Best time per step of each method, the methods interleaved in every repeat."""
+    runs = {name: compiled_steps(make_tx, plain, net, train, steps)
+            for name, (make_tx, warm, plain) in methods(warmup_steps, net, train[0]).items()
+            if warm}  # the fresh network runs the same step as no reset
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, (run, args) in runs.items():
+            start = time.perf_counter()
+            jax.block_until_ready(run(*args))
+            best[name] = min(best[name], (time.perf_counter() - start) / steps)
+    print(f"train step, one seed, best of {repeats} interleaved runs of {steps} steps (no "
+          f"periodic reset falls in them but ReDo's check at step 1000); device "
+          f"{jax.devices()[0].device_kind}")
+    print(f"{'method':32s} {'us/step':>8s} {'vs no reset':>12s}")
+    for name, seconds in best.items():
+        print(f"{name:32s} {1e6 * seconds:8.0f} {seconds / best['no reset']:11.2f}x")
 
 
 def plot(curves: dict, path: str) -> None:
