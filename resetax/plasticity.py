@@ -247,7 +247,8 @@ def reset_to_init(
 
     .. note::
       With ``optax.inject_hyperparams``, pass ``static_args=("init_fn", "key", "every",
-      "mask")`` (those you use): ``init_fn`` and a regex ``mask`` are not schedules.
+      "mask")`` (those you use): ``init_fn`` and a callable ``mask`` are not schedules, and
+      ``key`` and ``every`` must stay Python ints.
     """
     trigger = _check_common(inner, init_fn, key, every, reset_prob, reset_inner_state)
     mask = _check_mask(mask)
@@ -325,8 +326,9 @@ def shrink_and_perturb(
     are the updates :math:`t` with :math:`(t + 1) \bmod k = 0` (``every=k``, e.g. the last
     update before each new task) or those where :math:`\xi_t < r_t` (``reset_prob``). The
     update of the step itself is kept, so a shrink-and-perturb at every update
-    (``every=1``) is a form of weight decay with noise. ``shrink=0, perturb=1`` is
-    :func:`reset_to_init`; ``shrink=1, perturb=0`` changes nothing.
+    (``every=1``) is a form of weight decay with noise. ``shrink=0, perturb=1`` with
+    ``reset_inner_state=True`` is :func:`reset_to_init`; ``shrink=1, perturb=0`` changes
+    nothing.
 
     Args:
       inner: The optimizer, e.g. ``optax.adam(...)``.
@@ -515,6 +517,11 @@ def recycle_dormant_units(
     .. warning::
       The updates of a recycling check must reach the parameters unchanged: put this
       transformation last in an ``optax.chain`` and apply them with :func:`apply_reset_updates`.
+
+    .. note::
+      With ``optax.inject_hyperparams``, pass ``static_args=("init_fn", "key", "every")``
+      (those you use), so that ``threshold`` and ``reset_prob`` become the injected
+      hyperparameters.
     """
     trigger = _check_common(inner, init_fn, key, every, reset_prob, reset_inner_state)
     units = _check_units(units)

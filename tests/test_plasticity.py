@@ -681,3 +681,21 @@ def test_benchmark_script_prints_its_table():
         "no reset", "fresh network", "reset_to_init, last layer", "reset_to_init, last 2 layers",
         "shrink_and_perturb 0.3, 0.1", "recycle_dormant_units 0.1"]
     assert all(0 <= float(acc) <= 100 for _, acc, _, _ in rows)
+
+
+def test_shrink_zero_perturb_one_is_reset_to_init():
+    common = dict(key=9, mask="head", every=2)
+    a = resetax.shrink_and_perturb(optax.adam(0.1), _normal_init, shrink=0.0, perturb=1.0,
+                                   reset_inner_state=True, **common)
+    b = resetax.reset_to_init(optax.adam(0.1), _normal_init, **common)
+    pa, pb = PARAMS, PARAMS
+    sa, sb = a.init(pa), b.init(pb)
+    for i in range(4):
+        ua, sa = a.update(_grads(i, pa), sa, pa)
+        ub, sb = b.update(_grads(i, pb), sb, pb)
+        pa = resetax.apply_reset_updates(pa, ua, sa)
+        pb = resetax.apply_reset_updates(pb, ub, sb)
+        leaves_a = jax.tree.leaves((pa, sa.inner_state))
+        for x, y in zip(leaves_a, jax.tree.leaves((pb, sb.inner_state)), strict=True):
+            _assert_bits(x, y)
+    assert int(sa.num_resets) == int(sb.num_resets) == 2
