@@ -795,8 +795,10 @@ def _check_init_fn(init_fn, params, mask_tree):
         return
     shapes = jax.eval_shape(init_fn, jax.random.key(0))
     try:
+        # Under optax.masked, the params left out are MaskedNodes; init_fn gives them anyway.
         same = jax.tree.map(
-            lambda m, s, p: not m or jnp.shape(s) == jnp.shape(p), mask_tree, shapes, params)
+            lambda m, s, p: is_masked(m) or not m or jnp.shape(s) == jnp.shape(p),
+            mask_tree, shapes, params, is_leaf=is_masked)
     except (ValueError, TypeError) as err:
         raise ValueError(
             f"init_fn must return params with the structure of the optimized params: "
@@ -932,8 +934,9 @@ def _fresh(init_fn, key, params, mask_tree):
     """Fresh values on the chosen leaves (MaskedNode elsewhere), in the params' dtypes."""
     fresh = init_fn(key)
     return jax.tree.map(
-        lambda m, f, p: jnp.asarray(f, jnp.result_type(p)).reshape(jnp.shape(p)) if m
-        else optax.MaskedNode(), mask_tree, fresh, params)
+        lambda m, f, p: optax.MaskedNode() if is_masked(m) or not m
+        else jnp.asarray(f, jnp.result_type(p)).reshape(jnp.shape(p)),
+        mask_tree, fresh, params, is_leaf=is_masked)
 
 
 def _plain_sum(p, u):

@@ -699,3 +699,25 @@ def test_shrink_zero_perturb_one_is_reset_to_init():
         for x, y in zip(leaves_a, jax.tree.leaves((pb, sb.inner_state)), strict=True):
             _assert_bits(x, y)
     assert int(sa.num_resets) == int(sb.num_resets) == 2
+
+
+def test_optax_masked_and_multisteps_wrappers():
+    tx = optax.masked(resetax.reset_to_init(optax.sgd(0.1), _normal_init, key=0, every=1),
+                      {"body": False, "head": True})
+    state = tx.init(PARAMS)
+    updates, state = tx.update(_grads(0, PARAMS), state, PARAMS)
+    new = resetax.apply_reset_updates(PARAMS, updates, state)
+    _assert_bits(new["head"]["w"], state.inner_state.target["head"]["w"])
+    _assert_bits(new["body"]["w"], optax.apply_updates(PARAMS, _grads(0, PARAMS))["body"]["w"])
+
+    tx = optax.MultiSteps(resetax.reset_to_init(optax.sgd(0.1), lambda k: jnp.zeros(2), key=0,
+                                                every=2), every_k_schedule=2)
+    params = jnp.ones(2)
+    state = tx.init(params)
+    seen = []
+    for _ in range(6):
+        updates, state = tx.update(jnp.ones(2), state, params)
+        params = resetax.apply_reset_updates(params, updates, state)
+        seen.append(float(params[0]))
+    # Inner updates every 2nd call; the inner transformation resets at its 2nd update.
+    np.testing.assert_allclose(seen, [1.0, 0.9, 0.9, 0.0, 0.0, -0.1], atol=1e-7)
