@@ -7,6 +7,18 @@ Importing resetax loads jax and optax only; the submodules that need Flax or Ten
 
 import importlib
 
+from resetax.plasticity import (
+    RecycleDormantUnitsState,
+    ResetToInitState,
+    ShrinkAndPerturbState,
+    UnitWeights,
+    apply_reset_updates,
+    init_from_initializers,
+    recycle_dormant_units,
+    reset_to_init,
+    shrink_and_perturb,
+    unit_activations,
+)
 from resetax.resetting import (
     ModelStateCheckpoint,
     ResettingState,
@@ -37,14 +49,24 @@ def __getattr__(name):
 
 __all__ = [
     "ModelStateCheckpoint",
+    "RecycleDormantUnitsState",
+    "ResetToInitState",
     "ResettingState",
     "ScaleByRestorableScheduleState",
+    "ShrinkAndPerturbState",
+    "UnitWeights",
+    "apply_reset_updates",
     "apply_updates",
     "find_resetting_state",
+    "init_from_initializers",
     "init_model_state_checkpoint",
+    "recycle_dormant_units",
     "reset_model_state",
+    "reset_to_init",
     "restorable_learning_rate",
     "scale_by_restorable_schedule",
     "set_checkpoint",
+    "shrink_and_perturb",
     "stochastic_resetting",
+    "unit_activations",
 ]
