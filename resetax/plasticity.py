@@ -45,8 +45,6 @@ __all__ = [
     "unit_activations",
 ]
 
-InitFn = Callable[[jax.Array], optax.Params]
-
 _RESET_PROB = "a probability in [0, 1] (a float, a scalar array or a schedule step -> probability)"
 
 
@@ -168,7 +166,7 @@ class UnitWeights(NamedTuple):
 
 def reset_to_init(
     inner: optax.GradientTransformation,
-    init_fn: InitFn,
+    init_fn: Callable[[jax.Array], optax.Params],
     *,
     key: int | jax.Array,
     mask: str | Any | Callable[[optax.Params], Any] | None = None,
@@ -300,7 +298,7 @@ def reset_to_init(
 
 def shrink_and_perturb(
     inner: optax.GradientTransformation,
-    init_fn: InitFn,
+    init_fn: Callable[[jax.Array], optax.Params],
     *,
     key: int | jax.Array,
     shrink: float | jax.Array,
@@ -433,7 +431,7 @@ def shrink_and_perturb(
 
 def recycle_dormant_units(
     inner: optax.GradientTransformation,
-    init_fn: InitFn,
+    init_fn: Callable[[jax.Array], optax.Params],
     units: Mapping[str, UnitWeights],
     *,
     key: int | jax.Array,
@@ -642,7 +640,9 @@ def apply_reset_updates(
     return new_params
 
 
-def init_from_initializers(initializers: Any, params: optax.Params) -> InitFn:
+def init_from_initializers(
+    initializers: Any, params: optax.Params
+) -> Callable[[jax.Array], optax.Params]:
     """Builds ``key -> params`` from per-leaf initializers such as ``jax.nn.initializers``.
 
     Args:
