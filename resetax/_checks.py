@@ -39,7 +39,8 @@ def check(
         arr = np.asarray(value)
     except (TypeError, ValueError):
         arr = np.asarray(None)
-    numeric = np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_
+    # jnp's dtype hierarchy knows bfloat16 and the other ml_dtypes, NumPy's does not.
+    numeric = jnp.issubdtype(arr.dtype, jnp.number) and arr.dtype != np.bool_
     if numeric and not (scalar and arr.ndim):
         with np.errstate(invalid="ignore"):
             if np.all(ok(arr)):
@@ -133,6 +134,11 @@ def positive_int(name: str, value: Any, *, none_ok: bool = False) -> None:
 def int_at_least(name: str, value: Any, low: int, *, none_ok: bool = False) -> None:
     """A Python or NumPy integer (not a bool) >= ``low``, or ``None`` with ``none_ok``."""
     _integer(name, value, lambda v: v >= low, f">= {low}", none_ok)
+
+
+def int_between(name: str, value: Any, low: int, high: int, *, none_ok: bool = False) -> None:
+    """A Python or NumPy integer (not a bool) in ``[low, high]``, or ``None`` with ``none_ok``."""
+    _integer(name, value, lambda v: low <= v <= high, f"in [{low}, {high}]", none_ok)
 
 
 def boolean(name: str, value: Any) -> None:

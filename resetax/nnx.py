@@ -20,9 +20,12 @@ from flax.nnx import filterlib
 from flax.nnx.training.optimizer import to_opt_state
 
 from resetax.resetting import (
+    _MISSING,
     ModelStateCheckpoint,
     ResettingState,
+    _check_resetting_tx,
     find_resetting_state,
+    init_model_state_checkpoint,
     reset_model_state,
 )
 
@@ -70,6 +73,8 @@ class Optimizer(nnx.Optimizer[M]):
       model_state: Filter of the variables reset together with the parameters.
       model_state_before: The ``model_state`` variables as the last update left them.
       model_state_checkpoint: Their values when the parameters were last checkpointed.
+      model_state_checkpoint_count: The resetting state's ``count`` at the last update (see
+        :class:`resetax.ModelStateCheckpoint`).
 
     Examples:
       >>> from flax import nnx
@@ -131,8 +136,7 @@ class Optimizer(nnx.Optimizer[M]):
         """
         graph_kwargs = {} if graph is None else {"graph": graph}
         params = nnx.state(model, wrt, **graph_kwargs)
-        # Abstract evaluation: the checks cost no memory and no computation.
-        _check_tx(jax.eval_shape(tx.init, _as_pure(params)))
+        _check_resetting_tx(tx, _as_pure(params), "flax.nnx.Optimizer")
         state = nnx.state(model, model_state, **graph_kwargs)
         overlap = _paths(params) & _paths(state)
         if overlap:
@@ -143,9 +147,11 @@ class Optimizer(nnx.Optimizer[M]):
         super().__init__(model, tx, wrt=wrt, **graph_kwargs)
         self.model_state = model_state
         self.model_state_before = nnx.data(to_opt_state(state))
-        self.model_state_checkpoint = nnx.data(to_opt_state(state))
+        checkpoint = init_model_state_checkpoint(state)
+        self.model_state_checkpoint = nnx.data(to_opt_state(checkpoint.model_state))
+        self.model_state_checkpoint_count = nnx.data(to_opt_state(checkpoint.count))
 
-    def update(self, model: M, grads: Any, /, *, value: Any = jnp.nan, **kwargs: Any) -> Any:
+    def update(self, model: M, grads: Any, /, *, value: Any = _MISSING, **kwargs: Any) -> Any:
         """Takes one step: the resetting update, then the exact reset of params and model state.
 
         Call it after the forward and backward pass of the step (which may have changed the
@@ -155,8 +161,9 @@ class Optimizer(nnx.Optimizer[M]):
         Args:
           model: The module whose ``wrt`` variables are updated, as in ``nnx.Optimizer``.
           grads: Gradients from ``nnx.grad`` (with the same ``wrt``).
-          value: The validation metric measured at the current parameters, or NaN when none was
-            measured this step (see :func:`resetax.stochastic_resetting`).
+          value: Required: the validation metric measured at the current parameters, or
+            ``jnp.float32(jnp.nan)`` when none was measured this step (see
+            :func:`resetax.stochastic_resetting`). Without it the update raises a ``TypeError``.
           **kwargs: Further arguments for ``tx.update``.
 
         Returns:
@@ -173,7 +180,7 @@ class Optimizer(nnx.Optimizer[M]):
           >>> tx = resetax.stochastic_resetting(optax.sgd(0.1), reset_prob=1.0, key=0)
           >>> optimizer = resetax.nnx.Optimizer(model, tx, wrt=nnx.Param)
           >>> grads = nnx.grad(lambda m: m(jnp.ones((4, 2))).sum())(model)
-          >>> _ = optimizer.update(model, grads)
+          >>> _ = optimizer.update(model, grads, value=jnp.nan)
           >>> same = jax.tree.map(lambda a, b: bool((a == b).all()),
           ...                     nnx.state(model), nnx.state(start))
           >>> all(jax.tree.leaves(same)), bool(optimizer.resetting_state.did_reset)
@@ -189,12 +196,14 @@ class Optimizer(nnx.Optimizer[M]):
         new_model_state, checkpoint = reset_model_state(
             _as_pure(self.model_state_before),
             _as_pure(nnx.state(model, self.model_state, **graph_kwargs)),
-            ModelStateCheckpoint(_as_pure(self.model_state_checkpoint)),
+            ModelStateCheckpoint(_as_pure(self.model_state_checkpoint),
+                                 _as_pure(self.model_state_checkpoint_count)),
             resetting,
         )
         nnx.update(model, new_model_state)
         nnx.update(self.model_state_before, new_model_state)
         nnx.update(self.model_state_checkpoint, checkpoint.model_state)
+        self.model_state_checkpoint_count[...] = checkpoint.count
         return updates
 
     @property
@@ -216,16 +225,6 @@ class Optimizer(nnx.Optimizer[M]):
     def _graph_kwargs(self) -> dict[str, bool]:
         graph = getattr(self, "graph", None)  # older flax has no graph argument
         return {} if graph is None else {"graph": graph}
-
-
-def _check_tx(abstract_state):
-    try:
-        find_resetting_state(abstract_state)
-    except ValueError as err:
-        raise ValueError(
-            "tx must contain exactly one resetax.stochastic_resetting transformation (for "
-            "training without resetting use flax.nnx.Optimizer); " + str(err)
-        ) from None
 
 
 def _paths(state):

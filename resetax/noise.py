@@ -518,17 +518,17 @@ def apply_noise(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Applies the noise model named ``kind``: one entry point for configs and command lines.
 
-    ======================  ============================================  =====================
-    ``kind``                function                                      keyword arguments
-    ======================  ============================================  =====================
-    ``symmetric``           :func:`symmetric_noise`                       ``include_true_class``
-    ``pair``                :func:`pair_noise`
-    ``asymmetric_cifar10``  :func:`asymmetric_cifar10_noise` (C = 10)
-    ``asymmetric_cifar100`` :func:`asymmetric_cifar100_noise` (C = 100)   ``coarse_labels``
-    ``instance_dependent``  :func:`instance_dependent_noise`              ``inputs``,
-                                                                          ``flip_rate_std``
-    ``transition_matrix``   :func:`transition_matrix_noise`               ``transition_matrix``
-    ======================  ============================================  =====================
+    ========================  ============================================  =====================
+    ``kind``                  function                                      keyword arguments
+    ========================  ============================================  =====================
+    ``symmetric``             :func:`symmetric_noise`                       ``include_true_class``
+    ``pair``                  :func:`pair_noise`
+    ``asymmetric_cifar10``    :func:`asymmetric_cifar10_noise` (C = 10)
+    ``asymmetric_cifar100``   :func:`asymmetric_cifar100_noise` (C = 100)   ``coarse_labels``
+    ``instance_dependent``    :func:`instance_dependent_noise`              ``inputs``,
+                                                                            ``flip_rate_std``
+    ``transition_matrix``     :func:`transition_matrix_noise`               ``transition_matrix``
+    ========================  ============================================  =====================
 
     ``coarse_labels``, ``inputs`` and ``transition_matrix`` are required by their kind. For
     ``"transition_matrix"`` the matrix sets the noise, and ``noise_rate`` must be ``None``.

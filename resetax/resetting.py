@@ -33,6 +33,14 @@ __all__ = [
 ]
 
 _MODES = ("min", "max")
+# The one line every missing `value` raises: the transform's update, nnx.Optimizer.update and
+# linen.TrainState.apply_gradients all forward to the same check.
+MISSING_VALUE_MSG = (
+    "value= is required: the validation value measured at the params of this update (a scalar), "
+    "or value=jnp.float32(jnp.nan) on a step with no measurement."
+)
+_MISSING = object()
+_INT32_MAX = int(np.iinfo(np.int32).max)  # the step counters are int32
 _RESET_PROB = "a probability in [0, 1] (a float, a scalar array or a schedule step -> probability)"
 
 
@@ -66,6 +74,9 @@ class ResettingState(NamedTuple):
       num_nonfinite_resets: Number of updates found non-finite and rolled back to the
         checkpoint (``int32``); always 0 unless ``reset_on_nonfinite=True``. An update can
         count in both ``num_resets`` and here.
+      num_values: Number of finite ``value`` measurements received so far (``int32``). While it
+        is 0 no measurement has selected a checkpoint, and ``patience`` cannot switch
+        resetting on.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -90,6 +101,7 @@ class ResettingState(NamedTuple):
     checkpoint_updated: jax.Array
     num_resets: jax.Array
     num_nonfinite_resets: jax.Array
+    num_values: jax.Array
 
 
 class ModelStateCheckpoint(NamedTuple):
@@ -98,6 +110,10 @@ class ModelStateCheckpoint(NamedTuple):
     Attributes:
       model_state: The model state taken at the moments the parameters were copied into
         :attr:`ResettingState.checkpoint`.
+      count: The :attr:`ResettingState.count` that :func:`reset_model_state` last acted on
+        (``int32``), so that a call after no new update (an accumulation-only mini-step of
+        ``optax.MultiSteps``) changes nothing; ``None`` (a checkpoint built by hand) acts on
+        every call.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -109,6 +125,7 @@ class ModelStateCheckpoint(NamedTuple):
     """
 
     model_state: Any
+    count: Any = None
 
 
 def stochastic_resetting(
@@ -134,18 +151,19 @@ def stochastic_resetting(
       \text{improved}_t &= v_t < b_{t-1} - \delta, \qquad
       b_t = \text{improved}_t \; ? \; v_t : b_{t-1} \\
       s_t &= \text{improved}_t \; ? \; 0 : s_{t-1} + 1, \qquad
-      a_t = a_{t-1} \lor (s_t \ge T) \\
+      a_t = a_{t-1} \lor (s_t \ge T \land b_t < \infty) \\
       c_t &= \theta_t \text{ if } t = 0 \text{ or } \big(\text{improved}_t \land
       (\lnot a_{t-1} \lor \text{adaptive})\big), \text{ else } c_{t-1} \\
       \Delta\theta_t &= \begin{cases} c_t - \theta_t & a_t \land \xi_t < r_t,
       \quad \xi_t \sim U[0, 1) \\ u_t & \text{otherwise,} \end{cases}
 
     where :math:`T` is ``patience``, :math:`\delta` is ``min_delta``, :math:`c_t` the checkpoint
-    and :math:`r_t` the reset probability. A non-finite (or absent) ``value`` is no
-    measurement. With ``patience=None`` resetting is active from the first update, whose
-    ``params`` become the checkpoint. ``reset_prob=0`` is plain training with the inner
-    optimizer; ``reset_prob=1`` keeps the parameters at the checkpoint once active (early
-    stopping).
+    and :math:`r_t` the reset probability. A non-finite ``value`` is no measurement, and
+    ``patience`` only counts once a finite one has arrived (:math:`b_t` finite): resetting never
+    switches on toward a checkpoint that no measurement selected. With ``patience=None``
+    resetting is active from the first update, whose ``params`` become the checkpoint.
+    ``reset_prob=0`` is plain training with the inner optimizer; ``reset_prob=1`` keeps the
+    parameters at the checkpoint once active (early stopping).
 
     On a reset the inner state keeps the state the inner update produced (its integer
     counters, and so learning-rate schedules, keep counting); with ``reset_inner_state=True``
@@ -195,8 +213,11 @@ def stochastic_resetting(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params, *,
-      value=nan, **extra_args)`` requires ``params`` and forwards the extra arguments to
-      ``inner``. Its state is a :class:`ResettingState`.
+      value, **extra_args)`` requires ``params`` and ``value`` (as
+      ``optax.contrib.reduce_on_plateau`` does) and forwards the extra arguments to ``inner``.
+      ``value`` is the validation metric measured at ``params``, a scalar; pass
+      ``jnp.float32(jnp.nan)`` on the steps that measured nothing. Its state is a
+      :class:`ResettingState`.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -226,7 +247,7 @@ def stochastic_resetting(
       >>> params = jnp.array([1.0, 2.0])
       >>> state = tx.init(params)  # the first params are the checkpoint
       >>> for grads in [jnp.ones(2), jnp.array([1.0, jnp.nan])]:
-      ...   updates, state = tx.update(grads, state, params)
+      ...   updates, state = tx.update(grads, state, params, value=jnp.nan)
       ...   params = resetax.apply_updates(params, updates, state)
       ...   print(params, int(state.num_nonfinite_resets))
       [0.5 1.5] 0
@@ -247,6 +268,22 @@ def stochastic_resetting(
       checkpoint; :func:`apply_updates` lands on it bit for bit.
 
     .. note::
+      ``value`` is required on every call, so that a training loop that never passes it (e.g.
+      flax's ``TrainState.apply_gradients``, which calls ``tx.update(grads, opt_state,
+      params)``) fails at once instead of resetting to parameters no measurement chose; use
+      :class:`resetax.linen.TrainState` there. Inside your own jitted step, pass "no
+      measurement" as ``jnp.float32(jnp.nan)`` (or ``np.float32``), not ``float("nan")``: a
+      Python float is weakly typed, so alternating it with a measured float32 array compiles
+      the step twice.
+
+    .. note::
+      Under ``optax.MultiSteps(tx, every_k_schedule=k)`` the inner transformation runs on every
+      mini-step but keeps its new state only on the mini-step that applies the accumulated
+      gradients (every ``k``-th): only the ``value`` passed on that call counts; values passed
+      on the other mini-steps are dropped. Measure at the mini-steps where
+      ``MultiSteps.has_updated`` will be true, i.e. after the ``(k-1)``-th accumulation.
+
+    .. note::
       With ``optax.inject_hyperparams``, pass ``static_args=("key", "patience", "mask")`` (those
       you use) so that only ``reset_prob`` and ``min_delta`` become injected hyperparameters.
     """
@@ -256,11 +293,13 @@ def stochastic_resetting(
         _checks.probability("reset_prob", reset_prob, scalar=True)
     _checks.instance("key", key, (int, np.integer, jax.Array, np.ndarray),
                      "an int seed or a jax.random.key")
+    _check_key(key)
     if isinstance(patience, jax.Array):
-        _checks.check("patience", patience, lambda a: (a >= 0) & np.issubdtype(a.dtype, np.integer),
-                      "None or an integer >= 0", scalar=True)
+        _checks.check("patience", patience,
+                      lambda a: (a >= 0) & (a <= _INT32_MAX) & np.issubdtype(a.dtype, np.integer),
+                      f"None or an integer in [0, {_INT32_MAX}]", scalar=True)
     else:
-        _checks.int_at_least("patience", patience, 0, none_ok=True)
+        _checks.int_between("patience", patience, 0, _INT32_MAX, none_ok=True)
     _checks.instance("adaptive", adaptive, (bool, np.bool_, jax.Array), "a bool")
     _checks.instance("reset_inner_state", reset_inner_state, (bool,),
                      "a Python bool (it decides the state's structure)")
@@ -294,19 +333,22 @@ def stochastic_resetting(
             checkpoint_updated=jnp.asarray(False),
             num_resets=jnp.zeros([], jnp.int32),
             num_nonfinite_resets=jnp.zeros([], jnp.int32),
+            num_values=jnp.zeros([], jnp.int32),
         )
 
-    def update_fn(updates, state, params=None, *, value=jnp.nan, **extra_args):
+    def update_fn(updates, state, params=None, *, value=_MISSING, **extra_args):
         _check_update_args(params, value)
         inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
 
         value = jnp.asarray(value, jnp.float32)
-        improved = jnp.isfinite(value) & (sign * value < sign * state.best_value - min_delta)
+        measured = jnp.isfinite(value)
+        improved = measured & (sign * value < sign * state.best_value - min_delta)
         best_value = jnp.where(improved, value, state.best_value)
         steps_since_best = jnp.where(improved, 0, optax.safe_increment(state.steps_since_best))
         take = (state.count == 0) | (improved & (~state.active | jnp.asarray(adaptive)))
+        # Patience runs out only toward a checkpoint that a measurement selected (a finite best).
         active = state.active if patience is None else (
-            state.active | (steps_since_best >= patience))
+            state.active | ((steps_since_best >= patience) & jnp.isfinite(best_value)))
 
         next_key, draw_key = jax.random.split(_wrap_key(state.key, key))
         prob = reset_prob(state.count) if callable(reset_prob) else reset_prob
@@ -350,6 +392,8 @@ def stochastic_resetting(
             checkpoint_updated=take,
             num_resets=state.num_resets + random_reset.astype(jnp.int32),
             num_nonfinite_resets=state.num_nonfinite_resets + nonfinite.astype(jnp.int32),
+            num_values=jnp.where(measured, optax.safe_increment(state.num_values),
+                                 state.num_values),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -412,7 +456,8 @@ def apply_updates(
       >>> tx = resetax.stochastic_resetting(optax.sgd(0.3), reset_prob=1.0, key=0)
       >>> params = jnp.array([0.1, 0.7])
       >>> state = tx.init(params)
-      >>> updates, state = tx.update(jnp.ones(2), state, params)  # a reset to the first params
+      >>> # A reset to the first params (patience=None: resetting is on from the start).
+      >>> updates, state = tx.update(jnp.ones(2), state, params, value=jnp.nan)
       >>> new_params = resetax.apply_updates(params, updates, state)
       >>> bool(state.did_reset), bool((new_params == params).all())
       (True, True)
@@ -451,9 +496,10 @@ def set_checkpoint(
       >>> params = jnp.zeros(2)
       >>> state = tx.init(params)
       >>> state = resetax.set_checkpoint(state, jnp.array([5.0, 6.0]))
-      >>> _, state = tx.update(jnp.zeros(2), state, params)  # step 0 snapshots `params` ...
+      >>> # Update 0 snapshots `params` ...
+      >>> _, state = tx.update(jnp.zeros(2), state, params, value=jnp.nan)
       >>> state = resetax.set_checkpoint(state, jnp.array([5.0, 6.0]))  # ... so set it after
-      >>> updates, state = tx.update(jnp.zeros(2), state, params)
+      >>> updates, state = tx.update(jnp.zeros(2), state, params, value=jnp.nan)
       >>> resetax.apply_updates(params, updates, state)
       Array([5., 6.], dtype=float32)
     """
@@ -494,7 +540,7 @@ def init_model_state_checkpoint(model_state: Any) -> ModelStateCheckpoint:
       >>> checkpoint.model_state["mean"].shape
       (3,)
     """
-    return ModelStateCheckpoint(jax.tree.map(jnp.array, model_state))
+    return ModelStateCheckpoint(jax.tree.map(jnp.array, model_state), jnp.zeros([], jnp.int32))
 
 
 def reset_model_state(
@@ -510,6 +556,11 @@ def reset_model_state(
     copied into the checkpoint, and returns the snapshot in place of ``new_model_state`` (the
     state after this step's forward pass) whenever the update was a reset or a rollback of a
     non-finite update. Jittable.
+
+    Under ``optax.MultiSteps`` the resetting state of an accumulation-only mini-step is the one
+    the last real update left, flags included; the checkpoint's ``count`` tells such a call
+    apart, and it returns ``new_model_state`` and the checkpoint unchanged, so that statistics
+    are never snapshotted apart from the parameters they belong with.
 
     Args:
       model_state: The model state that goes with the ``params`` given to ``update`` (before this
@@ -556,14 +607,35 @@ def reset_model_state(
       >>> params, batch_stats, opt_state, bs_checkpoint = out
     """
     resetting = find_resetting_state(opt_state)
-    snapshot = _where_tree(resetting.checkpoint_updated, model_state, checkpoint.model_state)
-    model_state = _where_tree(resetting.did_reset, snapshot, new_model_state)
-    return model_state, ModelStateCheckpoint(snapshot)
+    count = checkpoint.count
+    new_update = jnp.asarray(True) if count is None else resetting.count != count
+    snapshot = _where_tree(resetting.checkpoint_updated & new_update, model_state,
+                           checkpoint.model_state)
+    model_state = _where_tree(resetting.did_reset & new_update, snapshot, new_model_state)
+    return model_state, ModelStateCheckpoint(
+        snapshot, None if count is None else jnp.asarray(resetting.count, jnp.int32))
+
+
+def _check_resetting_tx(tx: optax.GradientTransformation, params: Any, plain: str) -> None:
+    """Raises a one-line ValueError unless ``tx`` holds exactly one resetting transformation.
+
+    ``plain`` names what to use for training without resetting. The check traces ``tx.init``
+    abstractly: it costs no memory and no computation.
+    """
+    try:
+        find_resetting_state(jax.eval_shape(tx.init, params))
+    except ValueError as err:
+        raise ValueError(
+            f"tx must contain exactly one resetax.stochastic_resetting transformation (for "
+            f"training without resetting use {plain}); {err}"
+        ) from None
 
 
 def _check_update_args(params, value) -> None:
     if params is None:
         raise ValueError(NO_PARAMS_MSG)
+    if value is _MISSING or value is None:
+        raise TypeError(MISSING_VALUE_MSG)
     if jnp.ndim(value) != 0:
         raise ValueError(
             f"value must be a scalar (the validation metric), got shape {jnp.shape(value)}.")
@@ -662,6 +734,28 @@ def _replace_leaves(stored, new, name):
             f"{name} must have the structure and shapes of the optimized {name}: "
             f"{jax.tree.structure(new)}."
         ) from err
+
+
+def _check_key(key) -> None:
+    """One key, usable by ``update``: a typed key of shape (), raw key data, or an int seed."""
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape:
+            raise ValueError(
+                f"key must be a single jax.random.key (shape ()), got a key array of shape "
+                f"{key.shape}; pass one of them, e.g. key[0].")
+        return
+    if isinstance(key, (int, np.integer)):
+        if not -(2**63) <= int(key) < 2**63:
+            raise ValueError(f"key must be an int seed in [-2**63, 2**63 - 1], got {key}.")
+        return
+    if isinstance(key, jax.core.Tracer):
+        return
+    expected = jax.random.key_data(jax.random.key(0)).shape
+    if np.shape(key) != expected or not np.issubdtype(np.asarray(key).dtype, np.integer):
+        raise ValueError(
+            f"key must be an int seed, a jax.random.key or raw key data of shape {expected} "
+            f"(jax.random.PRNGKey), got an array of shape {np.shape(key)} and dtype "
+            f"{np.asarray(key).dtype}.")
 
 
 def _key_data(key):

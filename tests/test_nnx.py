@@ -12,6 +12,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import resetax
+import resetax.linen
 import resetax.nnx
 from resetax import models
 
@@ -108,6 +109,34 @@ def test_reset_lands_exactly_on_checkpoint_with_batch_stats(graph):
     assert int(optimizer.step[...]) == 4
 
 
+def test_multisteps_mini_step_after_a_reset_keeps_its_batch_stats():
+    model = Net(nnx.Rngs(0))
+    tx = optax.MultiSteps(resetax.stochastic_resetting(optax.sgd(0.1), reset_prob=1.0, key=0),
+                          every_k_schedule=2)
+    optimizer = resetax.nnx.Optimizer(model, tx, wrt=nnx.Param)
+    _train_step(model, optimizer, *_data(0), np.float32(NAN))  # accumulates
+    _train_step(model, optimizer, *_data(1), np.float32(NAN))  # updates: a reset
+    assert bool(optimizer.resetting_state.did_reset)
+    reset_stats = _pure(nnx.state(model, nnx.BatchStat))
+    # The next call only accumulates: its forward pass's statistics stay, though the resetting
+    # state it sees still says did_reset.
+    _train_step(model, optimizer, *_data(2), np.float32(NAN))
+    assert bool(optimizer.resetting_state.did_reset)
+    assert not _equal(_pure(nnx.state(model, nnx.BatchStat)), reset_stats)
+    assert _equal(_pure(optimizer.model_state_checkpoint), reset_stats)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"value": None}])
+def test_update_without_value_is_a_one_line_type_error(kwargs):
+    model = Net(nnx.Rngs(0))
+    tx = resetax.stochastic_resetting(optax.sgd(0.1), reset_prob=0.1, key=0)
+    optimizer = resetax.nnx.Optimizer(model, tx, wrt=nnx.Param)
+    grads = nnx.grad(_loss)(model, *_data(0))
+    with pytest.raises(TypeError) as err:
+        optimizer.update(model, grads, **kwargs)
+    assert str(err.value).splitlines()[0] == resetax.resetting.MISSING_VALUE_MSG
+
+
 def test_model_state_filter_selects_what_resets():
     x, y = _data(0)
 
@@ -184,7 +213,8 @@ def _linen_view(model):
 
 
 @pytest.mark.slow
-def test_agrees_with_the_linen_path_on_mnist1d():
+def test_agrees_with_the_linen_paths_on_mnist1d():
+    """The NNX optimizer, linen's core step and resetax.linen.TrainState, on the same data."""
     train = resetax.data.load_mnist1d(split="train", num_samples=1000, seed=0, cache=False)
     x_val, y_val = train.inputs[:200], train.labels[:200]
     x_train, y_train = train.inputs[200:], train.labels[200:]
@@ -221,13 +251,28 @@ def test_agrees_with_the_linen_path_on_mnist1d():
             batch_stats, new_batch_stats, bs_checkpoint, opt_state)
         return params, new_batch_stats, opt_state, bs_checkpoint
 
+    train_state = resetax.linen.TrainState.create(
+        apply_fn=linen.apply, params=params, tx=make_tx(), batch_stats=batch_stats)
+
+    @jax.jit
+    def train_state_step(state, x, y, val_loss):
+        def loss_fn(params):
+            logits, updated = state.apply_fn(
+                {"params": params, "batch_stats": state.batch_stats}, x, train=True,
+                mutable=["batch_stats"])
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, updated["batch_stats"]
+
+        grads, new_batch_stats = jax.grad(loss_fn, has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads, value=val_loss, batch_stats=new_batch_stats)
+
     model = _nnx_cnn_from_linen(variables)
     optimizer = resetax.nnx.Optimizer(model, make_tx(), wrt=nnx.Param)
 
     nnx_val_loss = nnx.jit(lambda model: _loss(model, x_val, y_val))
 
     rng = np.random.default_rng(0)
-    linen_flags, nnx_flags = [], []
+    linen_flags, train_state_flags, nnx_flags = [], [], []
     for step in range(num_steps):
         idx = rng.choice(len(x_train), batch_size, replace=False)
         measure = step % eval_every == 0
@@ -237,6 +282,9 @@ def test_agrees_with_the_linen_path_on_mnist1d():
             params, batch_stats, opt_state, bs_checkpoint, x_train[idx], y_train[idx], val)
         state = resetax.find_resetting_state(opt_state)
         linen_flags.append((bool(state.did_reset), bool(state.checkpoint_updated)))
+        train_state = train_state_step(train_state, x_train[idx], y_train[idx], val)
+        state = train_state.resetting_state
+        train_state_flags.append((bool(state.did_reset), bool(state.checkpoint_updated)))
 
         val = np.float32(NAN)
         if measure:
@@ -248,7 +296,11 @@ def test_agrees_with_the_linen_path_on_mnist1d():
         nnx_flags.append((bool(state.did_reset), bool(state.checkpoint_updated)))
 
     # The runs take the same decisions: resets, and checkpoints at the same new bests.
-    assert nnx_flags == linen_flags
+    assert nnx_flags == linen_flags == train_state_flags
+    # TrainState runs the documented core step: bit for bit.
+    for got, want in zip(jax.tree.leaves((train_state.params, train_state.batch_stats)),
+                         jax.tree.leaves((params, batch_stats)), strict=True):
+        np.testing.assert_array_equal(got, want)
     assert sum(r for r, _ in linen_flags) >= 3 and sum(c for _, c in linen_flags) >= 3
     nnx_params, nnx_stats = _linen_view(model)
     # The same layers in float32: measured identical here (difference 0.0). Another backend may

@@ -25,7 +25,7 @@ def _reset_history(reset_prob, num_steps, key):
 
     def step(carry, _):
         params, state = carry
-        updates, state = tx.update(jnp.ones(3), state, params)
+        updates, state = tx.update(jnp.ones(3), state, params, value=jnp.nan)
         params = resetax.apply_updates(params, updates, state)
         return (params, state), state.did_reset
 
@@ -112,7 +112,7 @@ def test_reset_lands_on_checkpoint():
     for i in range(21):
         grads = jax.tree.map(lambda x, i=i: jnp.cos(x * (i + 1)), p)
         before = p
-        updates, state = update(grads, state, p)
+        updates, state = update(grads, state, p, value=jnp.nan)
         plain = optax.apply_updates(p, updates)
         p = resetax.apply_updates(p, updates, state)
     assert bool(state.did_reset) and int(state.num_resets) == 1
@@ -150,12 +150,19 @@ POLICY_TABLE = {
     "no_patience_frozen": (
         dict(patience=None, adaptive=False), [NAN, NAN, 2, 3, 1],
         "TTTTT", [0, 0, 0, 0, 0], [INF, INF, 2, 2, 1]),
+    # Patience counts toward a checkpoint only once a measurement has selected one.
     "zero_patience": (
         dict(patience=0), [NAN, 3, 2],
-        "TTT", [0, 1, 2], [INF, 3, 2]),
+        "FTT", [0, 1, 2], [INF, 3, 2]),
     "only_nan": (
         dict(patience=2), [NAN, NAN, NAN, NAN],
-        "FTTT", [0, 0, 0, 0], [INF, INF, INF, INF]),
+        "FFFF", [0, 0, 0, 0], [INF, INF, INF, INF]),
+    "late_first_value": (
+        dict(patience=2), [NAN, NAN, NAN, 4, 5],
+        "FFFFF", [0, 0, 0, 3, 3], [INF, INF, INF, 4, 4]),
+    "late_first_value_then_patience": (
+        dict(patience=1), [NAN, NAN, 4, 5],
+        "FFFT", [0, 0, 2, 2], [INF, INF, 4, 4]),
 }
 
 
@@ -165,14 +172,16 @@ def test_checkpoint_policy(name):
     tx = resetax.stochastic_resetting(optax.sgd(1.0), 0.0, key=0, **kwargs)
     params = jnp.zeros([])
     state = tx.init(params)
-    got_active, got_checkpoint, got_best = [], [], []
+    got_active, got_checkpoint, got_best, got_count = [], [], [], []
     for value in values:
         updates, state = tx.update(-jnp.ones([]), state, params, value=value)
         params = optax.apply_updates(params, updates)  # params at step t equal t
         got_active.append("T" if state.active else "F")
         got_checkpoint.append(float(state.checkpoint))
         got_best.append(float(state.best_value))
+        got_count.append(int(state.num_values))
     assert "".join(got_active) == active
+    assert got_count == np.cumsum(np.isfinite(values)).tolist()
     assert got_checkpoint == checkpoint
     signed_inf = -INF if kwargs.get("mode") == "max" else INF
     np.testing.assert_allclose(got_best, [signed_inf if b == INF else b for b in best], rtol=1e-6)
@@ -243,7 +252,7 @@ def test_reset_inner_state_with_mask_restores_only_masked_momentum():
     state, inner_state = tx.init(params), inner.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
     for _ in range(4):
-        updates, state = tx.update(grads, state, params)
+        updates, state = tx.update(grads, state, params, value=jnp.nan)
         _, inner_state = inner.update(grads, inner_state, params)
         params = resetax.apply_updates(params, updates, state)
     assert bool(state.did_reset)
@@ -269,7 +278,7 @@ def test_masked_leaves_never_reset(mask_kind):
     update = jax.jit(tx.update)
     grads = jax.tree.map(jnp.ones_like, params)
     for _ in range(20):
-        updates, state = update(grads, state, params)
+        updates, state = update(grads, state, params, value=jnp.nan)
         params = resetax.apply_updates(params, updates, state)
     assert int(state.num_resets) > 0
     np.testing.assert_allclose(params["body"]["w"], jnp.full(4, 1.0 - 20 * 0.1), rtol=1e-5)
@@ -380,7 +389,7 @@ def test_nonfinite_rollback_only_when_asked():
     tx = resetax.stochastic_resetting(optax.sgd(0.1), 0.0, key=0)
     params = jnp.ones(2)
     state = tx.init(params)
-    updates, state = tx.update(jnp.array([1.0, jnp.inf]), state, params)
+    updates, state = tx.update(jnp.array([1.0, jnp.inf]), state, params, value=jnp.nan)
     assert not bool(state.did_reset) and int(state.num_nonfinite_resets) == 0
     assert not bool(jnp.isfinite(resetax.apply_updates(params, updates, state)).all())
 
@@ -390,7 +399,7 @@ def test_overflowing_params_roll_back_too():
     tx = resetax.stochastic_resetting(optax.sgd(1.0), 0.0, key=0, reset_on_nonfinite=True)
     params = jnp.array([3e38, 1.0])
     state = tx.init(params)
-    updates, state = jax.jit(tx.update)(jnp.array([-3e38, 0.0]), state, params)
+    updates, state = jax.jit(tx.update)(jnp.array([-3e38, 0.0]), state, params, value=jnp.nan)
     assert int(state.num_nonfinite_resets) == 1
     np.testing.assert_array_equal(resetax.apply_updates(params, updates, state), params)
 
@@ -436,12 +445,12 @@ def test_nonfinite_rollback_with_mask_keeps_unmasked_leaves_in_place():
     update = jax.jit(tx.update)
     grads = jax.tree.map(jnp.ones_like, params)
     for _ in range(3):
-        updates, state = update(grads, state, params)
+        updates, state = update(grads, state, params, value=jnp.nan)
         params = resetax.apply_updates(params, updates, state)
     before = params
     # The non-finite entry is on a leaf that never resets: it still triggers the rollback.
     updates, state = update({"head": jnp.ones(2), "body": jnp.array([1.0, jnp.nan, 1.0])},
-                            state, params)
+                            state, params, value=jnp.nan)
     params = resetax.apply_updates(params, updates, state)
     assert bool(state.did_reset) and int(state.num_nonfinite_resets) == 1
     np.testing.assert_array_equal(params["head"], jnp.ones(2))  # back to the checkpoint
@@ -478,11 +487,11 @@ def test_set_checkpoint_in_chain():
         optax.sgd(0.1, momentum=0.5), 1.0, key=0, reset_inner_state=True))
     params = {"w": jnp.zeros(2)}
     state = tx.init(params)
-    _, state = tx.update({"w": jnp.ones(2)}, state, params)
+    _, state = tx.update({"w": jnp.ones(2)}, state, params, value=jnp.nan)
     inner = optax.sgd(0.1, momentum=0.5).init(params)
     inner = (inner[0]._replace(trace={"w": jnp.full(2, 7.0)}),) + tuple(inner[1:])
     state = resetax.set_checkpoint(state, {"w": jnp.array([4.0, 5.0])}, inner)
-    updates, state = tx.update({"w": jnp.ones(2)}, state, params)
+    updates, state = tx.update({"w": jnp.ones(2)}, state, params, value=jnp.nan)
     params = resetax.apply_updates(params, updates, state)
     np.testing.assert_array_equal(params["w"], [4.0, 5.0])
     np.testing.assert_array_equal(
@@ -544,7 +553,7 @@ def test_inject_hyperparams_traced_reset_prob():
     @jax.jit
     def update(state, params):
         traces.append(None)
-        return tx.update(jnp.ones(2), state, params)
+        return tx.update(jnp.ones(2), state, params, value=jnp.nan)
 
     for _ in range(3):
         updates, state = update(state, params)
@@ -580,7 +589,8 @@ def test_optax_masked_wrapper(reset_on_nonfinite):
                       {"a": True, "b": False})
     state = tx.init(params)
     for _ in range(3):
-        updates, state = tx.update({"a": jnp.ones(2), "b": jnp.ones(2)}, state, params)
+        grads = {"a": jnp.ones(2), "b": jnp.ones(2)}
+        updates, state = tx.update(grads, state, params, value=jnp.nan)
         params = resetax.apply_updates(params, updates, state)
     np.testing.assert_array_equal(params["a"], jnp.zeros(2))  # reset every step
     np.testing.assert_allclose(params["b"], jnp.full(2, 3.0))  # masked out: raw gradients applied
@@ -794,12 +804,32 @@ def test_missing_params_raises_optax_message():
         (dict(mode="mean"), "mode"),
         (dict(min_delta=-1.0), "min_delta"),
         (dict(mask=["yes"]), "mask"),
+        (dict(patience=2**40), r"patience must be None or an integer in \[0, 2147483647\]"),
+        (dict(patience=jnp.array(2**31 - 1, jnp.uint32) + 1), "patience"),
+        (dict(key=2**64), r"key must be an int seed in \[-2\*\*63"),
+        (dict(key=jax.random.split(jax.random.key(0))), r"single jax.random.key .*shape \(2,\)"),
+        (dict(key=np.arange(3, dtype=np.uint32)), r"raw key data of shape \(2,\)"),
+        (dict(key=np.array([1.5, 2.0])), "key .* dtype float64"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, match):
     args = dict(reset_prob=0.1, key=0) | kwargs
     with pytest.raises(ValueError, match=match):
         resetax.stochastic_resetting(optax.sgd(0.1), **args)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(reset_prob=jnp.array(0.5, jnp.bfloat16)),
+    dict(reset_prob=jnp.array(0.5, jnp.float16)),
+    dict(key=jax.random.PRNGKey(3)),  # raw key data
+    dict(key=-1),
+    dict(patience=2**31 - 1),
+])
+def test_accepted_arguments_are_checked_eagerly_and_run(kwargs):
+    tx = resetax.stochastic_resetting(optax.sgd(0.1), **(dict(reset_prob=0.1, key=0) | kwargs))
+    params = jnp.zeros(2)
+    updates, state = jax.jit(tx.update)(jnp.ones(2), tx.init(params), params, value=1.0)
+    assert int(state.num_values) == 1
 
 
 def test_bad_types_raise_type_error():
@@ -818,6 +848,172 @@ def test_non_scalar_value_raises():
     state = tx.init(jnp.zeros(2))
     with pytest.raises(ValueError, match="value"):
         tx.update(jnp.ones(2), state, jnp.zeros(2), value=jnp.ones(3))
+
+
+# --------------------------------------------------------------------------- a missing value
+
+
+def _wrapped(kind, **kwargs):
+    """The resetting transform (reset_prob=1), bare or inside an optax wrapper."""
+    kwargs = dict(reset_prob=1.0, key=0) | kwargs
+    if kind == "inject_hyperparams":
+        return optax.inject_hyperparams(resetax.stochastic_resetting, static_args=(
+            "inner", "key", "patience"))(optax.sgd(0.1), **kwargs)
+    tx = resetax.stochastic_resetting(optax.sgd(0.1), **kwargs)
+    if kind == "chain":
+        return optax.chain(optax.clip_by_global_norm(10.0), tx)
+    if kind == "multisteps":
+        return optax.MultiSteps(tx, every_k_schedule=2)
+    return tx
+
+
+WRAPPERS = ["bare", "chain", "inject_hyperparams", "multisteps"]
+
+
+@pytest.mark.parametrize("kind", WRAPPERS)
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("value", ["absent", None])
+def test_update_without_value_is_one_line_type_error(kind, jit, value):
+    tx = _wrapped(kind, patience=5)
+    params = jnp.zeros(2)
+    state = tx.init(params)
+    kwargs = {} if value == "absent" else {"value": value}
+    update = jax.jit(lambda s, p: tx.update(jnp.ones(2), s, p, **kwargs)) if jit else (
+        lambda s, p: tx.update(jnp.ones(2), s, p, **kwargs))
+    with pytest.raises(TypeError) as err:
+        update(state, params)
+    message = str(err.value).splitlines()[0]
+    assert message == resetax.resetting.MISSING_VALUE_MSG
+    assert message.startswith("value= is required") and "jnp.nan" in message
+
+
+@pytest.mark.parametrize("kind", WRAPPERS)
+def test_no_finite_value_never_switches_resetting_on(kind):
+    """Without a measurement, patience runs out toward nothing: no reset ever, whatever r."""
+    tx = _wrapped(kind, patience=2)
+    params = jnp.array([1.0, -1.0])
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for _ in range(20):
+        updates, state = update(jnp.ones(2), state, params, value=jnp.float32(jnp.nan))
+        params = resetax.apply_updates(params, updates, state)
+    resetting = resetax.find_resetting_state(state)
+    assert int(resetting.num_values) == 0 and not bool(resetting.active)
+    assert int(resetting.num_resets) == 0
+    # The initial params are never returned to: training went on (0.1 per inner update).
+    inner_updates = 20 // (2 if kind == "multisteps" else 1)
+    np.testing.assert_allclose(params, [1.0 - 0.1 * inner_updates, -1.0 - 0.1 * inner_updates],
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", WRAPPERS)
+def test_first_finite_value_selects_the_checkpoint_resets_return_to(kind):
+    tx = _wrapped(kind, patience=2)
+    k = 2 if kind == "multisteps" else 1
+    params = jnp.array([1.0, -1.0])
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    measured_at = None
+    for step in range(12 * k):
+        # One measurement, at the params of inner update 3 (on the mini-step that updates).
+        value = jnp.float32(2.0 if step == 4 * k - 1 else jnp.nan)
+        if step == 4 * k - 1:
+            measured_at = params
+        updates, state = update(jnp.ones(2), state, params, value=value)
+        params = resetax.apply_updates(params, updates, state)
+    resetting = resetax.find_resetting_state(state)
+    assert int(resetting.num_values) == 1 and float(resetting.best_value) == 2.0
+    assert bool(resetting.active) and int(resetting.num_resets) > 0
+    np.testing.assert_array_equal(resetting.checkpoint, measured_at)
+    np.testing.assert_array_equal(params, measured_at)  # reset_prob=1: back there every step
+
+
+def test_multisteps_takes_only_the_value_of_the_updating_mini_step():
+    """Values passed on accumulation-only mini-steps are dropped, never taken as a best."""
+    tx = _wrapped("multisteps", patience=3)
+    params = jnp.zeros(2)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    best, counts = [], []
+    for step in range(16):
+        updating = step % 2 == 1  # MultiSteps(k=2) applies the inner update every 2nd call
+        # The accumulation-only mini-steps carry values better than every updating one.
+        value = jnp.float32(10.0 - step if updating else -100.0 - step)
+        updates, state = update(jnp.ones(2), state, params, value=value)
+        params = resetax.apply_updates(params, updates, state)
+        resetting = resetax.find_resetting_state(state)
+        best.append(float(resetting.best_value))
+        counts.append(int(resetting.num_values))
+    assert best == [INF if s == 0 else 10.0 - (s if s % 2 else s - 1) for s in range(16)]
+    assert counts == [(s + 1) // 2 for s in range(16)]
+    assert int(resetting.num_resets) == 0  # each updating value improved: patience never ran out
+
+
+def test_multisteps_values_on_other_mini_steps_only_never_reset():
+    tx = _wrapped("multisteps", patience=1)
+    params = jnp.array([1.0, 2.0])
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for step in range(12):
+        value = jnp.float32(jnp.nan if step % 2 else 1.0)  # measured on the wrong mini-steps
+        updates, state = update(jnp.ones(2), state, params, value=value)
+        params = resetax.apply_updates(params, updates, state)
+    resetting = resetax.find_resetting_state(state)
+    assert int(resetting.num_values) == 0 and int(resetting.num_resets) == 0
+    assert not bool(resetting.active)
+    np.testing.assert_allclose(params, [1.0 - 0.6, 2.0 - 0.6], rtol=1e-6)
+
+
+def test_multisteps_mini_steps_leave_the_model_state_checkpoint_alone():
+    """The flags of the last update, still set on the next accumulation-only mini-step, must not
+    snapshot or restore the model state a second time (the snapshot would no longer belong with
+    the checkpointed params)."""
+    tx = _wrapped("multisteps", patience=2)
+    params = jnp.array([1.0])
+    state = tx.init(params)
+    checkpoint = resetax.init_model_state_checkpoint(jnp.float32(-1.0))
+    update = jax.jit(tx.update)
+    # Calls 1, 3, 5, ... apply the accumulated gradients; improvements at calls 1 and 3, then
+    # patience runs out and every later update resets (reset_prob=1).
+    values = {1: 3.0, 3: 2.0, 5: 4.0, 7: 4.0, 9: 4.0, 11: 4.0}
+    snapshot_of, restored = None, []
+    for call in range(12):
+        model_state = jnp.float32(call)  # the model state this call receives, told apart by call
+        new_model_state = jnp.float32(100 + call)  # what this call's forward pass made of it
+        value = jnp.float32(values.get(call, jnp.nan))
+        updates, state = update(jnp.ones(1), state, params, value=value)
+        params = resetax.apply_updates(params, updates, state)
+        out, checkpoint = resetax.reset_model_state(model_state, new_model_state, checkpoint,
+                                                    state)
+        resetting = resetax.find_resetting_state(state)
+        updating = call % 2 == 1
+        if updating and bool(resetting.checkpoint_updated):
+            snapshot_of = call
+        assert float(checkpoint.model_state) == (-1.0 if snapshot_of is None else snapshot_of)
+        if updating and bool(resetting.did_reset):
+            restored.append(call)
+            assert float(out) == snapshot_of
+        else:  # no reset at this call: the forward pass's state goes on
+            assert float(out) == 100 + call
+    assert snapshot_of == 3 and restored == [7, 9, 11]
+
+
+def test_float32_nan_for_no_measurement_compiles_the_step_once():
+    tx = resetax.stochastic_resetting(optax.sgd(0.1), 0.1, key=0, patience=2)
+    params = jnp.zeros(2)
+    state = tx.init(params)
+    traces = []
+
+    @jax.jit
+    def step(params, state, value):
+        traces.append(None)
+        updates, state = tx.update(jnp.ones(2), state, params, value=value)
+        return resetax.apply_updates(params, updates, state), state
+
+    measured = jnp.mean(jnp.ones(3))  # what an evaluation returns: a float32 device array
+    for value in [jnp.float32(jnp.nan), measured, np.float32(np.nan), measured]:
+        params, state = step(params, state, value)
+    assert len(traces) == 1
 
 
 def test_import_does_not_pull_heavy_dependencies():

@@ -398,7 +398,7 @@ def _latent_bias_times(
             theta, state, step = carry
             xi = jax.random.normal(jax.random.fold_in(noise_key, step), (dim,), dtype)
             grads = potential_grad(theta) + noise / jnp.sqrt(batch) * xi
-            updates, state = tx.update(grads, state, theta)
+            updates, state = tx.update(grads, state, theta, value=jnp.nan)
             return apply_updates(theta, updates, state), state, step + 1
 
         theta, _, step = jax.lax.while_loop(cond, body, (start, tx.init(start), jnp.asarray(0)))
