@@ -94,8 +94,10 @@ def test_two_runs_into_one_directory(tmp_path):
     # directory holds the winner's config, metrics and summary only.
     target = tmp_path / "run"
     procs = {seed: start_cli_run(target, 600, "--seed", str(seed)) for seed in (1, 2)}
-    wait_for(procs[1], lambda: (target / workdir.LOCK_FILE).exists())
-    holder = (target / workdir.LOCK_FILE).read_text()
+    lock = target / workdir.LOCK_FILE
+    # Until the holder has written its pid into the lock, the file is there but empty.
+    wait_for(procs[1], lambda: lock.exists() and lock.read_text())
+    holder = lock.read_text()
     # While it runs, --resume and --overwrite (which pass the "already exists" check) are
     # refused by the lock, naming its holder; nothing of the run is touched.
     for extra in (["--resume"], ["--overwrite"]):
