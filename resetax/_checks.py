@@ -109,6 +109,12 @@ def python_number(name: str, value: Any, ok: Callable[[float], bool], accepted: 
         raise ValueError(f"{name} must be {accepted}, got {value!r}.")
 
 
+def auto_or_positive_int(name: str, value: Any) -> None:
+    """``"auto"`` or a Python integer (not a bool) > 0."""
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be 'auto' or a positive integer, got {value!r}.")
+
+
 def multiple_of(name: str, value: int | None, base_name: str, base: int, reason: str = "") -> None:
     """``value`` a multiple of ``base`` (another argument, ``base_name``), or ``None``;
     ``reason`` ends the message (``", so that ..."``)."""

@@ -127,3 +127,12 @@ def test_regex_reports_the_pattern_error():
     with pytest.raises(ValueError, match=re.escape("reset_layers must be a regular expression, "
                                                    "got 'Dense_[': ")):
         _checks.regex("reset_layers", "Dense_[")
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 2.0, "two", None])
+def test_auto_or_positive_int_refuses_the_rest(value):
+    _checks.auto_or_positive_int("jobs", "auto")
+    _checks.auto_or_positive_int("jobs", 3)
+    with pytest.raises(ValueError, match=re.escape(
+            f"jobs must be 'auto' or a positive integer, got {value!r}.")):
+        _checks.auto_or_positive_int("jobs", value)

@@ -145,5 +145,6 @@ def test_bad_jobs_is_one_line(tmp_path, capsys, jobs):
         cli.main(["train", "--jobs", jobs, "--run-dir", str(tmp_path / "run")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "argument --jobs: must be 'auto' or a positive integer" in err
+    shown = jobs if jobs.lstrip("-").isdigit() else repr(jobs)
+    assert f"argument --jobs: jobs must be 'auto' or a positive integer, got {shown}." in err
     assert not (tmp_path / "run").exists()

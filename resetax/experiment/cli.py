@@ -363,12 +363,15 @@ def parser(preset: str | None = None) -> argparse.ArgumentParser:
 
 
 def _jobs(text: str) -> int | str:
-    """``--jobs``: ``auto`` or a positive integer."""
-    if text == "auto":
-        return text
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text!r}")
-    return int(text)
+    """``--jobs``: ``auto`` or a positive integer, checked as the group checks it."""
+    from resetax import _checks
+
+    value = int(text) if text.lstrip("-").isdigit() else text
+    try:
+        _checks.auto_or_positive_int("jobs", value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
 
 
 def _add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:

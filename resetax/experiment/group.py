@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from resetax import _checks
 from resetax.experiment import build, control, placement, runner, workdir
 from resetax.experiment.build import Experiment, Inputs
 from resetax.experiment.config import Config
@@ -64,11 +65,10 @@ def resolve_jobs(jobs: int | str, num_devices: int = 1) -> int:
       ...
       ValueError: jobs must be 1 when each run trains on several devices (8), got 2.
     """
+    _checks.auto_or_positive_int("jobs", jobs)
     if jobs == "auto":
         cpu = jax.default_backend() == "cpu" and (os.cpu_count() or 1) >= 2
         return 2 if cpu and jax.process_count() == 1 and num_devices == 1 else 1
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be 'auto' or a positive integer, got {jobs!r}.")
     if jobs > 1 and jax.process_count() > 1:
         raise ValueError(f"jobs must be 1 in a multi-process run (its processes step together), "
                          f"got {jobs}.")
