@@ -294,20 +294,12 @@ def stochastic_resetting(
     _checks.instance("key", key, (int, np.integer, jax.Array, np.ndarray),
                      "an int seed or a jax.random.key")
     _check_key(key)
-    if isinstance(patience, jax.Array):
-        _checks.check("patience", patience,
-                      lambda a: (a >= 0) & (a <= _INT32_MAX) & np.issubdtype(a.dtype, np.integer),
-                      f"None or an integer in [0, {_INT32_MAX}]", scalar=True)
-    else:
-        _checks.int_between("patience", patience, 0, _INT32_MAX, none_ok=True)
+    _check_patience(patience)
     _checks.instance("adaptive", adaptive, (bool, np.bool_, jax.Array), "a bool")
     _checks.instance("reset_inner_state", reset_inner_state, (bool,),
                      "a Python bool (it decides the state's structure)")
     _checks.instance("reset_on_nonfinite", reset_on_nonfinite, (bool,), "a Python bool")
-    if mask is not None and not callable(mask) and not all(
-        isinstance(m, (bool, np.bool_)) for m in jax.tree.leaves(mask)
-    ):
-        raise ValueError("mask must be a pytree of Python bools or a callable params -> pytree.")
+    _check_mask(mask)
     _checks.one_of("mode", mode, _MODES)
     _checks.finite_nonnegative("min_delta", min_delta, scalar=True)
     inner = optax.with_extra_args_support(inner)
@@ -734,6 +726,22 @@ def _replace_leaves(stored, new, name):
             f"{name} must have the structure and shapes of the optimized {name}: "
             f"{jax.tree.structure(new)}."
         ) from err
+
+
+def _check_patience(patience) -> None:
+    if isinstance(patience, jax.Array):
+        _checks.check("patience", patience,
+                      lambda a: (a >= 0) & (a <= _INT32_MAX) & np.issubdtype(a.dtype, np.integer),
+                      f"None or an integer in [0, {_INT32_MAX}]", scalar=True)
+    else:
+        _checks.int_between("patience", patience, 0, _INT32_MAX, none_ok=True)
+
+
+def _check_mask(mask) -> None:
+    if mask is not None and not callable(mask) and not all(
+        isinstance(m, (bool, np.bool_)) for m in jax.tree.leaves(mask)
+    ):
+        raise ValueError("mask must be a pytree of Python bools or a callable params -> pytree.")
 
 
 def _check_key(key) -> None:
