@@ -157,6 +157,10 @@ class Config:
               "clean labels): gradient cosines and norms of the correct and wrong parts, "
               "memorization fractions. none: off.")
     data_dir: str | None = _field(None, "TFDS data directory for the datasets that need one.")
+    log_to: str | None = _field(
+        None, "Experiment tracking besides the run's files: tensorboard (event files in the run "
+              "directory's tensorboard/), wandb (a Weights & Biases run; WANDB_MODE=offline "
+              "needs no network), or both, comma-separated. none: off.")
 
     def __post_init__(self):
         validate(self)  # once, when the config is made: a Config is always valid
@@ -353,6 +357,23 @@ def _check_choices(config: Config) -> None:
         if field.type == "bool":
             _checks.boolean(field.name, getattr(config, field.name))
     _checks.regex("reset_layers", config.reset_layers)
+    from resetax.experiment.tracking import BACKENDS
+
+    for backend in tracking_backends(config):
+        _checks.one_of("log_to", backend, tuple(BACKENDS))
+
+
+def tracking_backends(config: Config) -> tuple[str, ...]:
+    """The tracking backends ``config.log_to`` names, in order (none: an empty tuple).
+
+    Example:
+      >>> from resetax.experiment.config import get_config, tracking_backends
+      >>> tracking_backends(get_config("quick", log_to="tensorboard,wandb"))
+      ('tensorboard', 'wandb')
+    """
+    if config.log_to is None:
+        return ()
+    return tuple(name.strip() for name in config.log_to.split(","))
 
 
 def _check_numbers(config: Config) -> None:

@@ -6,6 +6,7 @@ checkpoints.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -14,7 +15,16 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from resetax.experiment import checkpoint, control, distributed, report, train_state, workdir
+from resetax.experiment import (
+    checkpoint,
+    control,
+    distributed,
+    report,
+    tracking,
+    train_state,
+    workdir,
+)
+from resetax.experiment import config as config_lib
 from resetax.experiment.build import Builder, Experiment, Inputs, load_inputs, setup
 from resetax.experiment.config import Config
 
@@ -115,6 +125,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
     def preflight() -> Inputs:
         if resume:
             _check_resumed_config(run_dir, config)
+        tracking.check_backends(config_lib.tracking_backends(config))  # their packages
         return load_inputs(config)
 
     with workdir.run_directory(run_dir, resume=resume, overwrite=overwrite, preflight=preflight,
@@ -144,9 +155,24 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
     (:class:`~resetax.experiment.control.StopRequest`), a request of its own by default, and
     shows a ``progress`` bar (``True``, or where: :class:`~resetax.experiment.control.Progress`).
     """
-    config, placement = experiment.config, experiment.placement
+    config = experiment.config
     manager = checkpoint.CheckpointManager(run_dir / "checkpoints")
     host_state, wall_time = _initial_state(experiment, manager, resume, run_dir)
+    tracker = tracking.open_tracker(
+        config_lib.tracking_backends(config), run_dir, dataclasses.asdict(config),
+        resume_step=int(host_state.step) if resume else None,
+        process_index=jax.process_index())
+    with tracker:
+        return _loop(experiment, run_dir, manager, host_state, wall_time, tracker,
+                     progress=progress, stop_after=stop_after, stop=stop)
+
+
+def _loop(experiment: Experiment, run_dir: Path, manager: checkpoint.CheckpointManager,
+          host_state: Any, wall_time: float, tracker: tracking.Tracker, *,
+          progress: bool | control.Progress, stop_after: int | None,
+          stop: control.StopRequest | None) -> RunResult:
+    """:func:`train_loop` from its initial state on, ``tracker`` open."""
+    config, placement = experiment.config, experiment.placement
     step = saved_step = int(host_state.step)
     state = placement.place_state(host_state)
     window, nonfinite_since = Window(), None
@@ -172,6 +198,7 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
             wall_time += time.perf_counter() - start
             window, window_lines = fold_windows(window, per_step, config, diagnostics)
             log.write(window_lines)
+            tracker.log_rows(window_lines)
             bar.show(per_step, window_lines)
             nonfinite_since = nonfinite_streak(nonfinite_since, per_step)
             step = per_step[-1]["step"] + 1
@@ -181,10 +208,11 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
             _save(manager, placement.fetch(state), wall_time)
     timing = {"wall_time_s": wall_time, "compile_time_s": compiling.seconds}
     if _has_diverged(nonfinite_since, step, config):
-        return Diverged(_finish(experiment, run_dir, state, timing, diverged_at=nonfinite_since))
+        return Diverged(_finish(experiment, run_dir, state, timing, tracker,
+                                diverged_at=nonfinite_since))
     if step < config.num_steps:
         return Stopped(step, stop.signal_name)
-    return Finished(_finish(experiment, run_dir, state, timing))
+    return Finished(_finish(experiment, run_dir, state, timing, tracker))
 
 
 def nonfinite_streak(since: int | None, per_step: list[dict[str, Any]]) -> int | None:
@@ -389,7 +417,8 @@ def _save(manager: checkpoint.CheckpointManager, host_state: Any, wall_time: flo
 
 
 def _finish(experiment: Experiment, run_dir: Path, state: train_state.TrainState,
-            timing: dict[str, float], diverged_at: int | None = None) -> dict[str, Any]:
+            timing: dict[str, float], tracker: tracking.Tracker,
+            diverged_at: int | None = None) -> dict[str, Any]:
     final = experiment.placement.fetch(state)
     checkpoint.save_best(run_dir / "best", final.best_params, final.best_batch_stats)
     summary = summarize(experiment, state, final, **timing)
@@ -397,5 +426,5 @@ def _finish(experiment: Experiment, run_dir: Path, state: train_state.TrainState
         summary["diverged_at"] = diverged_at
     if distributed.is_primary():
         workdir.write_json(run_dir / workdir.SUMMARY_FILE, summary)
-        report.plot_run(run_dir)
+        tracker.finish(summary, [report.plot_run(run_dir)])
     return summary
