@@ -196,8 +196,14 @@ def inputs_for(config: Config, data: ExperimentData) -> Inputs:
         raise ValueError(f"reset_layers {config.reset_layers!r} matches no parameter of "
                          f"{config.model}; its layers are {paths}.")
     loss_fn, loss_state = optimization.make_loss(config, len(data.train), data.num_classes)
-    return Inputs(data, model, params, optimization.make_optimizer(config, params), loss_fn,
-                  loss_state)
+    sample = jnp.asarray(data.train.inputs[:1])
+
+    def init_fn(key: jax.Array) -> Any:  # the model's own initialization, for plasticity resets
+        return model.init({"params": key, "dropout": key},
+                          preprocess(sample, config.dataset), train=False)["params"]
+
+    return Inputs(data, model, params, optimization.make_optimizer(config, params, init_fn),
+                  loss_fn, loss_state)
 
 
 def make_diagnose(model: Any, data: ExperimentData, dataset: str | None = None) -> Callable:

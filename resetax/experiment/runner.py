@@ -290,6 +290,7 @@ class Window(NamedTuple):
       train_losses: The train losses of the window's steps so far.
       reset_steps: The window's steps that reset at random.
       rollback_steps: The window's steps whose non-finite update was rolled back.
+      plasticity_steps: The window's steps where the config's ``plasticity`` reset acted.
     """
 
     start: int = -1
@@ -297,6 +298,7 @@ class Window(NamedTuple):
     train_losses: tuple[float, ...] = ()
     reset_steps: tuple[int, ...] = ()
     rollback_steps: tuple[int, ...] = ()
+    plasticity_steps: tuple[int, ...] = ()
 
 
 def fold_windows(window: Window, per_step: list[dict[str, Any]], config: Config,
@@ -336,7 +338,9 @@ def fold_windows(window: Window, per_step: list[dict[str, Any]], config: Config,
             reset_steps=(*window.reset_steps, row["step"]) if row["did_reset"]
             else window.reset_steps,
             rollback_steps=(*window.rollback_steps, row["step"]) if row.get("did_rollback")
-            else window.rollback_steps)
+            else window.rollback_steps,
+            plasticity_steps=(*window.plasticity_steps, row["step"])
+            if row.get("did_plasticity_reset") else window.plasticity_steps)
         end = row["step"] + 1
         if end % config.eval_every == 0 or end == config.num_steps:
             window_lines.append({
@@ -344,7 +348,9 @@ def fold_windows(window: Window, per_step: list[dict[str, Any]], config: Config,
                 "rollback_steps": list(window.rollback_steps),
                 "train_loss": float(np.mean(window.train_losses)),
                 "active": row["active"], "num_resets": row["num_resets"],
-                "num_rollbacks": row.get("num_rollbacks", 0), "distance": row["distance"]})
+                "num_rollbacks": row.get("num_rollbacks", 0), "distance": row["distance"],
+                **({"plasticity_steps": list(window.plasticity_steps)} if config.plasticity
+                   else {})})
     return window, window_lines
 
 

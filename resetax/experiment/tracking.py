@@ -26,7 +26,8 @@ BACKENDS = {"tensorboard": "tensorboardX", "wandb": "wandb"}
 """Each backend ``--log-to`` accepts, with the package it needs (the extra of the same name)."""
 
 STATE_FILE = "tracking.json"
-_EVENTS = {"reset_steps": "reset", "rollback_steps": "rollback"}
+_EVENTS = {"reset_steps": "reset", "rollback_steps": "rollback",
+           "plasticity_steps": "plasticity_reset"}
 
 
 def check_backends(log_to: Iterable[str]) -> tuple[str, ...]:
