@@ -187,7 +187,9 @@ def inputs_for(config: Config, data: ExperimentData) -> Inputs:
                          f"training examples ({len(data.train)}).")
     from resetax import models  # imported here: it pulls in every architecture
 
-    model = models.get_model(config.model, data.num_classes, init_scheme=config.init)
+    # bfloat16 computation only where asked: the float32 model is the one it always was.
+    dtype = {"dtype": jnp.bfloat16} if config.dtype == "bfloat16" else {}
+    model = models.get_model(config.model, data.num_classes, init_scheme=config.init, **dtype)
     params = jax.eval_shape(lambda x: train_state.init_variables(config, model, x),
                             jnp.asarray(data.train.inputs[:1]))["params"]
     mask = optimization.reset_mask(config, params)

@@ -12,6 +12,7 @@ from resetax import _checks
 PARALLEL_MODES = ("sharded", "pmap")
 SELECT_BY = ("loss", "accuracy")
 PLASTICITY = (None, "reset_to_init", "shrink_and_perturb")
+DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 DISPATCH = ("auto", "scan", "step")
@@ -158,6 +159,10 @@ class Config:
               "clean labels): gradient cosines and norms of the correct and wrong parts, "
               "memorization fractions. none: off.")
     data_dir: str | None = _field(None, "TFDS data directory for the datasets that need one.")
+    dtype: str = _field(
+        "float32", "The model's computation dtype: float32, or bfloat16 (parameters, optimizer "
+                   "state and BatchNorm statistics stay float32; the logits and the loss are "
+                   "float32).")
     plasticity: str | None = _field(
         None, "Resetting for plasticity inside the optimizer (resetax.plasticity): reset_to_init "
               "(the plasticity_layers take fresh initial values every plasticity_every steps) "
@@ -370,6 +375,7 @@ def _check_choices(config: Config) -> None:
             _checks.boolean(field.name, getattr(config, field.name))
     _checks.regex("reset_layers", config.reset_layers)
     _checks.one_of("plasticity", config.plasticity, PLASTICITY)
+    _checks.one_of("dtype", config.dtype, DTYPES)
     _checks.regex("plasticity_layers", config.plasticity_layers)
     from resetax.experiment.tracking import BACKENDS
 
