@@ -33,7 +33,7 @@ class Experiment:
       run_steps: ``run_steps(state, step, num_steps) -> (state, metrics)``: ``num_steps`` train
         steps from ``step`` on the placed state, with the evaluations that fall in them;
         ``metrics`` has one entry per step (see :func:`~resetax.experiment.steps.fuse_steps`).
-        Either one fused call or one call per step (:func:`dispatch_mode`).
+        Either one fused call or one call per step (:func:`resetax.experiment.build.dispatch_mode`).
       evaluate: ``evaluate(placed_state) -> Evaluation``: validation loss and accuracy and
         test accuracy at the state's params, compiled for the placement (the in-loop
         evaluation's program when it measures the test set too).

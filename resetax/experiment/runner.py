@@ -44,7 +44,7 @@ class Diverged(NamedTuple):
 
     Attributes:
       summary: Its ``summary.json``, of the best model before; ``diverged_at`` in it is
-        :attr:`step`.
+        its ``step``.
     """
 
     summary: dict[str, Any]
