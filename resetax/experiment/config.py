@@ -393,6 +393,9 @@ def tracking_backends(config: Config) -> tuple[str, ...]:
     """
     if config.log_to is None:
         return ()
+    if not isinstance(config.log_to, str):
+        raise ValueError(f"log_to must be None or a comma-separated str of tracking backends, "
+                         f"got {config.log_to!r}.")
     return tuple(name.strip() for name in config.log_to.split(","))
 
 
