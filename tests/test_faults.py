@@ -99,12 +99,18 @@ def test_two_runs_into_one_directory(tmp_path):
     wait_for(procs[1], lambda: lock.exists() and lock.read_text())
     holder = lock.read_text()
     # While it runs, --resume and --overwrite (which pass the "already exists" check) are
-    # refused by the lock, naming its holder; nothing of the run is touched.
-    for extra in (["--resume"], ["--overwrite"]):
-        code, err = run_cli(*cli_args(target, "--no-baseline", "--num-steps", "600",
-                                      "--checkpoint-every", "600", *extra)[3:])
-        assert code == 2, err
-        assert f"is in use by another run ({holder})" in one_line_error(err)
+    # refused by the lock, naming its holder; nothing of the run is touched. The holder is
+    # paused meanwhile: on a busy machine it could otherwise finish before the checks run.
+    holder_pid = int(holder.split()[1])
+    os.kill(holder_pid, signal.SIGSTOP)
+    try:
+        for extra in (["--resume"], ["--overwrite"]):
+            code, err = run_cli(*cli_args(target, "--no-baseline", "--num-steps", "600",
+                                          "--checkpoint-every", "600", *extra)[3:])
+            assert code == 2, err
+            assert f"is in use by another run ({holder})" in one_line_error(err)
+    finally:
+        os.kill(holder_pid, signal.SIGCONT)
     results = {seed: (p.wait(timeout=600), p.stderr.read().decode()) for seed, p in procs.items()}
     assert sorted(code for code, _ in results.values()) == [0, 2], results
     winner = next(seed for seed, (code, _) in results.items() if code == 0)
