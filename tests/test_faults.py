@@ -270,14 +270,35 @@ def test_bad_run_directories_are_one_line(tmp_path, capsys, case):
         assert run_dir.read_text() == "notes"
 
 
-def test_unknown_flag_shows_the_command_usage(tmp_path):
+def test_unknown_flag_is_one_line_then_a_pointer_to_help(tmp_path):
     code, err = run_cli("train", "--run-dir", tmp_path / "run", "--learning-rat", "0.1")
     assert code == 2 and "Traceback" not in err, err
-    # What resetax writes: the usage, then one error line. (Lines before it, if any, are
-    # warnings of the environment's packages at import, e.g. a mismatched JAX plugin.)
-    assert "usage: resetax train" in err, err
-    usage = err[err.index("usage: resetax train"):].rstrip().splitlines()
-    assert usage[-1] == "resetax train: error: unrecognized arguments: --learning-rat 0.1", err
+    # What resetax writes: one error line, then a pointer to the help. (Lines before it, if
+    # any, are warnings of the environment's packages at import, e.g. a mismatched JAX plugin.)
+    ours = err[err.index("resetax: error:"):].rstrip().splitlines()
+    assert ours == ["resetax: error: unrecognized arguments: --learning-rat 0.1; did you mean "
+                    "--learning-rate?", "run `resetax train --help` for the usage."], err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--preset", "fast"],
+     "argument --preset: invalid choice: 'fast' (choose from 'cifar100n',"),
+    (["train", "--num-steps"], "argument --num-steps: expected one argument"),
+    (["train", "--num-steps", "abc"], "argument --num-steps: expected an integer, got 'abc'"),
+    (["train", "--patience", "abc"],
+     "argument --patience: expected an integer or none, got 'abc'"),
+    (["compare", "--seed", "1", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    (["reproduce", "nope"], "argument table: invalid choice: 'nope' (choose from"),
+])
+def test_argument_errors_are_one_line_then_a_pointer_to_help(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*args, "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    lines = err.rstrip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"resetax: error: {message}"), err
+    assert lines[1] == f"run `resetax {args[0]} --help` for the usage.", err
     assert not (tmp_path / "run").exists()
 
 

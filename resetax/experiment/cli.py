@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args, unknown = parser(_preset_in(argv)).parse_known_args(argv)
     _use_compilation_cache()
-    if unknown:  # the command's own usage, not the top-level one
-        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:  # named by the command's own parser, not the top-level one
+        args.parser.error(_unrecognized(args.parser, unknown))
     try:
         check_resume_or_overwrite(args.resume, args.overwrite)
         return args.command(args)
@@ -318,7 +318,7 @@ def parser(preset: str | None = None) -> argparse.ArgumentParser:
       >>> config.noise_rate, config.baseline
       (0.6, False)
     """
-    root = argparse.ArgumentParser(
+    root = _Parser(
         prog="resetax", description="Train with stochastic resetting on noisy labels.",
         allow_abbrev=False)
     commands = root.add_subparsers(required=True)
@@ -360,6 +360,26 @@ def parser(preset: str | None = None) -> argparse.ArgumentParser:
         for field in dataclasses.fields(config_lib.Config):
             _add_field(sub, field, "setting2-cifar10" if name == "reproduce" else shown)
     return root
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, then a pointer to the command's help
+    (not the whole usage)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"resetax: error: {message}\nrun `{self.prog} --help` for the usage.\n")
+
+
+def _unrecognized(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """The error for flags ``parser`` does not know, with the closest known flag if any."""
+    import difflib
+
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    flag = next((arg.partition("=")[0] for arg in unknown if arg.startswith("--")), None)
+    known = [s for action in parser._actions for s in action.option_strings
+             if action.help != argparse.SUPPRESS]
+    close = difflib.get_close_matches(flag, known, n=1) if flag else []
+    return f"{message}; did you mean {close[0]}?" if close else message
 
 
 def _jobs(text: str) -> int | str:
@@ -426,7 +446,12 @@ def _parser_for(field: dataclasses.Field):
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
             return text.lower() in ("true", "1", "yes")
-        return base(text)
+        try:
+            return base(text)
+        except ValueError:
+            kind = {int: "an integer", float: "a number"}.get(base, base.__name__)
+            raise argparse.ArgumentTypeError(
+                f"expected {kind}{' or none' if optional else ''}, got {text!r}") from None
 
     parse.__name__ = base.__name__
     return parse
