@@ -330,6 +330,29 @@ def test_resume_of_a_pair_refuses_a_changed_config(tmp_path, capsys):
     assert summary_without_time(run_dir / "resetting") == before
 
 
+def test_resume_of_a_finished_run_says_so_and_touches_nothing(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    assert cli.main(["train", "--quiet", "--no-baseline", "--run-dir", str(run_dir), *flags,
+                     "--num-steps", "20", "--checkpoint-every", "20"]) == 0
+    capsys.readouterr()
+
+    def files():
+        return {p.relative_to(run_dir): (p.read_bytes(), p.stat().st_mtime_ns)
+                for p in run_dir.rglob("*") if p.is_file()}
+
+    before = files()
+    assert cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [f"{run_dir} is a finished run (its summary.json is written): "
+                                f"nothing to resume; every file is left as it was."], out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # The API reads it back too.
+    assert runner.train(tiny(num_steps=20, checkpoint_every=20), run_dir, progress=False,
+                        resume=True) == runner.Finished(summary)
+    assert files() == before
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_at_the_window_end_then_resume_is_identical(long_reference, tmp_path):
     target = tmp_path / "interrupted"

@@ -64,6 +64,10 @@ def _train(args) -> int:
     run_dir = Path(args.run_dir or _default_run_dir(args.preset or DEFAULT_PRESET))
     config = _resumed_config(args, run_dir) if args.resume else config_from_args(args)
     plan = _plan(run_dir, args)  # a resumed group of runs must be a pair, not a compare
+    if args.resume and not (config.baseline or plan) and _finished(run_dir):
+        _print(f"{run_dir} is a finished run (its summary.json is written): nothing to "
+               f"resume; every file is left as it was.")
+        return 0
     _start_processes(args)
     if config.baseline or plan:
         return _run_group(run_dir, config, _pair(config), args, _report_pair)
@@ -74,6 +78,13 @@ def _train(args) -> int:
     _print(json.dumps(result.summary, indent=2))
     _print(f"run directory: {run_dir}")
     return _report_divergence({"run": result})
+
+
+def _finished(run_dir: Path) -> bool:
+    """Whether the single run in ``run_dir`` ended (it wrote its summary)."""
+    from resetax.experiment import workdir
+
+    return (run_dir / workdir.SUMMARY_FILE).exists()
 
 
 def _pair(config: config_lib.Config) -> list[tuple[str, config_lib.Config]]:

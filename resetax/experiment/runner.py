@@ -6,6 +6,7 @@ checkpoints.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from pathlib import Path
@@ -83,10 +84,11 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
     device count, dataset availability) happens before anything is written, and the run
     directory is locked for the whole run (:class:`~resetax.experiment.workdir.RunLock`). With
     ``resume=True`` the run continues from its last intact checkpoint and ends identical to an
-    uninterrupted one. ``stop_after`` stops at the first evaluation window that starts at or
-    after that step, after a checkpoint there, as an interruption would. A SIGTERM or Ctrl-C
-    stops the run at the end of the current evaluation window, after a checkpoint; the result is
-    then ``Stopped(step, "SIGTERM")``.
+    uninterrupted one; a run that ended is read back (:func:`ended`), nothing rewritten.
+    ``stop_after`` stops at the first evaluation window that starts at or after that step, after
+    a checkpoint there, as an interruption would. A SIGTERM or Ctrl-C stops the run at the end
+    of the current evaluation window, after a checkpoint; the result is then
+    ``Stopped(step, "SIGTERM")``.
 
     The runs of a group trained side by side (:func:`resetax.experiment.group.train_group`) pass
     how to ``build`` the experiment (:func:`setup` by default), the ``stop`` request they share
@@ -111,6 +113,9 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
     """
     config = config.replace(baseline=False)  # one run; the CLI pairs two of them
     run_dir = Path(run_dir)
+    if resume and (run_dir / workdir.SUMMARY_FILE).exists():  # ended: read back, not rewritten
+        _check_resumed_config(run_dir, config)
+        return ended(json.loads((run_dir / workdir.SUMMARY_FILE).read_text()))
 
     def preflight() -> Inputs:
         if resume:
