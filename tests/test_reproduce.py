@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from runs import without_times
+from runs import one_line_error, without_times
 from tfds_mock import mock_cifar
 
 from resetax.experiment import cli, reproduce, runner, workdir
@@ -66,6 +66,9 @@ def test_dry_run_lists_the_runs_and_writes_nothing(tmp_path, capsys):
         (["--noise-rate", "0.3"], "reproduce sets noise_rate"),
         (["--reset-prob", "0.1"], "reproduce sets reset_prob"),
         (["--cells", "sym90-ce"], "cells must be among"),
+        (["--cells", ","], "--cells ',' names no cell; give one or more of sym20-ce, sym40-ce"),
+        (["--cells", ""], "--cells '' names no cell; give one or more of sym20-ce, sym40-ce"),
+        (["--cells", ",", "--dry-run"], "--cells ',' names no cell"),
         (["--seeds", "0"], "seeds must be"),
         (["--data-dir", "{tmp}/tfds"], "tfds build cifar10"),
     ],
@@ -75,8 +78,14 @@ def test_bad_input_fails_before_writing(tmp_path, capsys, flags, message):
     flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
     assert cli.main(["reproduce", "table1-cifar10", "--quiet", "--run-dir", str(run_dir),
                      *flags]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in (one_line_error(err) if "--cells" in flags else err)
     assert not run_dir.exists()
+
+
+def test_an_empty_list_of_cells_is_refused():
+    with pytest.raises(ValueError, match=r"cells must name one or more of \['sym20-ce'"):
+        reproduce.plan_runs(reproduce.TABLES["table1-cifar10"], seeds=1, cells=[])
 
 
 @pytest.mark.slow

@@ -139,6 +139,9 @@ def _reproduce(args) -> int:
     run_dir = Path(args.run_dir or _default_run_dir(f"reproduce-{args.table}"))
     overrides, seeds = _overrides(args), args.seeds
     cells = None if args.cells is None else [c for c in args.cells.split(",") if c]
+    if cells == []:
+        raise ValueError(f"--cells {args.cells!r} names no cell; give one or more of "
+                         f"{', '.join(c.name for c in table.cells)}, separated by commas.")
     if args.resume:
         overrides, seeds, cells = reproduce.resume_plan(run_dir, table, overrides, seeds, cells)
     seeds = reproduce.DEFAULT_SEEDS if seeds is None else seeds
