@@ -87,7 +87,7 @@ def test_same_seed_twice_identical(reference_run, tmp_path):
 def test_stop_and_resume_is_identical(reference_run, tmp_path):
     run_dir, _ = reference_run
     out = runner.train(tiny(), tmp_path / "run", progress=False, stop_after=60)
-    assert out == runner.Stopped(60)
+    assert out == runner.Stopped(60, None, 60)
     assert not (tmp_path / "run" / "summary.json").exists()
     runner.train(tiny(), tmp_path / "run", progress=False, resume=True)
     assert read_lines(tmp_path / "run") == read_lines(run_dir)
@@ -172,7 +172,8 @@ for field, bad in (("parallel", "pmap"), ("num_devices", 4)):
         raise AssertionError(f"{field}={bad} accepted in a multi-process run")
     except ValueError as err:
         assert field in str(err), err
-assert runner.train(config, sys.argv[1], progress=False, stop_after=60) == runner.Stopped(60)
+stopped = runner.train(config, sys.argv[1], progress=False, stop_after=60)
+assert stopped == runner.Stopped(60, None, 60)
 runner.train(config, sys.argv[1], progress=False, resume=True)
 """
 
@@ -467,7 +468,7 @@ def test_resume_needs_only_the_run_dir_and_keeps_the_run_mode(reference_run, tmp
     run_dir, _ = reference_run
     target = tmp_path / "single"
     assert runner.train(tiny(baseline=False), target, progress=False,
-                        stop_after=60) == runner.Stopped(60)
+                        stop_after=60) == runner.Stopped(60, None, 60)
     assert cli.main(["train", "--quiet", "--run-dir", str(target), "--resume"]) == 0
     assert not (target / "baseline").exists()
     assert read_lines(target) == read_lines(run_dir)

@@ -5,14 +5,18 @@ injected here: divergence, two runs in one directory, interrupted compares, corr
 unwritable checkpoints, bad run directories, signals, and ``kill -9`` at random moments.
 """
 
+import argparse
 import collections
 import contextlib
+import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +34,7 @@ from runs import (
     wait_for,
 )
 
-from resetax.experiment import checkpoint, cli, runner, workdir
+from resetax.experiment import checkpoint, cli, control, group, runner, workdir
 
 
 def run_cli(*args):
@@ -351,6 +355,76 @@ def test_resume_of_a_finished_run_says_so_and_touches_nothing(tmp_path, capsys):
     assert runner.train(tiny(num_steps=20, checkpoint_every=20), run_dir, progress=False,
                         resume=True) == runner.Finished(summary)
     assert files() == before
+
+
+def stop_message(results, run_dir, command="train"):
+    """What the CLI prints for ``results`` stopped in ``run_dir``: (exit status, the line)."""
+    args = argparse.Namespace(command_name=command)
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        code = cli._stopped(results, Path(run_dir), args)
+    return code, one_line_error(err.getvalue().replace("resetax: stopped", "resetax: error:"))
+
+
+def pasted_command(line):
+    """The command between backticks in ``line``, as a shell splits it."""
+    return shlex.split(line.split("`")[1])
+
+
+def test_the_resume_command_is_shell_quoted(tmp_path):
+    run_dir = tmp_path / "my runs" / "exp (1)"
+    code, line = stop_message({"run": runner.Stopped(60, "SIGTERM", 60)}, run_dir)
+    assert code == 143
+    assert f"at step 60, after a checkpoint in {run_dir};" in line
+    assert pasted_command(line) == ["resetax", "train", "--run-dir", str(run_dir), "--resume"]
+
+
+def test_a_pair_is_reported_at_each_runs_own_checkpoint(tmp_path):
+    code, line = stop_message({"baseline": runner.Stopped(2600, "SIGINT", 2600),
+                               "resetting": runner.Stopped(2700, "SIGINT", 2700)}, tmp_path)
+    assert code == 130
+    assert (f"in {tmp_path}: baseline at step 2600, after a checkpoint, resetting at step "
+            f"2700, after a checkpoint; run `") in line and line.endswith("` to continue."), line
+
+
+def test_runs_stopped_before_their_first_checkpoint_say_nothing_was_saved(tmp_path):
+    code, line = stop_message({"baseline": runner.Stopped(0, "SIGTERM", None),
+                               "resetting": runner.Stopped(0, "SIGTERM", None)}, tmp_path)
+    assert code == 143
+    assert "after a checkpoint" not in line and line.count("before its first checkpoint") == 2
+    assert line.endswith("--resume` to start again from step 0."), line
+    # A finished run beside them is kept: the resume continues the group.
+    _, line = stop_message({"baseline": runner.Finished({}),
+                            "resetting": runner.Stopped(0, "SIGTERM", None)}, tmp_path)
+    assert "baseline" not in line and line.endswith("` to continue."), line
+
+
+def test_a_pair_stopped_while_compiling_has_no_checkpoint(tmp_path, monkeypatch, capsys):
+    handled = threading.Event()
+    handle = control.StopRequest._handle
+
+    def record(self, signum, frame):
+        handle(self, signum, frame)
+        handled.set()
+
+    def setup(*args, **kwargs):  # the signal arrives while the pair's steps compile
+        signal.raise_signal(signal.SIGTERM)
+        assert handled.wait(30)
+        return build_setup(*args, **kwargs)
+
+    build_setup = group.build.setup
+    monkeypatch.setattr(control.StopRequest, "_handle", record)
+    monkeypatch.setattr(group.build, "setup", setup)
+    run_dir = tmp_path / "pair"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    code = cli.main(["train", "--quiet", "--run-dir", str(run_dir), *flags, "--num-devices",
+                     "1"])
+    err = capsys.readouterr().err
+    assert code == 143, err
+    assert not [path for name in ("baseline", "resetting")
+                for path in (run_dir / name / "checkpoints").glob("[0-9]*")]
+    assert (f"stopped by SIGTERM in {run_dir}: baseline at step 0, before its first checkpoint "
+            f"(nothing saved), resetting at step 0, before its first checkpoint (nothing "
+            f"saved); run `") in err and "to start again from step 0." in err, err
 
 
 @pytest.mark.slow

@@ -74,7 +74,7 @@ def _train(args) -> int:
     result = runner.train(config, run_dir, resume=args.resume, overwrite=args.overwrite,
                           progress=not args.quiet)
     if isinstance(result, runner.Stopped):
-        return _stopped(result, run_dir, args)
+        return _stopped({"run": result}, run_dir, args)
     _print(json.dumps(result.summary, indent=2))
     _print(f"run directory: {run_dir}")
     return _report_divergence({"run": result})
@@ -167,9 +167,8 @@ def _reproduce(args) -> int:
             table, runs, run_dir, resume=args.resume, announce=_print,
             train=lambda config, path, resume: group.train_or_reuse(
                 config, path, resume=resume, progress=not args.quiet))
-        stopped = _first_stopped(results)
-        if stopped:
-            return _stopped(stopped, run_dir, args)
+        if _first_stopped(results):
+            return _stopped(results, run_dir, args)
         if distributed.is_primary():
             _print(table_report.write_report(table, _summaries(results), run_dir, seeds))
     _print(f"run directory: {run_dir}")
@@ -204,9 +203,8 @@ def _run_group(run_dir: Path, config: config_lib.Config,
              for name, run_config in named_configs], jobs=jobs,
             resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
             announce=_print)
-        stopped = _first_stopped(results)
-        if stopped:
-            return _stopped(stopped, run_dir, args)
+        if _first_stopped(results):
+            return _stopped(results, run_dir, args)
         report(_summaries(results), config, run_dir)
     _print(f"run directory: {run_dir}")
     return _report_divergence(results)
@@ -260,18 +258,41 @@ def _report_divergence(results: dict[str, Any]) -> int:
     return 1 if diverged else 0
 
 
-def _stopped(result: Any, run_dir: Path, args) -> int:
-    """Reports a run stopped by a signal (a :class:`~resetax.experiment.runner.Stopped`); exits
-    as the signal would (128 + its number)."""
-    from resetax.experiment import distributed
+def _stopped(results: dict[str, Any], run_dir: Path, args) -> int:
+    """Reports runs stopped by a signal (:class:`~resetax.experiment.runner.Stopped`), each at
+    its own step and checkpoint, and the resume command; exits as the signal would (128 + its
+    number)."""
+    import shlex
 
-    name = result.signal or "SIGTERM"
-    command = " ".join([args.command_name, *([args.table] if "table" in args else [])])
+    from resetax.experiment import distributed
+    from resetax.experiment.runner import Stopped
+
+    stopped = {name: r for name, r in results.items() if isinstance(r, Stopped)}
+    name = next(r.signal for r in stopped.values()) or "SIGTERM"
+    command = shlex.join(["resetax", args.command_name,
+                          *([args.table] if "table" in args else []),
+                          "--run-dir", str(run_dir), "--resume"])
+    if len(results) == 1:
+        where = f"{_stopped_at(*stopped.values())} in {run_dir}"
+    else:
+        where = f"in {run_dir}: " + ", ".join(
+            f"{run} {_stopped_at(r)}" for run, r in stopped.items())
+    saved = any(r.checkpoint is not None for r in stopped.values()) or len(stopped) < len(
+        results)  # a checkpoint, or a finished run that --resume reuses
+    then = "to continue" if saved else "to start again from step 0"
     if distributed.is_primary():
-        print(f"resetax: stopped by {name} at step {result.step}, after a checkpoint in "
-              f"{run_dir}; run `resetax {command} --run-dir {run_dir} --resume` to continue.",
+        print(f"resetax: stopped by {name} {where}; run `{command}` {then}.",
               file=sys.stderr, flush=True)
     return 128 + signal.Signals[name].value
+
+
+def _stopped_at(result: Any) -> str:
+    """Where a stopped run stopped: its step, and its last checkpoint's."""
+    if result.checkpoint is None:
+        return f"at step {result.step}, before its first checkpoint (nothing saved)"
+    if result.checkpoint == result.step:
+        return f"at step {result.step}, after a checkpoint"
+    return f"at step {result.step}, its last checkpoint at step {result.checkpoint}"
 
 
 def _use_compilation_cache() -> None:

@@ -47,16 +47,20 @@ class Diverged(NamedTuple):
 
 
 class Stopped(NamedTuple):
-    """A run stopped before its last step, after a checkpoint there: resumable.
+    """A run stopped before its last step, after a checkpoint there (if it had taken a step or
+    had one already): resumable.
 
     Attributes:
       step: The step it stopped at (0 for a run of a group that never started).
       signal: The signal that stopped it (``"SIGTERM"``, ``"SIGINT"``); None when it was
         ``stop_after`` or a group's failed run.
+      checkpoint: The step of its last checkpoint, the one ``--resume`` continues from; None
+        if it has none (stopped before its first step: a resume starts from step 0).
     """
 
     step: int
     signal: str | None = None
+    checkpoint: int | None = None
 
 
 RunResult = Finished | Diverged | Stopped
@@ -104,7 +108,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
       ...                     baseline=False)
       >>> run_dir = Path(tempfile.mkdtemp()) / "run"
       >>> runner.train(config, run_dir, progress=False, stop_after=60)  # as if interrupted
-      Stopped(step=60, signal=None)
+      Stopped(step=60, signal=None, checkpoint=60)
       >>> summary = runner.train(config, run_dir, progress=False, resume=True).summary
       >>> summary["num_steps"], summary["num_resets"] > 0, 0 <= summary["test_acc"] <= 1
       (120, True, True)
@@ -188,7 +192,7 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
     if _has_diverged(nonfinite_since, step, config):
         return Diverged(_finish(experiment, run_dir, state, timing, diverged_at=nonfinite_since))
     if step < config.num_steps:
-        return Stopped(step, stop.signal_name)
+        return Stopped(step, stop.signal_name, manager.latest_step())
     return Finished(_finish(experiment, run_dir, state, timing))
 
 
