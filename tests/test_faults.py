@@ -19,6 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from runs import (
@@ -304,6 +305,30 @@ def test_argument_errors_are_one_line_then_a_pointer_to_help(tmp_path, capsys, a
     assert len(lines) == 2 and lines[0].startswith(f"resetax: error: {message}"), err
     assert lines[1] == f"run `resetax {args[0]} --help` for the usage.", err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999", "-1", "4294967296"])
+def test_a_seed_out_of_range_is_one_line_before_writing(tmp_path, capsys, seed):
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--seed", seed]) == 2
+    assert one_line_error(capsys.readouterr().err) == (
+        f"resetax: error: seed must be an integer in [0, 4294967295], got {seed}.")
+    assert not run_dir.exists()  # a retry needs no --overwrite
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platforms", ["cuda", "gpu"])
+def test_jax_platforms_naming_a_missing_backend_is_one_line(tmp_path, platforms):
+    if any(d.platform != "cpu" for d in jax.devices()):
+        pytest.skip("needs a machine without an accelerator")
+    run_dir = tmp_path / "run"
+    done = subprocess.run(cli_args(run_dir, "--no-baseline"), cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": platforms})
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [one_line_error(done.stderr)], done.stderr
+    assert f"JAX_PLATFORMS={platforms} names a backend that cannot start on this machine" in (
+        done.stderr) and "what it has: cpu." in done.stderr, done.stderr
+    assert not run_dir.exists()
 
 
 @pytest.mark.parametrize("flags, message", [

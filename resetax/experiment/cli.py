@@ -333,6 +333,45 @@ def _start_processes(args) -> None:
     from resetax.experiment import distributed
 
     distributed.initialize(auto_detect=args.distributed)
+    _check_platforms()
+
+
+def _check_platforms() -> None:
+    """The backends ``JAX_PLATFORMS`` names start, or one line (a ``RunError``) naming it and
+    what this machine has instead (JAX's own error is a 34-line traceback)."""
+    import os
+
+    import jax
+
+    from resetax.experiment.workdir import RunError
+
+    setting = os.environ.get("JAX_PLATFORMS")
+    if not setting:
+        return
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as err:  # AssertionError: JAX's, for CUDA missing
+        reason = str(err).partition(" (set JAX_PLATFORMS")[0].rstrip(".")
+        raise RunError(
+            f"JAX_PLATFORMS={setting} names a backend that cannot start on this machine"
+            f"{f' ({reason})' if reason else ''}; what it has: {_available_platforms()}. Unset "
+            f"JAX_PLATFORMS, or set it to one of those.") from None
+
+
+def _available_platforms() -> str:
+    """The platforms JAX finds without ``JAX_PLATFORMS`` (asked of a fresh process: this one's
+    backends are set)."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    code = "import jax; print(' '.join(sorted({d.platform for d in jax.devices()})))"
+    try:
+        found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                               text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return "unknown (JAX took over 2 minutes to start without it)"
+    return found.stdout.strip() or "unknown (JAX does not start without it either)"
 
 
 def _print(text: str) -> None:

@@ -146,7 +146,8 @@ class Config:
     baseline: bool = _field(
         False, "Also train the reset_prob=0 baseline beside the resetting run, side by side.")
     seed: int = _field(
-        0, "Seed of everything random in the run (noise, split, init, batches, resets).")
+        0, "Seed of everything random in the run (noise, split, init, batches, resets), in "
+           "[0, 4294967295].")
     parallel: str = _field("sharded", "sharded (jit over a Mesh) or pmap.")
     num_devices: int | None = _field(None, "How many of the local devices to use; none: all.")
     checkpoint_every: int = _field(
@@ -307,6 +308,9 @@ def get_config(preset: str = "quick", **overrides: Any) -> Config:
     return Config(**{**PRESETS[preset], **overrides})
 
 
+MAX_SEED = 2**32 - 1  # seeds JAX's keys and NumPy's generators all take
+
+
 def validate(config: Config) -> Config:
     """Checks every field, raising ValueError that names the field and the accepted values;
     every :class:`Config` is checked so when it is made.
@@ -366,6 +370,7 @@ def _check_numbers(config: Config) -> None:
                           lambda v: math.isfinite(v) and v >= 0, ">= 0")
     for name in ("num_per_class", "num_devices"):
         _checks.positive_int(name, getattr(config, name), none_ok=True)
+    _checks.int_between("seed", config.seed, 0, MAX_SEED)
     if config.baseline and config.reset_prob == 0:
         raise ValueError("baseline=True trains a reset_prob=0 baseline beside the resetting run, "
                          "so reset_prob must be > 0.")
