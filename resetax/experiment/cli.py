@@ -67,7 +67,8 @@ def _train(args) -> int:
     if args.resume and not (config.baseline or plan) and _finished(run_dir):
         _print(f"{run_dir} is a finished run (its summary.json is written): nothing to "
                f"resume; every file is left as it was.")
-        return 0
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return _report_divergence({"run": runner.ended(summary)})  # 1 if it ended diverged
     _start_processes(args)
     if config.baseline or plan:
         return _run_group(run_dir, config, _pair(config), args, _report_pair)
