@@ -155,7 +155,7 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
     """
     config, placement = experiment.config, experiment.placement
     manager = checkpoint.CheckpointManager(run_dir / "checkpoints")
-    host_state, wall_time = _initial_state(experiment, manager, resume, run_dir)
+    host_state, times = _initial_state(experiment, manager, resume, run_dir)
     step = saved_step = int(host_state.step)
     state = placement.place_state(host_state)
     window, nonfinite_since = Window(), None
@@ -171,24 +171,28 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
             if _stops_here(step, config, stopping, stop_after) or _has_diverged(
                     nonfinite_since, step, config):
                 break
-            diagnostics = None
-            if config.diagnostics_every and step % config.diagnostics_every == 0:
+            start, diagnostics = time.perf_counter(), None
+            if diagnoses_at(step, config):
+                compiled = compiling.seconds  # its compilation counts as compile time
                 diagnostics = experiment.diagnose(placement.fetch(state))
-            start = time.perf_counter()
+                times["diagnostics_time"] += (time.perf_counter() - start
+                                              - (compiling.seconds - compiled))
             state, metrics = experiment.run_steps(
                 state, step, chunk_length(step, config, stopping=stopping))
             per_step = per_step_metrics(placement.fetch(metrics))
-            wall_time += time.perf_counter() - start
+            times["wall_time"] += time.perf_counter() - start
             window, window_lines = fold_windows(window, per_step, config, diagnostics)
             log.write(window_lines)
             bar.show(per_step, window_lines)
             nonfinite_since = nonfinite_streak(nonfinite_since, per_step)
             step = per_step[-1]["step"] + 1
             if step % config.checkpoint_every == 0 or step == config.num_steps:
-                saved_step = _save(manager, placement.fetch(state), wall_time)
+                saved_step = _save(manager, placement.fetch(state), times)
         if step < config.num_steps and saved_step != step:
-            _save(manager, placement.fetch(state), wall_time)
-    timing = {"wall_time_s": wall_time, "compile_time_s": compiling.seconds}
+            _save(manager, placement.fetch(state), times)
+    timing = {"wall_time_s": times["wall_time"], "compile_time_s": compiling.seconds}
+    if config.diagnostics_every:
+        timing["diagnostics_time_s"] = times["diagnostics_time"]
     if _has_diverged(nonfinite_since, step, config):
         return Diverged(_finish(experiment, run_dir, state, timing, diverged_at=nonfinite_since))
     if step < config.num_steps:
@@ -238,7 +242,29 @@ def chunk_length(step: int, config: Config, *, stopping: bool = False) -> int:
         boundaries.append(config.eval_every - step % config.eval_every)
     if config.diagnostics_every:
         boundaries.append(config.diagnostics_every - step % config.diagnostics_every)
+        if step < _last_window(config):
+            boundaries.append(_last_window(config) - step)
     return min(boundaries)
+
+
+def diagnoses_at(step: int, config: Config) -> bool:
+    """Whether the diagnostics are measured at ``step``: every ``diagnostics_every`` steps, and
+    at the start of the last evaluation window, so that their curve reaches the run's end.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.runner import diagnoses_at
+      >>> config = get_config("quick", num_steps=1000, eval_every=10, diagnostics_every=200)
+      >>> [s for s in range(1000) if diagnoses_at(s, config)]
+      [0, 200, 400, 600, 800, 990]
+    """
+    return bool(config.diagnostics_every) and (
+        step % config.diagnostics_every == 0 or step == _last_window(config))
+
+
+def _last_window(config: Config) -> int:
+    """The first step of the run's last evaluation window."""
+    return (config.num_steps - 1) // config.eval_every * config.eval_every
 
 
 def per_step_metrics(metrics: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -331,7 +357,8 @@ def fold_windows(window: Window, per_step: list[dict[str, Any]], config: Config,
 
 def summarize(experiment: Experiment, state: train_state.TrainState,
               final: train_state.TrainState, wall_time_s: float,
-              compile_time_s: float = 0.0) -> dict[str, Any]:
+              compile_time_s: float = 0.0,
+              diagnostics_time_s: float | None = None) -> dict[str, Any]:
     """The run's ``summary.json``: the best-validation model's metrics, measured anew.
 
     ``state`` is the final train state as placed on the devices, ``final`` its host copy.
@@ -339,7 +366,8 @@ def summarize(experiment: Experiment, state: train_state.TrainState,
     Returns best step, best validation loss and accuracy, the test accuracy of the best model and
     of the last params, the numbers of resets and of rollbacks of non-finite updates, steps,
     devices, and times: ``wall_time_s`` of the training loop (this session's part of it, on a
-    resumed run), of which ``compile_time_s`` went to compiling, and ``loop_time_s``, the rest.
+    resumed run), of which ``compile_time_s`` went to compiling, ``diagnostics_time_s`` (given
+    when the diagnostics ran) to measuring the diagnostics, and ``loop_time_s``, the rest.
     """
     from resetax import find_resetting_state
 
@@ -350,6 +378,8 @@ def summarize(experiment: Experiment, state: train_state.TrainState,
         experiment.evaluate(best_model(state)))
     last_test_acc = placement.fetch(experiment.evaluate(state)).test_acc
     devices = experiment.placement.devices
+    diagnostics = {} if diagnostics_time_s is None else {
+        "diagnostics_time_s": round(diagnostics_time_s, 3)}
     return {
         "best_step": int(final.best_step),
         "best_val_loss": float(best_val_loss),
@@ -362,7 +392,8 @@ def summarize(experiment: Experiment, state: train_state.TrainState,
         "num_steps": int(final.step),
         "wall_time_s": round(wall_time_s, 3),
         "compile_time_s": round(compile_time_s, 3),
-        "loop_time_s": round(wall_time_s - compile_time_s, 3),
+        **diagnostics,
+        "loop_time_s": round(wall_time_s - compile_time_s - (diagnostics_time_s or 0.0), 3),
         "device": f"{len(devices)}x {devices[0].platform}:{devices[0].device_kind}",
         "num_processes": jax.process_count(),
         "parallel": experiment.config.parallel,
@@ -382,18 +413,22 @@ def _has_diverged(nonfinite_since: int | None, step: int, config: Config) -> boo
 
 
 def _initial_state(experiment: Experiment, manager: checkpoint.CheckpointManager,
-                   resume: bool, run_dir: Path) -> tuple[train_state.TrainState, float]:
+                   resume: bool, run_dir: Path) -> tuple[train_state.TrainState, dict[str, float]]:
+    """The state the loop starts from, and the times of the loop so far (those its checkpoint
+    holds: a checkpoint of before diagnostics_time holds only the wall time)."""
     restored = manager.restore_latest(experiment.init_state) if resume else None
+    times = {"wall_time": 0.0, "diagnostics_time": 0.0}
     if restored is None:
         if resume:
             workdir.note(f"{str(run_dir)!r} holds no checkpoint yet: starting from step 0.")
-        return experiment.init_state, 0.0
+        return experiment.init_state, times
     state, meta = restored
-    return state, meta["wall_time"]
+    return state, {**times, **meta}
 
 
-def _save(manager: checkpoint.CheckpointManager, host_state: Any, wall_time: float) -> int:
-    manager.save(host_state, {"wall_time": wall_time})
+def _save(manager: checkpoint.CheckpointManager, host_state: Any,
+          times: dict[str, float]) -> int:
+    manager.save(host_state, dict(times))
     return int(host_state.step)
 
 
