@@ -146,3 +146,25 @@ def test_table_end_to_end_with_an_interruption_and_resume(tmp_path, capsys, monk
     assert (f"| | ours | {aggre['baseline']['mean']:.2f} → {aggre['resetting']['mean']:.2f} "
             f"({aggre['difference']['mean']:+.2f}) |  |") in lines
     assert (run_dir / "table.png").read_bytes()[1:4] == b"PNG"
+
+
+def help_text(capsys, *args):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*args, "--help"])
+    assert exit_.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+def test_reproduce_help_says_what_each_table_trains_with(capsys):
+    text = help_text(capsys, "reproduce")
+    assert "(default: runs/reproduce-<table>-<time>)" in text
+    assert "<preset>" not in text and "setting2-cifar10:" not in text  # no preset of its own
+    assert ("[default: 32; each table's own presets: `resetax reproduce TABLE --help` shows "
+            "their values]") in text  # batch_size
+    text = help_text(capsys, "reproduce", "setting1")
+    assert "[default: 32; setting1's preset: 16]" in text  # batch_size
+    assert "[default: false; set by each cell of setting1; cannot be given]" in text  # baseline
+    text = help_text(capsys, "reproduce", "table1-cifar10")
+    assert "[default: 32; table1-cifar10's preset: 256]" in text
+    assert "[default: 0.05; set by each cell of table1-cifar10; cannot be given]" in text  # lr
+    assert "(default: runs/compare-<preset>-<time>)" in help_text(capsys, "compare")

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from resetax.experiment.workdir import RunError, check_resume_or_overwrite
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    args, unknown = parser(_preset_in(argv)).parse_known_args(argv)
+    args, unknown = parser(_preset_in(argv), _table_in(argv)).parse_known_args(argv)
     _use_compilation_cache()
     if unknown:  # named by the command's own parser, not the top-level one
         args.parser.error(_unrecognized(args.parser, unknown))
@@ -383,8 +383,9 @@ def _print(text: str) -> None:
         print(text, flush=True)
 
 
-def parser(preset: str | None = None) -> argparse.ArgumentParser:
-    """The ``resetax`` parser; each Config field's help shows its default and ``preset``'s value.
+def parser(preset: str | None = None, table: str | None = None) -> argparse.ArgumentParser:
+    """The ``resetax`` parser; each Config field's help shows its default and ``preset``'s value
+    (``reproduce``'s: the value of ``table``'s presets, or that the table's cells set it).
 
     Example:
       >>> from resetax.experiment import cli
@@ -414,7 +415,7 @@ def parser(preset: str | None = None) -> argparse.ArgumentParser:
             sub.add_argument("--preset", default=None, choices=sorted(config_lib.PRESETS),
                              help=f"the defaults of the fields below (default: {DEFAULT_PRESET})")
         sub.add_argument("--run-dir", default=None,
-                         help="where to write the run (default: runs/<preset>-<time>)")
+                         help=f"where to write the run (default: {RUN_DIR_DEFAULTS[name]})")
         sub.add_argument("--resume", action="store_true",
                          help="continue the interrupted run in --run-dir with its saved config")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing run")
@@ -433,8 +434,32 @@ def parser(preset: str | None = None) -> argparse.ArgumentParser:
                                   "(default: auto, 2 on a CPU when each run trains on one "
                                   "device, else 1); the results do not depend on it")
         for field in dataclasses.fields(config_lib.Config):
-            _add_field(sub, field, "setting2-cifar10" if name == "reproduce" else shown)
+            preset_value = config_lib.PRESETS[shown].get(field.name, field.default)
+            _add_field(sub, field, _reproduce_value(field.name, table) if name == "reproduce"
+                       else f"{shown}: {_show(preset_value)}")
     return root
+
+
+RUN_DIR_DEFAULTS = {"train": "runs/<preset>-<time>", "compare": "runs/compare-<preset>-<time>",
+                    "reproduce": "runs/reproduce-<table>-<time>"}
+
+
+def _reproduce_value(name: str, table_name: str | None) -> str:
+    """What ``reproduce TABLE`` trains with for the Config field ``name``: each cell starts from
+    its own preset, with the cell's own fields."""
+    from resetax.experiment import reproduce
+
+    if table_name not in reproduce.TABLES:
+        return "each table's own presets: `resetax reproduce TABLE --help` shows their values"
+    table = reproduce.TABLES[table_name]
+    if name in {"reset_prob", "baseline"} | {k for c in table.cells for k in c.overrides}:
+        return f"set by each cell of {table_name}; cannot be given"
+    default = config_lib.Config.__dataclass_fields__[name].default
+    values = {preset: _show(config_lib.PRESETS[preset].get(name, default))
+              for preset in dict.fromkeys(c.preset for c in table.cells)}
+    if len(set(values.values())) == 1:
+        return f"{table_name}'s preset{'s' if len(values) > 1 else ''}: {values.popitem()[1]}"
+    return "; ".join(f"{preset}: {value}" for preset, value in values.items())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -483,12 +508,12 @@ def _add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
                         help="list the runs and an estimate of the GPU hours; run nothing")
 
 
-def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, preset: str) -> None:
-    """A flag for one Config field; booleans also take ``--name`` and ``--no-name``."""
+def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, shown: str) -> None:
+    """A flag for one Config field, its help ending in its default and ``shown`` (the value a
+    preset gives it); booleans also take ``--name`` and ``--no-name``."""
     flag = f"--{field.name.replace('_', '-')}"
-    preset_value = config_lib.PRESETS[preset].get(field.name, field.default)
     help_text = (f"{field.metadata['help']} [default: {_show(field.default)}; "
-                 f"{preset}: {_show(preset_value)}]").replace("%", "%%")
+                 f"{shown}]").replace("%", "%%")
     parse = _parser_for(field)
     if parse.__name__ == "bool":
         parser.add_argument(flag, dest=f"cfg_{field.name}", type=parse, nargs="?", const=True,
@@ -580,6 +605,15 @@ def _preset_in(argv: list[str]) -> str | None:
         if arg.startswith("--preset="):
             return arg.partition("=")[2]
     return None
+
+
+def _table_in(argv: list[str]) -> str | None:
+    """The table of a ``reproduce`` command in ``argv`` (for the help text), if any."""
+    from resetax.experiment import reproduce
+
+    if "reproduce" not in argv:
+        return None
+    return next((arg for arg in argv if arg in reproduce.TABLES), None)
 
 
 def _default_run_dir(name: str) -> str:
