@@ -126,6 +126,8 @@ def regex(name: str, value: str | None) -> None:
     """A regular expression that compiles, or ``None``."""
     if value is None:
         return
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be None or a regular expression (a str), got {value!r}.")
     try:
         re.compile(value)
     except re.error as err:

@@ -38,6 +38,20 @@ def test_example_runs_as_a_script(idiom, kind, monkeypatch):
     assert 0.0 <= float(last.split()[-1]) <= 100.0
 
 
+def test_data_parallel_example_runs_on_the_simulated_devices(monkeypatch):
+    import jax
+
+    assert jax.device_count() == 8, "conftest.py simulates 8 CPU devices"
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    script = EXAMPLES / "data_parallel.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--num-steps", "21"])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        runpy.run_path(str(script), run_name="__main__")
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("devices: 8") and lines[-1].startswith("test_accuracy: ")
+
+
 def test_readme_shows_each_examples_diff():
     diffs = _diffs()
     readme = (ROOT / "README.md").read_text()

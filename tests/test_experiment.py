@@ -254,10 +254,59 @@ def test_partial_reset_by_pattern(tmp_path):
     assert np.abs(final["Dense_0"]["kernel"] - initial["Dense_0"]["kernel"]).max() > 1e-3
 
 
+def test_plasticity_reset_from_the_config_lands_on_fresh_values(tmp_path):
+    config = tiny(plasticity="reset_to_init", plasticity_every=20, plasticity_layers="Dense_1",
+                  num_steps=40, checkpoint_every=40)
+    experiment = build.setup(config)
+    initial = experiment.init_state.params
+    runner.train(config, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in read_lines(tmp_path / "run")]
+    assert [s for r in rows for s in r["plasticity_steps"]] == [19, 39]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["plasticity_every"] == 20
+    final = checkpoint.CheckpointManager(tmp_path / "run" / "checkpoints").restore(
+        experiment.init_state)[0]
+    fresh = optimization.plasticity_state(final.opt_state).target
+    # The last update (39) re-initialized Dense_1: it holds the fresh draw, bit for bit, which is
+    # not its first initialization; Dense_0 trained on.
+    np.testing.assert_array_equal(final.params["Dense_1"]["kernel"], fresh["Dense_1"]["kernel"])
+    assert not np.array_equal(fresh["Dense_1"]["kernel"], initial["Dense_1"]["kernel"])
+    assert np.abs(final.params["Dense_0"]["kernel"] - initial["Dense_0"]["kernel"]).max() > 1e-3
+
+
+def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state(tmp_path):
+    config = tiny(dtype="bfloat16", num_steps=40, checkpoint_every=40)
+    experiment = build.setup(config)
+    state = experiment.init_state
+    floats = [x for x in jax.tree.leaves((state.params, state.batch_stats, state.opt_state))
+              if np.issubdtype(x.dtype, np.floating)]
+    assert floats and all(x.dtype == np.float32 for x in floats)
+    bf16, f32 = build.load_inputs(config), build.load_inputs(tiny())
+    x = preprocess(bf16.data.test.inputs[:256], config.dataset)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits = bf16.model.apply(variables, x, train=False)
+    exact = f32.model.apply(variables, x, train=False)
+    # The same float32 parameters, computed in bfloat16 (8 bits of mantissa): logits within a
+    # few bfloat16 roundings of the float32 ones, but not equal to them.
+    assert logits.dtype == np.float32
+    gap = float(np.max(np.abs(np.asarray(logits) - np.asarray(exact))))
+    assert 1e-4 < gap < 0.1 * float(np.max(np.abs(np.asarray(exact))))
+    summary = runner.train(config, tmp_path / "run", progress=False).summary
+    assert summary["test_acc"] > 0.5  # it learns (chance is 0.1)
+
+
+def test_runs_without_plasticity_write_no_plasticity_field(reference_run):
+    run_dir, _ = reference_run
+    assert all("plasticity_steps" not in json.loads(line) for line in read_lines(run_dir))
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
         (["--preset", "nope"], "preset"),
+        (["--plasticity", "redo"], "plasticity must be one of"),
+        (["--dtype", "float16"], "dtype must be one of ['float32', 'bfloat16']"),
+        (["--shrink", "2"], "shrink must be in"),
+        (["--plasticity-layers", "Dense_("], "plasticity_layers"),
         (["--dataset", "imagenet"], "dataset"),
         (["--model", "vgg"], "model"),
         (["--loss", "hinge"], "loss"),

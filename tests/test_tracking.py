@@ -96,10 +96,10 @@ def test_tensorboard_resume_supersedes_the_steps_after_the_checkpoint(tmp_path):
     first.log_rows(_rows([0, 10, 20, 30, 40]))  # interrupted after step 40, checkpoint at 20
     first.close()
     second = tracking.open_tracker(["tensorboard"], tmp_path, CONFIG, resume_step=20)
-    second.log_rows(_rows([30, 40, 50], offset=1.0))
+    second.log_rows(_rows([20, 30, 40, 50], offset=1.0))  # the run goes on from step 20
     second.close()
     _, scalars = _tensorboard(tmp_path)
-    assert scalars["val_acc"] == {0: 0.5, 10: 0.5, 20: 0.5, 30: 1.5, 40: 1.5, 50: 1.5}
+    assert scalars["val_acc"] == {0: 0.5, 10: 0.5, 20: 1.5, 30: 1.5, 40: 1.5, 50: 1.5}
 
 
 # --------------------------------------------------------------------------- W&B (offline)
@@ -213,3 +213,35 @@ def test_several_backends_at_once(tmp_path, offline_wandb):
     assert [row["_step"] for row in _history(_finished_wandb_records(tmp_path))] == [0, 10]
     assert np.isfinite(json.loads((tmp_path / tracking.STATE_FILE).read_text())[
         "wandb_last_step"])
+
+
+# --------------------------------------------------------------------------- from the trainer
+
+
+def test_trainer_logs_every_metrics_field_and_a_resumed_run_continues_the_same_runs(
+        tmp_path, offline_wandb):
+    from runs import tiny
+
+    from resetax.experiment import runner
+
+    config = tiny(num_steps=120, checkpoint_every=60, reset_prob=0.3, log_to="tensorboard,wandb",
+                  baseline=False)
+    run_dir = tmp_path / "run"
+    assert runner.train(config, run_dir, progress=False, stop_after=60).step == 60
+    summary = runner.train(config, run_dir, progress=False, resume=True).summary
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    accumulator, scalars = _tensorboard(run_dir)
+    for field in ("val_loss", "val_acc", "train_loss", "num_resets", "active", "distance"):
+        assert scalars[field] == pytest.approx({r["step"]: float(r[field]) for r in rows}), field
+    resets = sorted(s for r in rows for s in r["reset_steps"])
+    assert resets and sorted(scalars["reset"]) == resets
+    last = max({r["step"] for r in rows} | set(resets))
+    assert scalars["summary/test_acc"] == {last: pytest.approx(summary["test_acc"])}
+    assert accumulator.Tags()["images"] == ["curves"]
+
+    records = _finished_wandb_records(run_dir, runs=2)
+    assert len({r.run.run_id for _, r in records if r.WhichOneof("record_type") == "run"}) == 1
+    steps = [row["_step"] for row in _history(records)]
+    assert steps == sorted(set(steps)), "a step logged twice, or out of order"
+    assert set(steps) == {r["step"] for r in rows} | set(resets)

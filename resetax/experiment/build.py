@@ -33,7 +33,7 @@ class Experiment:
       run_steps: ``run_steps(state, step, num_steps) -> (state, metrics)``: ``num_steps`` train
         steps from ``step`` on the placed state, with the evaluations that fall in them;
         ``metrics`` has one entry per step (see :func:`~resetax.experiment.steps.fuse_steps`).
-        Either one fused call or one call per step (:func:`dispatch_mode`).
+        Either one fused call or one call per step (:func:`resetax.experiment.build.dispatch_mode`).
       evaluate: ``evaluate(placed_state) -> Evaluation``: validation loss and accuracy and
         test accuracy at the state's params, compiled for the placement (the in-loop
         evaluation's program when it measures the test set too).
@@ -187,7 +187,9 @@ def inputs_for(config: Config, data: ExperimentData) -> Inputs:
                          f"training examples ({len(data.train)}).")
     from resetax import models  # imported here: it pulls in every architecture
 
-    model = models.get_model(config.model, data.num_classes, init_scheme=config.init)
+    # bfloat16 computation only where asked: the float32 model is the one it always was.
+    dtype = {"dtype": jnp.bfloat16} if config.dtype == "bfloat16" else {}
+    model = models.get_model(config.model, data.num_classes, init_scheme=config.init, **dtype)
     params = jax.eval_shape(lambda x: train_state.init_variables(config, model, x),
                             jnp.asarray(data.train.inputs[:1]))["params"]
     mask = optimization.reset_mask(config, params)
@@ -196,8 +198,14 @@ def inputs_for(config: Config, data: ExperimentData) -> Inputs:
         raise ValueError(f"reset_layers {config.reset_layers!r} matches no parameter of "
                          f"{config.model}; its layers are {paths}.")
     loss_fn, loss_state = optimization.make_loss(config, len(data.train), data.num_classes)
-    return Inputs(data, model, params, optimization.make_optimizer(config, params), loss_fn,
-                  loss_state)
+    sample = jnp.asarray(data.train.inputs[:1])
+
+    def init_fn(key: jax.Array) -> Any:  # the model's own initialization, for plasticity resets
+        return model.init({"params": key, "dropout": key},
+                          preprocess(sample, config.dataset), train=False)["params"]
+
+    return Inputs(data, model, params, optimization.make_optimizer(config, params, init_fn),
+                  loss_fn, loss_state)
 
 
 def make_diagnose(model: Any, data: ExperimentData, dataset: str | None = None) -> Callable:

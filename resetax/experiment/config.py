@@ -11,6 +11,8 @@ from resetax import _checks
 
 PARALLEL_MODES = ("sharded", "pmap")
 SELECT_BY = ("loss", "accuracy")
+PLASTICITY = (None, "reset_to_init", "shrink_and_perturb")
+DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 DISPATCH = ("auto", "scan", "step")
@@ -158,6 +160,25 @@ class Config:
               "clean labels): gradient cosines and norms of the correct and wrong parts, "
               "memorization fractions. none: off.")
     data_dir: str | None = _field(None, "TFDS data directory for the datasets that need one.")
+    dtype: str = _field(
+        "float32", "The model's computation dtype: float32, or bfloat16 (parameters, optimizer "
+                   "state and BatchNorm statistics stay float32; the logits and the loss are "
+                   "float32).")
+    plasticity: str | None = _field(
+        None, "Resetting for plasticity inside the optimizer (resetax.plasticity): reset_to_init "
+              "(the plasticity_layers take fresh initial values every plasticity_every steps) "
+              "or shrink_and_perturb (theta <- shrink*theta + perturb*epsilon, epsilon a fresh "
+              "initialization, every plasticity_every steps). none: off.")
+    plasticity_every: int = _field(1000, "Steps between two plasticity resets.")
+    plasticity_layers: str | None = _field(
+        None, "Regular expression over parameter paths (/-joined) that the plasticity reset "
+              "acts on. none: all layers.")
+    shrink: float = _field(0.8, "shrink_and_perturb's shrink factor, in [0, 1].")
+    perturb: float = _field(0.01, "shrink_and_perturb's noise scale, >= 0.")
+    log_to: str | None = _field(
+        None, "Experiment tracking besides the run's files: tensorboard (event files in the run "
+              "directory's tensorboard/), wandb (a Weights & Biases run; WANDB_MODE=offline "
+              "needs no network), or both, comma-separated. none: off.")
 
     def __post_init__(self):
         validate(self)  # once, when the config is made: a Config is always valid
@@ -357,6 +378,29 @@ def _check_choices(config: Config) -> None:
         if field.type == "bool":
             _checks.boolean(field.name, getattr(config, field.name))
     _checks.regex("reset_layers", config.reset_layers)
+    _checks.one_of("plasticity", config.plasticity, PLASTICITY)
+    _checks.one_of("dtype", config.dtype, DTYPES)
+    _checks.regex("plasticity_layers", config.plasticity_layers)
+    from resetax.experiment.tracking import BACKENDS
+
+    for backend in tracking_backends(config):
+        _checks.one_of("log_to", backend, tuple(BACKENDS))
+
+
+def tracking_backends(config: Config) -> tuple[str, ...]:
+    """The tracking backends ``config.log_to`` names, in order (none: an empty tuple).
+
+    Example:
+      >>> from resetax.experiment.config import get_config, tracking_backends
+      >>> tracking_backends(get_config("quick", log_to="tensorboard,wandb"))
+      ('tensorboard', 'wandb')
+    """
+    if config.log_to is None:
+        return ()
+    if not isinstance(config.log_to, str):
+        raise ValueError(f"log_to must be None or a comma-separated str of tracking backends, "
+                         f"got {config.log_to!r}.")
+    return tuple(name.strip() for name in config.log_to.split(","))
 
 
 def _check_numbers(config: Config) -> None:
@@ -371,6 +415,10 @@ def _check_numbers(config: Config) -> None:
     for name in ("num_per_class", "num_devices"):
         _checks.positive_int(name, getattr(config, name), none_ok=True)
     _checks.int_between("seed", config.seed, 0, MAX_SEED)
+    _checks.positive_int("plasticity_every", config.plasticity_every)
+    _checks.in_range("shrink", config.shrink, 0.0, 1.0)
+    _checks.python_number("perturb", config.perturb, lambda v: math.isfinite(v) and v >= 0,
+                          "a finite number >= 0")
     if config.baseline and config.reset_prob == 0:
         raise ValueError("baseline=True trains a reset_prob=0 baseline beside the resetting run, "
                          "so reset_prob must be > 0.")

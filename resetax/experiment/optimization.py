@@ -71,11 +71,16 @@ def param_paths(params: Any) -> list[str]:
     return [path_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
 
 
-def make_optimizer(config: Config, params: Any) -> optax.GradientTransformationExtraArgs:
+def make_optimizer(config: Config, params: Any,
+                   init_fn: Callable[[jax.Array], Any] | None = None
+                   ) -> optax.GradientTransformationExtraArgs:
     """The inner optimizer wrapped in stochastic resetting, as the config describes.
 
     ``params`` (or a tree of their shapes) is only used to build the :func:`reset_mask`. The
-    transformation's ``update`` takes the validation metric as ``value``, lower is better.
+    transformation's ``update`` takes the validation metric as ``value``, lower is better. With
+    ``config.plasticity``, the inner optimizer is wrapped first in
+    :func:`resetax.reset_to_init` or :func:`resetax.shrink_and_perturb`, which draw from
+    ``init_fn`` (``key -> params``, the model's own initialization).
 
     Example:
       >>> from resetax.experiment.config import get_config
@@ -106,7 +111,7 @@ def make_optimizer(config: Config, params: Any) -> optax.GradientTransformationE
       >>> float(learning_rate(config, tx.init(params), step=0))  # the rate of update 0
       0.1
     """
-    inner = inner_optimizer(config)
+    inner = plasticity_optimizer(config, inner_optimizer(config), init_fn)
     # reset_prob is a hyperparameter in the state, not a constant of the compiled step: a
     # baseline (0) and its resetting run (r) then compile to the same program, which the
     # persistent compilation cache serves the second time.
@@ -123,6 +128,56 @@ def make_optimizer(config: Config, params: Any) -> optax.GradientTransformationE
         mask=reset_mask(config, params),
         mode="min",  # accuracies are negated before they reach the transformation
     )
+
+
+def plasticity_optimizer(config: Config, inner: optax.GradientTransformation,
+                         init_fn: Callable[[jax.Array], Any] | None
+                         ) -> optax.GradientTransformation:
+    """``inner`` wrapped in the config's plasticity reset, or ``inner`` itself without one.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.optimization import plasticity_optimizer
+      >>> config = get_config("quick", plasticity="reset_to_init", plasticity_every=2)
+      >>> tx = plasticity_optimizer(config, optax.sgd(0.1), lambda key: {"w": jnp.zeros(2)})
+      >>> params = {"w": jnp.ones(2)}
+      >>> state = tx.init(params)
+      >>> for _ in range(2):
+      ...     updates, state = tx.update({"w": jnp.ones(2)}, state, params)
+      ...     params = resetax.apply_reset_updates(params, updates, state)
+      >>> params["w"], int(state.num_resets)  # the second update re-initialized w
+      (Array([0., 0.], dtype=float32), 1)
+    """
+    if config.plasticity is None:
+        return inner
+    if init_fn is None:
+        raise ValueError(f"plasticity={config.plasticity!r} needs init_fn, the model's "
+                         f"initialization (key -> params).")
+    common = dict(key=config.seed + 2, mask=config.plasticity_layers,
+                  every=config.plasticity_every)
+    if config.plasticity == "reset_to_init":
+        return resetax.reset_to_init(inner, init_fn, **common)
+    return resetax.shrink_and_perturb(inner, init_fn, shrink=config.shrink,
+                                      perturb=config.perturb, **common)
+
+
+def plasticity_state(opt_state: Any) -> Any:
+    """The state of the plasticity transformation inside ``opt_state`` (it has ``did_reset``
+    and ``num_resets``).
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.optimization import make_optimizer, plasticity_state
+      >>> config = get_config("quick", plasticity="shrink_and_perturb")
+      >>> params = {"w": jnp.ones(2)}
+      >>> tx = make_optimizer(config, params, init_fn=lambda key: {"w": jnp.zeros(2)})
+      >>> int(plasticity_state(tx.init(params)).num_resets)
+      0
+    """
+    kinds = (resetax.plasticity.ResetToInitState, resetax.plasticity.ShrinkAndPerturbState)
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kinds))
+             if isinstance(s, kinds)]
+    return found[0]
 
 
 def inner_optimizer(config: Config) -> optax.GradientTransformation:

@@ -17,7 +17,8 @@ __all__ = ["compare_markdown", "compare_table", "plot_compare", "plot_run", "rea
 
 
 def plot_run(run_dir: str | os.PathLike) -> Path:
-    """Writes ``curves.png``: validation loss and test accuracy over steps, resets marked.
+    """Writes ``curves.png``: validation loss and test accuracy over steps, resets marked (and
+    rollbacks and plasticity resets, where the run had them).
 
     Rows with the latent-gradient-bias diagnostics (``grad_cos_cw``...) add two panels.
 
@@ -40,6 +41,7 @@ def plot_run(run_dir: str | os.PathLike) -> Path:
     steps = [r["step"] for r in rows]
     resets = [s for r in rows for s in r["reset_steps"]]
     rollbacks = [s for r in rows for s in r.get("rollback_steps", ())]
+    plasticity = [s for r in rows for s in r.get("plasticity_steps", ())]
     diag = [r for r in rows if "grad_cos_cw" in r]
     fig = _figure((11, 8) if diag else (11, 4))
     axes = fig.subplots(2 if diag else 1, 2, squeeze=False)
@@ -61,6 +63,8 @@ def plot_run(run_dir: str | os.PathLike) -> Path:
                   lw=0.6)
         ax.vlines(rollbacks, 0, 1, transform=ax.get_xaxis_transform(), color="k", alpha=0.5,
                   lw=0.8, linestyles="dotted")
+        ax.vlines(plasticity, 0, 1, transform=ax.get_xaxis_transform(), color="C4", alpha=0.8,
+                  lw=1.2, linestyles="dashed")
         ax.set_xlabel("step")
         ax.legend(loc="best")
     ax_loss.set_ylabel("loss")
@@ -68,6 +72,8 @@ def plot_run(run_dir: str | os.PathLike) -> Path:
     title = f"{Path(run_dir).name}: {len(resets)} resets (red lines)"
     if rollbacks:
         title += f", {len(rollbacks)} rollbacks of non-finite updates (dotted)"
+    if plasticity:
+        title += f", {len(plasticity)} plasticity resets (purple, dashed)"
     fig.suptitle(title)
     out = Path(run_dir) / "curves.png"
     fig.savefig(out, dpi=100)

@@ -6,6 +6,7 @@ checkpoints.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -15,7 +16,16 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from resetax.experiment import checkpoint, control, distributed, report, train_state, workdir
+from resetax.experiment import (
+    checkpoint,
+    control,
+    distributed,
+    report,
+    tracking,
+    train_state,
+    workdir,
+)
+from resetax.experiment import config as config_lib
 from resetax.experiment.build import Builder, Experiment, Inputs, load_inputs, setup
 from resetax.experiment.config import Config
 
@@ -35,7 +45,7 @@ class Diverged(NamedTuple):
 
     Attributes:
       summary: Its ``summary.json``, of the best model before; ``diverged_at`` in it is
-        :attr:`step`.
+        its ``step``.
     """
 
     summary: dict[str, Any]
@@ -124,6 +134,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
     def preflight() -> Inputs:
         if resume:
             _check_resumed_config(run_dir, config)
+        tracking.check_backends(config_lib.tracking_backends(config))  # their packages
         return load_inputs(config)
 
     with workdir.run_directory(run_dir, resume=resume, overwrite=overwrite, preflight=preflight,
@@ -153,9 +164,25 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
     (:class:`~resetax.experiment.control.StopRequest`), a request of its own by default, and
     shows a ``progress`` bar (``True``, or where: :class:`~resetax.experiment.control.Progress`).
     """
-    config, placement = experiment.config, experiment.placement
+    config = experiment.config
     manager = checkpoint.CheckpointManager(run_dir / "checkpoints")
     host_state, times = _initial_state(experiment, manager, resume, run_dir)
+    tracker = tracking.open_tracker(
+        config_lib.tracking_backends(config), run_dir, dataclasses.asdict(config),
+        resume_step=int(host_state.step) if resume else None,
+        process_index=jax.process_index())
+    with tracker:
+        return _loop(experiment, run_dir, manager, host_state, times, tracker,
+                     progress=progress, stop_after=stop_after, stop=stop)
+
+
+def _loop(experiment: Experiment, run_dir: Path, manager: checkpoint.CheckpointManager,
+          host_state: Any, times: dict[str, float], tracker: tracking.Tracker, *,
+          progress: bool | control.Progress, stop_after: int | None,
+          stop: control.StopRequest | None) -> RunResult:
+    """:func:`train_loop` from its initial state on, ``tracker`` open; ``times`` (the wall
+    time and the diagnostics' time so far) grow as it runs."""
+    config, placement = experiment.config, experiment.placement
     step = saved_step = int(host_state.step)
     state = placement.place_state(host_state)
     window, nonfinite_since = Window(), None
@@ -183,6 +210,7 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
             times["wall_time"] += time.perf_counter() - start
             window, window_lines = fold_windows(window, per_step, config, diagnostics)
             log.write(window_lines)
+            tracker.log_rows(window_lines)
             bar.show(per_step, window_lines)
             nonfinite_since = nonfinite_streak(nonfinite_since, per_step)
             step = per_step[-1]["step"] + 1
@@ -194,10 +222,11 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
     if config.diagnostics_every:
         timing["diagnostics_time_s"] = times["diagnostics_time"]
     if _has_diverged(nonfinite_since, step, config):
-        return Diverged(_finish(experiment, run_dir, state, timing, diverged_at=nonfinite_since))
+        return Diverged(_finish(experiment, run_dir, state, timing, tracker,
+                                diverged_at=nonfinite_since))
     if step < config.num_steps:
         return Stopped(step, stop.signal_name, manager.latest_step())
-    return Finished(_finish(experiment, run_dir, state, timing))
+    return Finished(_finish(experiment, run_dir, state, timing, tracker))
 
 
 def nonfinite_streak(since: int | None, per_step: list[dict[str, Any]]) -> int | None:
@@ -297,6 +326,7 @@ class Window(NamedTuple):
       train_losses: The train losses of the window's steps so far.
       reset_steps: The window's steps that reset at random.
       rollback_steps: The window's steps whose non-finite update was rolled back.
+      plasticity_steps: The window's steps where the config's ``plasticity`` reset acted.
     """
 
     start: int = -1
@@ -304,6 +334,7 @@ class Window(NamedTuple):
     train_losses: tuple[float, ...] = ()
     reset_steps: tuple[int, ...] = ()
     rollback_steps: tuple[int, ...] = ()
+    plasticity_steps: tuple[int, ...] = ()
 
 
 def fold_windows(window: Window, per_step: list[dict[str, Any]], config: Config,
@@ -343,7 +374,9 @@ def fold_windows(window: Window, per_step: list[dict[str, Any]], config: Config,
             reset_steps=(*window.reset_steps, row["step"]) if row["did_reset"]
             else window.reset_steps,
             rollback_steps=(*window.rollback_steps, row["step"]) if row.get("did_rollback")
-            else window.rollback_steps)
+            else window.rollback_steps,
+            plasticity_steps=(*window.plasticity_steps, row["step"])
+            if row.get("did_plasticity_reset") else window.plasticity_steps)
         end = row["step"] + 1
         if end % config.eval_every == 0 or end == config.num_steps:
             window_lines.append({
@@ -351,7 +384,9 @@ def fold_windows(window: Window, per_step: list[dict[str, Any]], config: Config,
                 "rollback_steps": list(window.rollback_steps),
                 "train_loss": float(np.mean(window.train_losses)),
                 "active": row["active"], "num_resets": row["num_resets"],
-                "num_rollbacks": row.get("num_rollbacks", 0), "distance": row["distance"]})
+                "num_rollbacks": row.get("num_rollbacks", 0), "distance": row["distance"],
+                **({"plasticity_steps": list(window.plasticity_steps)} if config.plasticity
+                   else {})})
     return window, window_lines
 
 
@@ -433,7 +468,8 @@ def _save(manager: checkpoint.CheckpointManager, host_state: Any,
 
 
 def _finish(experiment: Experiment, run_dir: Path, state: train_state.TrainState,
-            timing: dict[str, float], diverged_at: int | None = None) -> dict[str, Any]:
+            timing: dict[str, float], tracker: tracking.Tracker,
+            diverged_at: int | None = None) -> dict[str, Any]:
     final = experiment.placement.fetch(state)
     checkpoint.save_best(run_dir / "best", final.best_params, final.best_batch_stats)
     summary = summarize(experiment, state, final, **timing)
@@ -441,5 +477,5 @@ def _finish(experiment: Experiment, run_dir: Path, state: train_state.TrainState
         summary["diverged_at"] = diverged_at
     if distributed.is_primary():
         workdir.write_json(run_dir / workdir.SUMMARY_FILE, summary)
-        report.plot_run(run_dir)
+        tracker.finish(summary, [report.plot_run(run_dir)])
     return summary

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 import resetax
+from resetax.experiment import optimization
 from resetax.experiment.config import Config
 from resetax.experiment.data_input import preprocess
 from resetax.experiment.optimization import learning_rate, validation_loss
@@ -322,7 +323,8 @@ def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation
             objective, has_aux=True)(state.params)
         grads, train_loss = replicas.mean((grads, train_loss))
         updates, opt_state = tx.update(grads, state.opt_state, state.params, value=value)
-        params = resetax.apply_updates(state.params, updates, opt_state)
+        apply = resetax.apply_reset_updates if config.plasticity else resetax.apply_updates
+        params = apply(state.params, updates, opt_state)
         batch_stats, model_checkpoint = resetax.reset_model_state(
             state.batch_stats, new_batch_stats, state.model_checkpoint, opt_state)
         new_state = state._replace(
@@ -341,6 +343,8 @@ def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation
             num_rollbacks=resetting.num_nonfinite_resets,
             distance=window_end_distance(state, params, resetting.checkpoint),
             **evaluation._asdict())
+        if config.plasticity:
+            metrics["did_plasticity_reset"] = optimization.plasticity_state(opt_state).did_reset
         return new_state, metrics
 
     return train_step

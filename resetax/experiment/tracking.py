@@ -26,7 +26,8 @@ BACKENDS = {"tensorboard": "tensorboardX", "wandb": "wandb"}
 """Each backend ``--log-to`` accepts, with the package it needs (the extra of the same name)."""
 
 STATE_FILE = "tracking.json"
-_EVENTS = {"reset_steps": "reset", "rollback_steps": "rollback"}
+_EVENTS = {"reset_steps": "reset", "rollback_steps": "rollback",
+           "plasticity_steps": "plasticity_reset"}
 
 
 def check_backends(log_to: Iterable[str]) -> tuple[str, ...]:
@@ -80,6 +81,12 @@ class Tracker:
 
     def close(self) -> None:
         """Flushes and closes; the run may be resumed later."""
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
 
 def open_tracker(
@@ -154,12 +161,11 @@ class _TensorBoard(Tracker):
         logdir = run_dir / "tensorboard"
         # A file of its own for each start (the default name holds the time in seconds, and a
         # resume within the same second would overwrite the first file); TensorBoard hides the
-        # earlier files' events from purge_step on: those logged after the checkpoint before the
-        # interruption, which the resumed run logs again.
+        # earlier files' events from purge_step on: those logged from the checkpoint on before
+        # the interruption, which the resumed run logs again.
         parts = len(list(logdir.glob("events.out.tfevents.*"))) if logdir.exists() else 0
         self._writer = SummaryWriter(
-            logdir=str(logdir), filename_suffix=f".{parts:04d}",
-            purge_step=None if resume_step is None else resume_step + 1)
+            logdir=str(logdir), filename_suffix=f".{parts:04d}", purge_step=resume_step)
         if resume_step is None:
             for summary in hparams(_hyperparameters(config), {}):
                 self._writer.file_writer.add_summary(summary)

@@ -16,10 +16,17 @@ from typing import Any, TypeVar
 
 from resetax.experiment import distributed
 from resetax.experiment.config import Config
+from resetax.experiment.tracking import STATE_FILE as TRACKING_FILE
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
 LOCK_FILE = ".lock"
 PLAN_FILE = "plan.json"  # a group of runs (a pair, compare's seeds, a paper table): its plan
+# What resetax writes in a run directory (and in the runs of a group, its subdirectories):
+# --overwrite removes a directory only when everything in it is one of these.
+RUN_FILES = frozenset({
+    CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, LOCK_FILE, PLAN_FILE, TRACKING_FILE, "curves.png",
+    "compare.md", "compare.json", "compare.png", "table.md", "table.json", "table.png"})
+RUN_FOLDERS = frozenset({"best", "checkpoints", "tensorboard", "wandb"})
 
 
 T = TypeVar("T")
@@ -109,7 +116,78 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
         )
     if resume:
         _check_resumable(run_dir, marker)
+    if overwrite and _has_content(run_dir):
+        _check_overwritable(run_dir)
     return run_dir
+
+
+def _check_overwritable(run_dir: Path) -> None:
+    """Refuses ``--overwrite`` on anything but resetax's own runs, none of them running.
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import workdir
+      >>> folder = Path(tempfile.mkdtemp())
+      >>> (folder / "notes.txt").write_text("mine")
+      4
+      >>> workdir.check_run_dir(folder, resume=False, overwrite=True)
+      Traceback (most recent call last):
+      ...
+      FileExistsError: --overwrite refuses to empty '...': it holds 'notes.txt', which resetax ...
+    """
+    foreign = _foreign_entry(run_dir)
+    if foreign is not None:
+        raise FileExistsError(
+            f"--overwrite refuses to empty {str(run_dir)!r}: it holds "
+            f"{str(foreign.relative_to(run_dir))!r}, which resetax did not write; choose another "
+            f"--run-dir, or remove what is yours first.")
+    # A run in progress inside (this directory's own lock is taken, and checked, by RunLock).
+    for lock in sorted(run_dir.glob(f"*/**/{LOCK_FILE}")):
+        holder = _lock_holder(lock)
+        if holder is not None:
+            raise FileExistsError(
+                f"--overwrite refuses to empty {str(run_dir)!r}: a run is in progress in "
+                f"{str(lock.parent)!r} ({holder}); wait for it or stop it first.")
+
+
+def _foreign_entry(directory: Path) -> Path | None:
+    """The first entry under ``directory`` that resetax does not write, or ``None``."""
+    for entry in sorted(directory.iterdir()):
+        if entry.is_symlink():
+            return entry
+        if entry.is_dir():
+            if entry.name in RUN_FOLDERS:
+                continue
+            inner = _foreign_entry(entry)  # a group's run, or a paper table's cell
+            if inner is not None:
+                return inner
+        elif entry.name not in RUN_FILES and not _is_temporary(entry.name):
+            return entry
+    return None
+
+
+def _is_temporary(name: str) -> bool:
+    """``write_json``'s temporary file (``summary.tmp``), left behind by a crash."""
+    return name.endswith(".tmp") and any(
+        name == Path(known).with_suffix(".tmp").name for known in RUN_FILES)
+
+
+def _lock_holder(lock: Path) -> str | None:
+    """Who holds the ``flock`` on ``lock`` (its pid and host as written), or ``None``."""
+    import fcntl
+
+    try:
+        with open(lock, "a+") as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                file.seek(0)
+                return file.read().strip() or "pid unknown"
+            fcntl.flock(file, fcntl.LOCK_UN)
+    except OSError:
+        return None
+    return None
 
 
 def check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
