@@ -28,7 +28,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 ROOT = Path(__file__).parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this tree's resetax, not an install
 
-TIMING = ("wall_time_s", "compile_time_s", "loop_time_s")
+TIMING = ("wall_time_s", "compile_time_s", "diagnostics_time_s", "loop_time_s")
 
 
 def _sha(data: bytes) -> str:

@@ -1,5 +1,6 @@
 """Tests of the trainer: configs, runner, resume, parallel modes, partial resets, CLI errors."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -87,7 +88,7 @@ def test_same_seed_twice_identical(reference_run, tmp_path):
 def test_stop_and_resume_is_identical(reference_run, tmp_path):
     run_dir, _ = reference_run
     out = runner.train(tiny(), tmp_path / "run", progress=False, stop_after=60)
-    assert out == runner.Stopped(60)
+    assert out == runner.Stopped(60, None, 60)
     assert not (tmp_path / "run" / "summary.json").exists()
     runner.train(tiny(), tmp_path / "run", progress=False, resume=True)
     assert read_lines(tmp_path / "run") == read_lines(run_dir)
@@ -172,7 +173,8 @@ for field, bad in (("parallel", "pmap"), ("num_devices", 4)):
         raise AssertionError(f"{field}={bad} accepted in a multi-process run")
     except ValueError as err:
         assert field in str(err), err
-assert runner.train(config, sys.argv[1], progress=False, stop_after=60) == runner.Stopped(60)
+stopped = runner.train(config, sys.argv[1], progress=False, stop_after=60)
+assert stopped == runner.Stopped(60, None, 60)
 runner.train(config, sys.argv[1], progress=False, resume=True)
 """
 
@@ -212,7 +214,7 @@ def test_two_processes_agree_with_one_and_resume(reference_run, tmp_path):
     assert two["num_resets"] == summary["num_resets"]
     assert two["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-6)
     rows = [json.loads(line) for line in read_lines(target)]
-    assert [r["step"] for r in rows if "grad_cos_cw" in r] == [0, 60]
+    assert [r["step"] for r in rows if "grad_cos_cw" in r] == [0, 60, 110]
 
 
 @pytest.mark.parametrize(
@@ -391,12 +393,30 @@ def test_compare_writes_paired_table(tmp_path, capsys):
     assert (run_dir / "compare.md").exists() and (run_dir / "compare.png").exists()
 
 
-def test_diagnostics_logged_and_plotted(tmp_path):
+def test_diagnostics_logged_timed_and_plotted(tmp_path):
     config = tiny(diagnostics_every=40)  # the steps are the tiny config's, compiled once
-    runner.train(config, tmp_path / "run", progress=False)
+    pause = 0.25  # added to each measurement of the diagnostics: their time must show
+
+    def slow_diagnostics(config, inputs):
+        experiment = build.setup(config, inputs)
+
+        def diagnose(host_state):
+            time.sleep(pause)
+            return experiment.diagnose(host_state)
+
+        return dataclasses.replace(experiment, diagnose=diagnose)
+
+    summary = runner.train(config, tmp_path / "run", progress=False,
+                           build=slow_diagnostics).summary
     rows = [json.loads(line) for line in read_lines(tmp_path / "run")]
     with_diag = [r for r in rows if "grad_cos_cw" in r]
-    assert [r["step"] for r in with_diag] == [0, 40, 80]
+    # Every 40 steps, and the last window's (110 of 120) too: the curve reaches the end.
+    assert [r["step"] for r in with_diag] == [0, 40, 80, 110]
+    # The wall time covers the diagnostics, and its parts add up to it.
+    assert summary["diagnostics_time_s"] >= len(with_diag) * pause
+    assert summary["wall_time_s"] >= summary["diagnostics_time_s"] + summary["compile_time_s"]
+    parts = ("compile_time_s", "diagnostics_time_s", "loop_time_s")
+    assert sum(summary[k] for k in parts) == pytest.approx(summary["wall_time_s"], abs=2e-3)
     for r in with_diag:
         for key in ("grad_cos_cw", "grad_cos_tw", "grad_cos_tc"):
             assert -1 <= r[key] <= 1
@@ -516,7 +536,7 @@ def test_resume_needs_only_the_run_dir_and_keeps_the_run_mode(reference_run, tmp
     run_dir, _ = reference_run
     target = tmp_path / "single"
     assert runner.train(tiny(baseline=False), target, progress=False,
-                        stop_after=60) == runner.Stopped(60)
+                        stop_after=60) == runner.Stopped(60, None, 60)
     assert cli.main(["train", "--quiet", "--run-dir", str(target), "--resume"]) == 0
     assert not (target / "baseline").exists()
     assert read_lines(target) == read_lines(run_dir)

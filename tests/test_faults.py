@@ -5,16 +5,21 @@ injected here: divergence, two runs in one directory, interrupted compares, corr
 unwritable checkpoints, bad run directories, signals, and ``kill -9`` at random moments.
 """
 
+import argparse
 import collections
 import contextlib
+import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from runs import (
@@ -30,7 +35,7 @@ from runs import (
     wait_for,
 )
 
-from resetax.experiment import checkpoint, cli, runner, workdir
+from resetax.experiment import checkpoint, cli, control, group, runner, workdir
 
 
 def run_cli(*args):
@@ -276,15 +281,60 @@ def test_bad_run_directories_are_one_line(tmp_path, capsys, case):
         assert run_dir.read_text() == "notes"
 
 
-def test_unknown_flag_shows_the_command_usage(tmp_path):
+def test_unknown_flag_is_one_line_then_a_pointer_to_help(tmp_path):
     code, err = run_cli("train", "--run-dir", tmp_path / "run", "--learning-rat", "0.1")
     assert code == 2 and "Traceback" not in err, err
-    # What resetax writes: the usage, then one error line. (Lines before it, if any, are
-    # warnings of the environment's packages at import, e.g. a mismatched JAX plugin.)
-    assert "usage: resetax train" in err, err
-    usage = err[err.index("usage: resetax train"):].rstrip().splitlines()
-    assert usage[-1] == "resetax train: error: unrecognized arguments: --learning-rat 0.1", err
+    # What resetax writes: one error line, then a pointer to the help. (Lines before it, if
+    # any, are warnings of the environment's packages at import, e.g. a mismatched JAX plugin.)
+    ours = err[err.index("resetax: error:"):].rstrip().splitlines()
+    assert ours == ["resetax: error: unrecognized arguments: --learning-rat 0.1; did you mean "
+                    "--learning-rate?", "run `resetax train --help` for the usage."], err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--preset", "fast"],
+     "argument --preset: invalid choice: 'fast' (choose from 'cifar100n',"),
+    (["train", "--num-steps"], "argument --num-steps: expected one argument"),
+    (["train", "--num-steps", "abc"], "argument --num-steps: expected an integer, got 'abc'"),
+    (["train", "--patience", "abc"],
+     "argument --patience: expected an integer or none, got 'abc'"),
+    (["compare", "--seed", "1", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    (["reproduce", "nope"], "argument table: invalid choice: 'nope' (choose from"),
+])
+def test_argument_errors_are_one_line_then_a_pointer_to_help(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*args, "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    lines = err.rstrip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"resetax: error: {message}"), err
+    assert lines[1] == f"run `resetax {args[0]} --help` for the usage.", err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999", "-1", "4294967296"])
+def test_a_seed_out_of_range_is_one_line_before_writing(tmp_path, capsys, seed):
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--seed", seed]) == 2
+    assert one_line_error(capsys.readouterr().err) == (
+        f"resetax: error: seed must be an integer in [0, 4294967295], got {seed}.")
+    assert not run_dir.exists()  # a retry needs no --overwrite
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platforms", ["cuda", "gpu"])
+def test_jax_platforms_naming_a_missing_backend_is_one_line(tmp_path, platforms):
+    if any(d.platform != "cpu" for d in jax.devices()):
+        pytest.skip("needs a machine without an accelerator")
+    run_dir = tmp_path / "run"
+    done = subprocess.run(cli_args(run_dir, "--no-baseline"), cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": platforms})
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [one_line_error(done.stderr)], done.stderr
+    assert f"JAX_PLATFORMS={platforms} names a backend that cannot start on this machine" in (
+        done.stderr) and "what it has: cpu." in done.stderr, done.stderr
+    assert not run_dir.exists()
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -313,6 +363,99 @@ def test_resume_of_a_pair_refuses_a_changed_config(tmp_path, capsys):
     assert code == 2
     assert "noise_rate (saved 0.4, given 0.6)" in one_line_error(capsys.readouterr().err)
     assert summary_without_time(run_dir / "resetting") == before
+
+
+def test_resume_of_a_finished_run_says_so_and_touches_nothing(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    assert cli.main(["train", "--quiet", "--no-baseline", "--run-dir", str(run_dir), *flags,
+                     "--num-steps", "20", "--checkpoint-every", "20"]) == 0
+    capsys.readouterr()
+
+    def files():
+        return {p.relative_to(run_dir): (p.read_bytes(), p.stat().st_mtime_ns)
+                for p in run_dir.rglob("*") if p.is_file()}
+
+    before = files()
+    assert cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [f"{run_dir} is a finished run (its summary.json is written): "
+                                f"nothing to resume; every file is left as it was."], out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # The API reads it back too.
+    assert runner.train(tiny(num_steps=20, checkpoint_every=20), run_dir, progress=False,
+                        resume=True) == runner.Finished(summary)
+    assert files() == before
+
+
+def stop_message(results, run_dir, command="train"):
+    """What the CLI prints for ``results`` stopped in ``run_dir``: (exit status, the line)."""
+    args = argparse.Namespace(command_name=command)
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        code = cli._stopped(results, Path(run_dir), args)
+    return code, one_line_error(err.getvalue().replace("resetax: stopped", "resetax: error:"))
+
+
+def pasted_command(line):
+    """The command between backticks in ``line``, as a shell splits it."""
+    return shlex.split(line.split("`")[1])
+
+
+def test_the_resume_command_is_shell_quoted(tmp_path):
+    run_dir = tmp_path / "my runs" / "exp (1)"
+    code, line = stop_message({"run": runner.Stopped(60, "SIGTERM", 60)}, run_dir)
+    assert code == 143
+    assert f"at step 60, after a checkpoint in {run_dir};" in line
+    assert pasted_command(line) == ["resetax", "train", "--run-dir", str(run_dir), "--resume"]
+
+
+def test_a_pair_is_reported_at_each_runs_own_checkpoint(tmp_path):
+    code, line = stop_message({"baseline": runner.Stopped(2600, "SIGINT", 2600),
+                               "resetting": runner.Stopped(2700, "SIGINT", 2700)}, tmp_path)
+    assert code == 130
+    assert (f"in {tmp_path}: baseline at step 2600, after a checkpoint, resetting at step "
+            f"2700, after a checkpoint; run `") in line and line.endswith("` to continue."), line
+
+
+def test_runs_stopped_before_their_first_checkpoint_say_nothing_was_saved(tmp_path):
+    code, line = stop_message({"baseline": runner.Stopped(0, "SIGTERM", None),
+                               "resetting": runner.Stopped(0, "SIGTERM", None)}, tmp_path)
+    assert code == 143
+    assert "after a checkpoint" not in line and line.count("before its first checkpoint") == 2
+    assert line.endswith("--resume` to start again from step 0."), line
+    # A finished run beside them is kept: the resume continues the group.
+    _, line = stop_message({"baseline": runner.Finished({}),
+                            "resetting": runner.Stopped(0, "SIGTERM", None)}, tmp_path)
+    assert "baseline" not in line and line.endswith("` to continue."), line
+
+
+def test_a_pair_stopped_while_compiling_has_no_checkpoint(tmp_path, monkeypatch, capsys):
+    handled = threading.Event()
+    handle = control.StopRequest._handle
+
+    def record(self, signum, frame):
+        handle(self, signum, frame)
+        handled.set()
+
+    def setup(*args, **kwargs):  # the signal arrives while the pair's steps compile
+        signal.raise_signal(signal.SIGTERM)
+        assert handled.wait(30)
+        return build_setup(*args, **kwargs)
+
+    build_setup = group.build.setup
+    monkeypatch.setattr(control.StopRequest, "_handle", record)
+    monkeypatch.setattr(group.build, "setup", setup)
+    run_dir = tmp_path / "pair"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    code = cli.main(["train", "--quiet", "--run-dir", str(run_dir), *flags, "--num-devices",
+                     "1"])
+    err = capsys.readouterr().err
+    assert code == 143, err
+    assert not [path for name in ("baseline", "resetting")
+                for path in (run_dir / name / "checkpoints").glob("[0-9]*")]
+    assert (f"stopped by SIGTERM in {run_dir}: baseline at step 0, before its first checkpoint "
+            f"(nothing saved), resetting at step 0, before its first checkpoint (nothing "
+            f"saved); run `") in err and "to start again from step 0." in err, err
 
 
 @pytest.mark.slow

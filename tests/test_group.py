@@ -1,5 +1,9 @@
 """Tests of a group's runs trained side by side: same numbers, one build, stops and failures."""
 
+import contextlib
+import io
+import re
+import sys
 import threading
 
 import jax
@@ -148,3 +152,47 @@ def test_bad_jobs_is_one_line(tmp_path, capsys, jobs):
     shown = jobs if jobs.lstrip("-").isdigit() else repr(jobs)
     assert f"argument --jobs: jobs must be 'auto' or a positive integer, got {shown}." in err
     assert not (tmp_path / "run").exists()
+
+
+def terminal_lines(text):
+    """The lines a terminal shows after ``text``: the cursor moves of tqdm (carriage return,
+    newline, ``ESC [ A`` one line up) applied, each character written over what was there."""
+    screen, row, col = [[]], 0, 0
+    for token in re.findall(r"\x1b\[A|\x1b|.|\n", text, re.DOTALL):
+        if token == "\x1b[A":
+            row = max(row - 1, 0)
+        elif token == "\x1b":
+            raise AssertionError(f"an escape sequence the test does not render: {text!r}")
+        elif token == "\r":
+            col = 0
+        elif token == "\n":  # a terminal's newline (the tty adds the carriage return)
+            row, col = row + 1, 0
+            screen += [[]] * (row + 1 - len(screen))
+            screen[row] = list(screen[row])
+        else:
+            line = screen[row]
+            line.extend(" " * (col + 1 - len(line)))
+            line[col] = token
+            col += 1
+    return ["".join(line).rstrip() for line in screen]
+
+
+def test_a_pairs_bars_leave_the_cursor_on_a_fresh_line_for_the_table():
+    # The first bar ends while the second still redraws below it: the table printed next went
+    # over a stale copy of the second bar ("baseline   resetting0:09<00:00, 560.45step/s, ...").
+    stream = io.StringIO()
+    with contextlib.redirect_stderr(stream):
+        first = control.ProgressBar(40, 0, control.Progress("baseline", 0))
+        second = control.ProgressBar(40, 0, control.Progress("resetting", 1))
+        window = [{"train_loss": 1.5, "val_loss": 1.25, "num_resets": 3}]
+        first.show([{}] * 40, window)
+        second.show([{}] * 30, window)
+        first.__exit__(None, None, None)
+        second.show([{}] * 10, window)
+        second._bar.refresh()  # a redraw after the first ended (tqdm throttles its own)
+        second.__exit__(None, None, None)
+        sys.stderr.write("                    baseline   resetting\n")
+    lines = [line for line in terminal_lines(stream.getvalue()) if line]
+    assert lines[-1] == "                    baseline   resetting", lines
+    assert [line.split(":")[0] for line in lines[:-1]] == ["baseline", "resetting"], lines
+    assert all("40/40" in line and "loss=1.500" in line for line in lines[:-1]), lines

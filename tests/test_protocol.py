@@ -220,7 +220,7 @@ def test_official_options_run_stops_and_resumes_identically(tmp_path):
     config = tiny(**_OFFICIAL)
     whole = runner.train(config, tmp_path / "whole", progress=False).summary
     assert runner.train(config, tmp_path / "parts", progress=False,
-                        stop_after=40) == runner.Stopped(40)
+                        stop_after=40) == runner.Stopped(40, None, 40)
     resumed = runner.train(config, tmp_path / "parts", progress=False, resume=True).summary
     assert without_times(resumed) == without_times(whole)
     assert (tmp_path / "parts" / "metrics.jsonl").read_text() == (

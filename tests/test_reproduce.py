@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from runs import without_times
+from runs import one_line_error, without_times
 from tfds_mock import mock_cifar
 
 from resetax.experiment import cli, reproduce, runner, workdir
@@ -66,6 +66,9 @@ def test_dry_run_lists_the_runs_and_writes_nothing(tmp_path, capsys):
         (["--noise-rate", "0.3"], "reproduce sets noise_rate"),
         (["--reset-prob", "0.1"], "reproduce sets reset_prob"),
         (["--cells", "sym90-ce"], "cells must be among"),
+        (["--cells", ","], "--cells ',' names no cell; give one or more of sym20-ce, sym40-ce"),
+        (["--cells", ""], "--cells '' names no cell; give one or more of sym20-ce, sym40-ce"),
+        (["--cells", ",", "--dry-run"], "--cells ',' names no cell"),
         (["--seeds", "0"], "seeds must be"),
         (["--data-dir", "{tmp}/tfds"], "tfds build cifar10"),
     ],
@@ -75,8 +78,14 @@ def test_bad_input_fails_before_writing(tmp_path, capsys, flags, message):
     flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
     assert cli.main(["reproduce", "table1-cifar10", "--quiet", "--run-dir", str(run_dir),
                      *flags]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in (one_line_error(err) if "--cells" in flags else err)
     assert not run_dir.exists()
+
+
+def test_an_empty_list_of_cells_is_refused():
+    with pytest.raises(ValueError, match=r"cells must name one or more of \['sym20-ce'"):
+        reproduce.plan_runs(reproduce.TABLES["table1-cifar10"], seeds=1, cells=[])
 
 
 @pytest.mark.slow
@@ -137,3 +146,25 @@ def test_table_end_to_end_with_an_interruption_and_resume(tmp_path, capsys, monk
     assert (f"| | ours | {aggre['baseline']['mean']:.2f} → {aggre['resetting']['mean']:.2f} "
             f"({aggre['difference']['mean']:+.2f}) |  |") in lines
     assert (run_dir / "table.png").read_bytes()[1:4] == b"PNG"
+
+
+def help_text(capsys, *args):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*args, "--help"])
+    assert exit_.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+def test_reproduce_help_says_what_each_table_trains_with(capsys):
+    text = help_text(capsys, "reproduce")
+    assert "(default: runs/reproduce-<table>-<time>)" in text
+    assert "<preset>" not in text and "setting2-cifar10:" not in text  # no preset of its own
+    assert ("[default: 32; each table's own presets: `resetax reproduce TABLE --help` shows "
+            "their values]") in text  # batch_size
+    text = help_text(capsys, "reproduce", "setting1")
+    assert "[default: 32; setting1's preset: 16]" in text  # batch_size
+    assert "[default: false; set by each cell of setting1; cannot be given]" in text  # baseline
+    text = help_text(capsys, "reproduce", "table1-cifar10")
+    assert "[default: 32; table1-cifar10's preset: 256]" in text
+    assert "[default: 0.05; set by each cell of table1-cifar10; cannot be given]" in text  # lr
+    assert "(default: runs/compare-<preset>-<time>)" in help_text(capsys, "compare")

@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     from resetax.experiment.workdir import RunError, check_resume_or_overwrite
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    args, unknown = parser(_preset_in(argv)).parse_known_args(argv)
+    args, unknown = parser(_preset_in(argv), _table_in(argv)).parse_known_args(argv)
     _use_compilation_cache()
-    if unknown:  # the command's own usage, not the top-level one
-        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:  # named by the command's own parser, not the top-level one
+        args.parser.error(_unrecognized(args.parser, unknown))
     try:
         check_resume_or_overwrite(args.resume, args.overwrite)
         return args.command(args)
@@ -64,16 +64,28 @@ def _train(args) -> int:
     run_dir = Path(args.run_dir or _default_run_dir(args.preset or DEFAULT_PRESET))
     config = _resumed_config(args, run_dir) if args.resume else config_from_args(args)
     plan = _plan(run_dir, args)  # a resumed group of runs must be a pair, not a compare
+    if args.resume and not (config.baseline or plan) and _finished(run_dir):
+        _print(f"{run_dir} is a finished run (its summary.json is written): nothing to "
+               f"resume; every file is left as it was.")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return _report_divergence({"run": runner.ended(summary)})  # 1 if it ended diverged
     _start_processes(args)
     if config.baseline or plan:
         return _run_group(run_dir, config, _pair(config), args, _report_pair)
     result = runner.train(config, run_dir, resume=args.resume, overwrite=args.overwrite,
                           progress=not args.quiet)
     if isinstance(result, runner.Stopped):
-        return _stopped(result, run_dir, args)
+        return _stopped({"run": result}, run_dir, args)
     _print(json.dumps(result.summary, indent=2))
     _print(f"run directory: {run_dir}")
     return _report_divergence({"run": result})
+
+
+def _finished(run_dir: Path) -> bool:
+    """Whether the single run in ``run_dir`` ended (it wrote its summary)."""
+    from resetax.experiment import workdir
+
+    return (run_dir / workdir.SUMMARY_FILE).exists()
 
 
 def _pair(config: config_lib.Config) -> list[tuple[str, config_lib.Config]]:
@@ -128,6 +140,9 @@ def _reproduce(args) -> int:
     run_dir = Path(args.run_dir or _default_run_dir(f"reproduce-{args.table}"))
     overrides, seeds = _overrides(args), args.seeds
     cells = None if args.cells is None else [c for c in args.cells.split(",") if c]
+    if cells == []:
+        raise ValueError(f"--cells {args.cells!r} names no cell; give one or more of "
+                         f"{', '.join(c.name for c in table.cells)}, separated by commas.")
     if args.resume:
         overrides, seeds, cells = reproduce.resume_plan(run_dir, table, overrides, seeds, cells)
     seeds = reproduce.DEFAULT_SEEDS if seeds is None else seeds
@@ -153,9 +168,8 @@ def _reproduce(args) -> int:
             table, runs, run_dir, resume=args.resume, announce=_print,
             train=lambda config, path, resume: group.train_or_reuse(
                 config, path, resume=resume, progress=not args.quiet))
-        stopped = _first_stopped(results)
-        if stopped:
-            return _stopped(stopped, run_dir, args)
+        if _first_stopped(results):
+            return _stopped(results, run_dir, args)
         if distributed.is_primary():
             _print(table_report.write_report(table, _summaries(results), run_dir, seeds))
     _print(f"run directory: {run_dir}")
@@ -190,9 +204,8 @@ def _run_group(run_dir: Path, config: config_lib.Config,
              for name, run_config in named_configs], jobs=jobs,
             resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
             announce=_print)
-        stopped = _first_stopped(results)
-        if stopped:
-            return _stopped(stopped, run_dir, args)
+        if _first_stopped(results):
+            return _stopped(results, run_dir, args)
         report(_summaries(results), config, run_dir)
     _print(f"run directory: {run_dir}")
     return _report_divergence(results)
@@ -246,18 +259,41 @@ def _report_divergence(results: dict[str, Any]) -> int:
     return 1 if diverged else 0
 
 
-def _stopped(result: Any, run_dir: Path, args) -> int:
-    """Reports a run stopped by a signal (a :class:`~resetax.experiment.runner.Stopped`); exits
-    as the signal would (128 + its number)."""
-    from resetax.experiment import distributed
+def _stopped(results: dict[str, Any], run_dir: Path, args) -> int:
+    """Reports runs stopped by a signal (:class:`~resetax.experiment.runner.Stopped`), each at
+    its own step and checkpoint, and the resume command; exits as the signal would (128 + its
+    number)."""
+    import shlex
 
-    name = result.signal or "SIGTERM"
-    command = " ".join([args.command_name, *([args.table] if "table" in args else [])])
+    from resetax.experiment import distributed
+    from resetax.experiment.runner import Stopped
+
+    stopped = {name: r for name, r in results.items() if isinstance(r, Stopped)}
+    name = next(r.signal for r in stopped.values()) or "SIGTERM"
+    command = shlex.join(["resetax", args.command_name,
+                          *([args.table] if "table" in args else []),
+                          "--run-dir", str(run_dir), "--resume"])
+    if len(results) == 1:
+        where = f"{_stopped_at(*stopped.values())} in {run_dir}"
+    else:
+        where = f"in {run_dir}: " + ", ".join(
+            f"{run} {_stopped_at(r)}" for run, r in stopped.items())
+    saved = any(r.checkpoint is not None for r in stopped.values()) or len(stopped) < len(
+        results)  # a checkpoint, or a finished run that --resume reuses
+    then = "to continue" if saved else "to start again from step 0"
     if distributed.is_primary():
-        print(f"resetax: stopped by {name} at step {result.step}, after a checkpoint in "
-              f"{run_dir}; run `resetax {command} --run-dir {run_dir} --resume` to continue.",
+        print(f"resetax: stopped by {name} {where}; run `{command}` {then}.",
               file=sys.stderr, flush=True)
     return 128 + signal.Signals[name].value
+
+
+def _stopped_at(result: Any) -> str:
+    """Where a stopped run stopped: its step, and its last checkpoint's."""
+    if result.checkpoint is None:
+        return f"at step {result.step}, before its first checkpoint (nothing saved)"
+    if result.checkpoint == result.step:
+        return f"at step {result.step}, after a checkpoint"
+    return f"at step {result.step}, its last checkpoint at step {result.checkpoint}"
 
 
 def _use_compilation_cache() -> None:
@@ -298,6 +334,45 @@ def _start_processes(args) -> None:
     from resetax.experiment import distributed
 
     distributed.initialize(auto_detect=args.distributed)
+    _check_platforms()
+
+
+def _check_platforms() -> None:
+    """The backends ``JAX_PLATFORMS`` names start, or one line (a ``RunError``) naming it and
+    what this machine has instead (JAX's own error is a 34-line traceback)."""
+    import os
+
+    import jax
+
+    from resetax.experiment.workdir import RunError
+
+    setting = os.environ.get("JAX_PLATFORMS")
+    if not setting:
+        return
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as err:  # AssertionError: JAX's, for CUDA missing
+        reason = str(err).partition(" (set JAX_PLATFORMS")[0].rstrip(".")
+        raise RunError(
+            f"JAX_PLATFORMS={setting} names a backend that cannot start on this machine"
+            f"{f' ({reason})' if reason else ''}; what it has: {_available_platforms()}. Unset "
+            f"JAX_PLATFORMS, or set it to one of those.") from None
+
+
+def _available_platforms() -> str:
+    """The platforms JAX finds without ``JAX_PLATFORMS`` (asked of a fresh process: this one's
+    backends are set)."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    code = "import jax; print(' '.join(sorted({d.platform for d in jax.devices()})))"
+    try:
+        found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                               text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return "unknown (JAX took over 2 minutes to start without it)"
+    return found.stdout.strip() or "unknown (JAX does not start without it either)"
 
 
 def _print(text: str) -> None:
@@ -308,8 +383,9 @@ def _print(text: str) -> None:
         print(text, flush=True)
 
 
-def parser(preset: str | None = None) -> argparse.ArgumentParser:
-    """The ``resetax`` parser; each Config field's help shows its default and ``preset``'s value.
+def parser(preset: str | None = None, table: str | None = None) -> argparse.ArgumentParser:
+    """The ``resetax`` parser; each Config field's help shows its default and ``preset``'s value
+    (``reproduce``'s: the value of ``table``'s presets, or that the table's cells set it).
 
     Example:
       >>> from resetax.experiment import cli
@@ -318,7 +394,7 @@ def parser(preset: str | None = None) -> argparse.ArgumentParser:
       >>> config.noise_rate, config.baseline
       (0.6, False)
     """
-    root = argparse.ArgumentParser(
+    root = _Parser(
         prog="resetax", description="Train with stochastic resetting on noisy labels.",
         allow_abbrev=False)
     commands = root.add_subparsers(required=True)
@@ -339,7 +415,7 @@ def parser(preset: str | None = None) -> argparse.ArgumentParser:
             sub.add_argument("--preset", default=None, choices=sorted(config_lib.PRESETS),
                              help=f"the defaults of the fields below (default: {DEFAULT_PRESET})")
         sub.add_argument("--run-dir", default=None,
-                         help="where to write the run (default: runs/<preset>-<time>)")
+                         help=f"where to write the run (default: {RUN_DIR_DEFAULTS[name]})")
         sub.add_argument("--resume", action="store_true",
                          help="continue the interrupted run in --run-dir with its saved config")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing run")
@@ -358,8 +434,52 @@ def parser(preset: str | None = None) -> argparse.ArgumentParser:
                                   "(default: auto, 2 on a CPU when each run trains on one "
                                   "device, else 1); the results do not depend on it")
         for field in dataclasses.fields(config_lib.Config):
-            _add_field(sub, field, "setting2-cifar10" if name == "reproduce" else shown)
+            preset_value = config_lib.PRESETS[shown].get(field.name, field.default)
+            _add_field(sub, field, _reproduce_value(field.name, table) if name == "reproduce"
+                       else f"{shown}: {_show(preset_value)}")
     return root
+
+
+RUN_DIR_DEFAULTS = {"train": "runs/<preset>-<time>", "compare": "runs/compare-<preset>-<time>",
+                    "reproduce": "runs/reproduce-<table>-<time>"}
+
+
+def _reproduce_value(name: str, table_name: str | None) -> str:
+    """What ``reproduce TABLE`` trains with for the Config field ``name``: each cell starts from
+    its own preset, with the cell's own fields."""
+    from resetax.experiment import reproduce
+
+    if table_name not in reproduce.TABLES:
+        return "each table's own presets: `resetax reproduce TABLE --help` shows their values"
+    table = reproduce.TABLES[table_name]
+    if name in {"reset_prob", "baseline"} | {k for c in table.cells for k in c.overrides}:
+        return f"set by each cell of {table_name}; cannot be given"
+    default = config_lib.Config.__dataclass_fields__[name].default
+    values = {preset: _show(config_lib.PRESETS[preset].get(name, default))
+              for preset in dict.fromkeys(c.preset for c in table.cells)}
+    if len(set(values.values())) == 1:
+        return f"{table_name}'s preset{'s' if len(values) > 1 else ''}: {values.popitem()[1]}"
+    return "; ".join(f"{preset}: {value}" for preset, value in values.items())
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, then a pointer to the command's help
+    (not the whole usage)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"resetax: error: {message}\nrun `{self.prog} --help` for the usage.\n")
+
+
+def _unrecognized(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """The error for flags ``parser`` does not know, with the closest known flag if any."""
+    import difflib
+
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    flag = next((arg.partition("=")[0] for arg in unknown if arg.startswith("--")), None)
+    known = [s for action in parser._actions for s in action.option_strings
+             if action.help != argparse.SUPPRESS]
+    close = difflib.get_close_matches(flag, known, n=1) if flag else []
+    return f"{message}; did you mean {close[0]}?" if close else message
 
 
 def _jobs(text: str) -> int | str:
@@ -388,12 +508,12 @@ def _add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
                         help="list the runs and an estimate of the GPU hours; run nothing")
 
 
-def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, preset: str) -> None:
-    """A flag for one Config field; booleans also take ``--name`` and ``--no-name``."""
+def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, shown: str) -> None:
+    """A flag for one Config field, its help ending in its default and ``shown`` (the value a
+    preset gives it); booleans also take ``--name`` and ``--no-name``."""
     flag = f"--{field.name.replace('_', '-')}"
-    preset_value = config_lib.PRESETS[preset].get(field.name, field.default)
     help_text = (f"{field.metadata['help']} [default: {_show(field.default)}; "
-                 f"{preset}: {_show(preset_value)}]").replace("%", "%%")
+                 f"{shown}]").replace("%", "%%")
     parse = _parser_for(field)
     if parse.__name__ == "bool":
         parser.add_argument(flag, dest=f"cfg_{field.name}", type=parse, nargs="?", const=True,
@@ -426,7 +546,12 @@ def _parser_for(field: dataclasses.Field):
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
             return text.lower() in ("true", "1", "yes")
-        return base(text)
+        try:
+            return base(text)
+        except ValueError:
+            kind = {int: "an integer", float: "a number"}.get(base, base.__name__)
+            raise argparse.ArgumentTypeError(
+                f"expected {kind}{' or none' if optional else ''}, got {text!r}") from None
 
     parse.__name__ = base.__name__
     return parse
@@ -480,6 +605,15 @@ def _preset_in(argv: list[str]) -> str | None:
         if arg.startswith("--preset="):
             return arg.partition("=")[2]
     return None
+
+
+def _table_in(argv: list[str]) -> str | None:
+    """The table of a ``reproduce`` command in ``argv`` (for the help text), if any."""
+    from resetax.experiment import reproduce
+
+    if "reproduce" not in argv:
+        return None
+    return next((arg for arg in argv if arg in reproduce.TABLES), None)
 
 
 def _default_run_dir(name: str) -> str:

@@ -148,7 +148,8 @@ class Config:
     baseline: bool = _field(
         False, "Also train the reset_prob=0 baseline beside the resetting run, side by side.")
     seed: int = _field(
-        0, "Seed of everything random in the run (noise, split, init, batches, resets).")
+        0, "Seed of everything random in the run (noise, split, init, batches, resets), in "
+           "[0, 4294967295].")
     parallel: str = _field("sharded", "sharded (jit over a Mesh) or pmap.")
     num_devices: int | None = _field(None, "How many of the local devices to use; none: all.")
     checkpoint_every: int = _field(
@@ -328,6 +329,9 @@ def get_config(preset: str = "quick", **overrides: Any) -> Config:
     return Config(**{**PRESETS[preset], **overrides})
 
 
+MAX_SEED = 2**32 - 1  # seeds JAX's keys and NumPy's generators all take
+
+
 def validate(config: Config) -> Config:
     """Checks every field, raising ValueError that names the field and the accepted values;
     every :class:`Config` is checked so when it is made.
@@ -410,6 +414,7 @@ def _check_numbers(config: Config) -> None:
                           lambda v: math.isfinite(v) and v >= 0, ">= 0")
     for name in ("num_per_class", "num_devices"):
         _checks.positive_int(name, getattr(config, name), none_ok=True)
+    _checks.int_between("seed", config.seed, 0, MAX_SEED)
     _checks.positive_int("plasticity_every", config.plasticity_every)
     _checks.in_range("shrink", config.shrink, 0.0, 1.0)
     _checks.python_number("perturb", config.perturb, lambda v: math.isfinite(v) and v >= 0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from typing import Any, NamedTuple
 
@@ -136,16 +137,32 @@ class ProgressBar:
     def __init__(self, total: int, initial: int, progress: Progress | None):
         from tqdm.auto import tqdm
 
-        shown = progress is not None and distributed.is_primary()
+        self._shown = progress is not None and distributed.is_primary()
         progress = progress or Progress()
-        self._bar = tqdm(total=total, initial=initial, disable=not shown, unit="step",
-                         dynamic_ncols=True, desc=progress.label, position=progress.position)
+        self._file = sys.stderr
+        self._bar = tqdm(total=total, initial=initial, disable=not self._shown, unit="step",
+                         dynamic_ncols=True, desc=progress.label, position=progress.position,
+                         file=self._file)
 
     def __enter__(self) -> ProgressBar:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        """Clears the bar and writes its last state as a line of its own, above the bars still
+        running, with the cursor on the line after it.
+
+        (tqdm's ``leave=True`` writes the last state at the cursor's line and moves one line
+        down, which with bars on several lines, one closing while another still updates below
+        it, leaves the cursor on a stale copy of the other bar: the next output, the results
+        table, was written over it.)
+        """
+        if not self._shown:
+            self._bar.close()
+            return
+        last = str(self._bar)
+        self._bar.leave = False
         self._bar.close()
+        self._bar.write("\r" + last, file=self._file)  # from the line's start
 
     def show(self, per_step: list[dict[str, Any]], window_lines: list[dict[str, Any]]) -> None:
         """Advances by the steps done; shows the last closed window's losses and resets."""

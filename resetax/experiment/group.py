@@ -135,8 +135,15 @@ def train_group(runs: Sequence[GroupRun], *, jobs: int | str = 1, resume: bool =
                     _, pending = concurrent.futures.wait(pending, timeout=0.2)
     if errors:
         raise errors[0]
-    never_started = runner.Stopped(0, stop.signal_name)
-    return {run.name: results.get(run.name, never_started) for run in runs}
+    return {run.name: results.get(run.name) or _not_started(run, stop.signal_name)
+            for run in runs}
+
+
+def _not_started(run: GroupRun, signal: str | None) -> runner.Stopped:
+    """A run the stop came before, at the checkpoint it has from an earlier session if any."""
+    steps = [int(p.name) for p in (run.run_dir / "checkpoints").glob("*") if p.name.isdigit()]
+    last = max(steps, default=None)
+    return runner.Stopped(last or 0, signal, last)
 
 
 def train_or_reuse(config: Config, run_dir: str | Path, *, resume: bool,

@@ -219,6 +219,8 @@ def plan_runs(table: Table, seeds: int, overrides: Mapping[str, Any] | None = No
                          f"cannot be given.")
     known = [c.name for c in table.cells]
     unknown = [c for c in cells or () if c not in known]
+    if cells is not None and not cells:
+        raise ValueError(f"cells must name one or more of {known}, got none.")
     if unknown:
         raise ValueError(f"cells must be among {known}, got {unknown}.")
     first_seed = overrides.pop("seed", 0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -56,16 +57,20 @@ class Diverged(NamedTuple):
 
 
 class Stopped(NamedTuple):
-    """A run stopped before its last step, after a checkpoint there: resumable.
+    """A run stopped before its last step, after a checkpoint there (if it had taken a step or
+    had one already): resumable.
 
     Attributes:
       step: The step it stopped at (0 for a run of a group that never started).
       signal: The signal that stopped it (``"SIGTERM"``, ``"SIGINT"``); None when it was
         ``stop_after`` or a group's failed run.
+      checkpoint: The step of its last checkpoint, the one ``--resume`` continues from; None
+        if it has none (stopped before its first step: a resume starts from step 0).
     """
 
     step: int
     signal: str | None = None
+    checkpoint: int | None = None
 
 
 RunResult = Finished | Diverged | Stopped
@@ -93,10 +98,11 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
     device count, dataset availability) happens before anything is written, and the run
     directory is locked for the whole run (:class:`~resetax.experiment.workdir.RunLock`). With
     ``resume=True`` the run continues from its last intact checkpoint and ends identical to an
-    uninterrupted one. ``stop_after`` stops at the first evaluation window that starts at or
-    after that step, after a checkpoint there, as an interruption would. A SIGTERM or Ctrl-C
-    stops the run at the end of the current evaluation window, after a checkpoint; the result is
-    then ``Stopped(step, "SIGTERM")``.
+    uninterrupted one; a run that ended is read back (:func:`ended`), nothing rewritten.
+    ``stop_after`` stops at the first evaluation window that starts at or after that step, after
+    a checkpoint there, as an interruption would. A SIGTERM or Ctrl-C stops the run at the end
+    of the current evaluation window, after a checkpoint; the result is then
+    ``Stopped(step, "SIGTERM")``.
 
     The runs of a group trained side by side (:func:`resetax.experiment.group.train_group`) pass
     how to ``build`` the experiment (:func:`setup` by default), the ``stop`` request they share
@@ -112,7 +118,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
       ...                     baseline=False)
       >>> run_dir = Path(tempfile.mkdtemp()) / "run"
       >>> runner.train(config, run_dir, progress=False, stop_after=60)  # as if interrupted
-      Stopped(step=60, signal=None)
+      Stopped(step=60, signal=None, checkpoint=60)
       >>> summary = runner.train(config, run_dir, progress=False, resume=True).summary
       >>> summary["num_steps"], summary["num_resets"] > 0, 0 <= summary["test_acc"] <= 1
       (120, True, True)
@@ -121,6 +127,9 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
     """
     config = config.replace(baseline=False)  # one run; the CLI pairs two of them
     run_dir = Path(run_dir)
+    if resume and (run_dir / workdir.SUMMARY_FILE).exists():  # ended: read back, not rewritten
+        _check_resumed_config(run_dir, config)
+        return ended(json.loads((run_dir / workdir.SUMMARY_FILE).read_text()))
 
     def preflight() -> Inputs:
         if resume:
@@ -157,21 +166,22 @@ def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,
     """
     config = experiment.config
     manager = checkpoint.CheckpointManager(run_dir / "checkpoints")
-    host_state, wall_time = _initial_state(experiment, manager, resume, run_dir)
+    host_state, times = _initial_state(experiment, manager, resume, run_dir)
     tracker = tracking.open_tracker(
         config_lib.tracking_backends(config), run_dir, dataclasses.asdict(config),
         resume_step=int(host_state.step) if resume else None,
         process_index=jax.process_index())
     with tracker:
-        return _loop(experiment, run_dir, manager, host_state, wall_time, tracker,
+        return _loop(experiment, run_dir, manager, host_state, times, tracker,
                      progress=progress, stop_after=stop_after, stop=stop)
 
 
 def _loop(experiment: Experiment, run_dir: Path, manager: checkpoint.CheckpointManager,
-          host_state: Any, wall_time: float, tracker: tracking.Tracker, *,
+          host_state: Any, times: dict[str, float], tracker: tracking.Tracker, *,
           progress: bool | control.Progress, stop_after: int | None,
           stop: control.StopRequest | None) -> RunResult:
-    """:func:`train_loop` from its initial state on, ``tracker`` open."""
+    """:func:`train_loop` from its initial state on, ``tracker`` open; ``times`` (the wall
+    time and the diagnostics' time so far) grow as it runs."""
     config, placement = experiment.config, experiment.placement
     step = saved_step = int(host_state.step)
     state = placement.place_state(host_state)
@@ -188,14 +198,16 @@ def _loop(experiment: Experiment, run_dir: Path, manager: checkpoint.CheckpointM
             if _stops_here(step, config, stopping, stop_after) or _has_diverged(
                     nonfinite_since, step, config):
                 break
-            diagnostics = None
-            if config.diagnostics_every and step % config.diagnostics_every == 0:
+            start, diagnostics = time.perf_counter(), None
+            if diagnoses_at(step, config):
+                compiled = compiling.seconds  # its compilation counts as compile time
                 diagnostics = experiment.diagnose(placement.fetch(state))
-            start = time.perf_counter()
+                times["diagnostics_time"] += (time.perf_counter() - start
+                                              - (compiling.seconds - compiled))
             state, metrics = experiment.run_steps(
                 state, step, chunk_length(step, config, stopping=stopping))
             per_step = per_step_metrics(placement.fetch(metrics))
-            wall_time += time.perf_counter() - start
+            times["wall_time"] += time.perf_counter() - start
             window, window_lines = fold_windows(window, per_step, config, diagnostics)
             log.write(window_lines)
             tracker.log_rows(window_lines)
@@ -203,15 +215,17 @@ def _loop(experiment: Experiment, run_dir: Path, manager: checkpoint.CheckpointM
             nonfinite_since = nonfinite_streak(nonfinite_since, per_step)
             step = per_step[-1]["step"] + 1
             if step % config.checkpoint_every == 0 or step == config.num_steps:
-                saved_step = _save(manager, placement.fetch(state), wall_time)
+                saved_step = _save(manager, placement.fetch(state), times)
         if step < config.num_steps and saved_step != step:
-            _save(manager, placement.fetch(state), wall_time)
-    timing = {"wall_time_s": wall_time, "compile_time_s": compiling.seconds}
+            _save(manager, placement.fetch(state), times)
+    timing = {"wall_time_s": times["wall_time"], "compile_time_s": compiling.seconds}
+    if config.diagnostics_every:
+        timing["diagnostics_time_s"] = times["diagnostics_time"]
     if _has_diverged(nonfinite_since, step, config):
         return Diverged(_finish(experiment, run_dir, state, timing, tracker,
                                 diverged_at=nonfinite_since))
     if step < config.num_steps:
-        return Stopped(step, stop.signal_name)
+        return Stopped(step, stop.signal_name, manager.latest_step())
     return Finished(_finish(experiment, run_dir, state, timing, tracker))
 
 
@@ -257,7 +271,29 @@ def chunk_length(step: int, config: Config, *, stopping: bool = False) -> int:
         boundaries.append(config.eval_every - step % config.eval_every)
     if config.diagnostics_every:
         boundaries.append(config.diagnostics_every - step % config.diagnostics_every)
+        if step < _last_window(config):
+            boundaries.append(_last_window(config) - step)
     return min(boundaries)
+
+
+def diagnoses_at(step: int, config: Config) -> bool:
+    """Whether the diagnostics are measured at ``step``: every ``diagnostics_every`` steps, and
+    at the start of the last evaluation window, so that their curve reaches the run's end.
+
+    Example:
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.runner import diagnoses_at
+      >>> config = get_config("quick", num_steps=1000, eval_every=10, diagnostics_every=200)
+      >>> [s for s in range(1000) if diagnoses_at(s, config)]
+      [0, 200, 400, 600, 800, 990]
+    """
+    return bool(config.diagnostics_every) and (
+        step % config.diagnostics_every == 0 or step == _last_window(config))
+
+
+def _last_window(config: Config) -> int:
+    """The first step of the run's last evaluation window."""
+    return (config.num_steps - 1) // config.eval_every * config.eval_every
 
 
 def per_step_metrics(metrics: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -356,7 +392,8 @@ def fold_windows(window: Window, per_step: list[dict[str, Any]], config: Config,
 
 def summarize(experiment: Experiment, state: train_state.TrainState,
               final: train_state.TrainState, wall_time_s: float,
-              compile_time_s: float = 0.0) -> dict[str, Any]:
+              compile_time_s: float = 0.0,
+              diagnostics_time_s: float | None = None) -> dict[str, Any]:
     """The run's ``summary.json``: the best-validation model's metrics, measured anew.
 
     ``state`` is the final train state as placed on the devices, ``final`` its host copy.
@@ -364,7 +401,8 @@ def summarize(experiment: Experiment, state: train_state.TrainState,
     Returns best step, best validation loss and accuracy, the test accuracy of the best model and
     of the last params, the numbers of resets and of rollbacks of non-finite updates, steps,
     devices, and times: ``wall_time_s`` of the training loop (this session's part of it, on a
-    resumed run), of which ``compile_time_s`` went to compiling, and ``loop_time_s``, the rest.
+    resumed run), of which ``compile_time_s`` went to compiling, ``diagnostics_time_s`` (given
+    when the diagnostics ran) to measuring the diagnostics, and ``loop_time_s``, the rest.
     """
     from resetax import find_resetting_state
 
@@ -375,6 +413,8 @@ def summarize(experiment: Experiment, state: train_state.TrainState,
         experiment.evaluate(best_model(state)))
     last_test_acc = placement.fetch(experiment.evaluate(state)).test_acc
     devices = experiment.placement.devices
+    diagnostics = {} if diagnostics_time_s is None else {
+        "diagnostics_time_s": round(diagnostics_time_s, 3)}
     return {
         "best_step": int(final.best_step),
         "best_val_loss": float(best_val_loss),
@@ -387,7 +427,8 @@ def summarize(experiment: Experiment, state: train_state.TrainState,
         "num_steps": int(final.step),
         "wall_time_s": round(wall_time_s, 3),
         "compile_time_s": round(compile_time_s, 3),
-        "loop_time_s": round(wall_time_s - compile_time_s, 3),
+        **diagnostics,
+        "loop_time_s": round(wall_time_s - compile_time_s - (diagnostics_time_s or 0.0), 3),
         "device": f"{len(devices)}x {devices[0].platform}:{devices[0].device_kind}",
         "num_processes": jax.process_count(),
         "parallel": experiment.config.parallel,
@@ -407,18 +448,22 @@ def _has_diverged(nonfinite_since: int | None, step: int, config: Config) -> boo
 
 
 def _initial_state(experiment: Experiment, manager: checkpoint.CheckpointManager,
-                   resume: bool, run_dir: Path) -> tuple[train_state.TrainState, float]:
+                   resume: bool, run_dir: Path) -> tuple[train_state.TrainState, dict[str, float]]:
+    """The state the loop starts from, and the times of the loop so far (those its checkpoint
+    holds: a checkpoint of before diagnostics_time holds only the wall time)."""
     restored = manager.restore_latest(experiment.init_state) if resume else None
+    times = {"wall_time": 0.0, "diagnostics_time": 0.0}
     if restored is None:
         if resume:
             workdir.note(f"{str(run_dir)!r} holds no checkpoint yet: starting from step 0.")
-        return experiment.init_state, 0.0
+        return experiment.init_state, times
     state, meta = restored
-    return state, meta["wall_time"]
+    return state, {**times, **meta}
 
 
-def _save(manager: checkpoint.CheckpointManager, host_state: Any, wall_time: float) -> int:
-    manager.save(host_state, {"wall_time": wall_time})
+def _save(manager: checkpoint.CheckpointManager, host_state: Any,
+          times: dict[str, float]) -> int:
+    manager.save(host_state, dict(times))
     return int(host_state.step)
 
 
