@@ -1,6 +1,7 @@
 """Tests of resetax.data: sources (TFDS mocked, offline ones), splits, batching, augmentation."""
 
 import dataclasses
+import io
 import os
 import random
 import socket
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from tfds_mock import REAL_SPLITS, TFDS_NAMES, FakeSource, mock_cifar, write_metadata
 
-from resetax import data
+from resetax import _files, data
 from resetax.data import sources
 
 # The split names and label features below are read off the TFDS builder sources
@@ -141,6 +142,30 @@ def test_prepared_without_array_record_is_refused(tmp_path):
         data.load("cifar10", data_dir=tmp_path)
 
 
+@pytest.mark.parametrize("content", ["", '{"name": ', '{"nome": "cifar10"}'])
+def test_a_damaged_dataset_info_is_one_line_naming_it(tmp_path, capsys, content):
+    from resetax.experiment import cli
+
+    write_metadata(tmp_path, "cifar10", NUM_MOCK_EXAMPLES)
+    (info,) = tmp_path.glob("cifar10/*/dataset_info.json")
+    info.write_text(content)
+    with pytest.raises(_files.DamagedFile) as error:
+        data.load("cifar10", data_dir=tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"{str(info)!r} (the metadata of TFDS dataset 'cifar10') cannot "
+                              f"be parsed (")
+    assert f"remove {str(info.parent)!r} and prepare it again: " in message
+    assert message.endswith(data.prepare_command("cifar10", tmp_path) + ".")
+    assert "\n" not in message
+    # Through the CLI: the same line, exit 1 (data that cannot be read), nothing written.
+    code = cli.main(["train", "--quiet", "--no-baseline", "--dataset", "cifar10", "--model", "mlp",
+                     "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    assert err.strip() == f"resetax: error: {message}"
+    assert not (tmp_path / "run").exists()
+
+
 def test_prepare_command_builds_array_record_in_data_dir(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
@@ -227,6 +252,28 @@ def test_mnist1d_is_generated_offline_and_cached(no_network, tmp_path, monkeypat
     monkeypatch.setattr(sources, "_generate_mnist1d", must_not_generate)
     cached = data.load_mnist1d(split="train", num_samples=300, seed=1, cache_dir=tmp_path)
     np.testing.assert_array_equal(cached.inputs, train.inputs)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda raw: raw[: len(raw) // 2], "File is not a zip file"),  # a copy or a disk cut short
+    (lambda raw: b"garbage" * 100, "not a NumPy file"),
+    (lambda raw: b"", "No data left in file"),
+])
+def test_a_damaged_mnist1d_cache_is_regenerated_with_a_warning(tmp_path, capsys, damage, reason):
+    fresh = data.load_mnist1d(split="train", num_samples=100, seed=2, cache_dir=tmp_path)
+    (cache,) = tmp_path.iterdir()
+    intact = cache.read_bytes()
+    cache.write_bytes(damage(intact))
+    capsys.readouterr()
+    again = data.load_mnist1d(split="train", num_samples=100, seed=2, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.inputs, fresh.inputs)
+    np.testing.assert_array_equal(again.labels, fresh.labels)
+    assert capsys.readouterr().err.splitlines() == [
+        f"resetax: the MNIST-1D cache {str(cache)!r} is unreadable ({reason}); generating it "
+        f"again."]
+    assert list(tmp_path.iterdir()) == [cache]  # regenerated in place, readable again
+    with np.load(cache) as stored:
+        np.testing.assert_array_equal(stored["x"], np.load(io.BytesIO(intact))["x"])
 
 
 def test_cached_mnist1d_loads_without_importing_the_generator(tmp_path):

@@ -7,16 +7,18 @@ TensorFlow Datasets is imported only by the CIFAR loaders, and reads ArrayRecord
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import importlib.metadata
 import json
 import os
 import random
+import re
 from collections.abc import Mapping
 
 import numpy as np
 
-from resetax import _checks
+from resetax import _checks, _files
 from resetax.data.dataset import Dataset, subset_per_class
 
 SPLITS = ("train", "test")
@@ -68,6 +70,7 @@ _CLEAN_FEATURE = "label"
 _ID_FEATURE = "id"
 _READ_CHUNK = 4096
 _DIGITS_TEST_FRACTION = 0.2
+_MNIST1D_ARRAYS = ("x", "y", "x_test", "y_test")
 
 
 def load(
@@ -178,7 +181,9 @@ def load_mnist1d(
     (40-point signals, 80 % train) except ``num_samples`` and ``seed``, so the defaults give
     the standard 4000/1000 dataset. Generation is deterministic in ``seed``; the global
     ``random``/``np.random`` states that ``mnist1d`` seeds are restored afterwards. With
-    ``cache=True`` the arrays are kept in ``cache_dir`` under a name that hashes the arguments.
+    ``cache=True`` the arrays are kept in ``cache_dir`` under a name that hashes the arguments;
+    a cached file that cannot be read (cut short, overwritten) is named in a one-line warning on
+    stderr and generated again.
 
     Args:
       split: ``"train"`` or ``"test"``.
@@ -210,8 +215,10 @@ def load_mnist1d(
     path = os.path.join(_cache_dir(cache_dir), f"mnist1d-{key}.npz")
     arrays = None
     if cache and os.path.exists(path):
-        with np.load(path) as stored:
-            arrays = {k: stored[k] for k in stored.files}
+        try:
+            arrays = _files.read_npz(path, _MNIST1D_ARRAYS, fix="generating it again")
+        except _files.DamagedFile as err:  # cut short, or not ours: resetax made it, and remakes
+            _files.warn(f"the MNIST-1D cache {err}")
     if arrays is None:
         arrays = _generate_mnist1d(num_samples, seed)
         if cache:
@@ -270,7 +277,13 @@ def _load_tfds(name: str, split: str, label_variant: str, data_dir) -> Dataset:
     import tensorflow_datasets as tfds
 
     spec = _TFDS_SPECS[name]
-    builder = tfds.builder(name, data_dir=data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as err:
+        damaged = _damaged_metadata(name, data_dir, err)
+        if damaged is None:
+            raise
+        raise damaged from None
     # Checked from the metadata alone so that a missing dataset fails before any reading.
     if not builder.is_prepared():
         raise FileNotFoundError(_not_prepared_message(name, builder.data_dir_root, spec))
@@ -307,6 +320,24 @@ def _load_tfds(name: str, split: str, label_variant: str, data_dir) -> Dataset:
         ),
         name=f"{name}{variant}:{split}",
     )
+
+
+def _damaged_metadata(name: str, data_dir, err: Exception) -> _files.DamagedFile | None:
+    """The one-line error naming a prepared dataset's ``dataset_info.json`` that TFDS could not
+    parse (``err``, a protobuf ``ParseError``), or None if ``err`` is another error."""
+    from google.protobuf import json_format
+
+    if not isinstance(err, json_format.ParseError):
+        return None
+    root = os.path.expanduser(os.fspath(data_dir) if data_dir is not None else (
+        os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"))
+    infos = sorted(glob.glob(os.path.join(glob.escape(root), name, "*", "dataset_info.json")))
+    path = infos[-1] if infos else os.path.join(root, name)
+    reason = re.sub(r'^Failed to construct dataset "[^"]*", builder_kwargs "[^"]*": ', "",
+                    str(err).strip().splitlines()[0] if str(err).strip() else "")
+    return _files.damaged(
+        path, f"(the metadata of TFDS dataset {name!r}) cannot be parsed ({reason.rstrip('.')})",
+        f"remove {os.path.dirname(path)!r} and prepare it again: {prepare_command(name, root)}")
 
 
 def _positions_from_ids(ids: np.ndarray, split: str, name: str) -> np.ndarray:
@@ -371,7 +402,7 @@ def _generate_mnist1d(num_samples: int, seed: int) -> dict[str, np.ndarray]:
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)  # noqa: NPY002
-    return {k: np.asarray(generated[k]) for k in ("x", "y", "x_test", "y_test")}
+    return {k: np.asarray(generated[k]) for k in _MNIST1D_ARRAYS}
 
 
 def _cache_dir(cache_dir) -> str:

@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ``argv`` defaults to ``sys.argv[1:]``. Bad input is reported in one line on stderr with
     status 2, before anything is written; a run that cannot go on (unwritable or corrupted
-    checkpoints, divergence) ends with status 1 and one line; a run stopped by SIGTERM or Ctrl-C
-    returns 143 or 130 after a checkpoint.
+    checkpoints, a damaged run file, divergence) ends with status 1 and one line; a run stopped
+    by SIGTERM or Ctrl-C returns 143 or 130 after a checkpoint.
 
     Example:
       >>> import contextlib, io, tempfile
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
       >>> print(err.getvalue().strip())
       resetax: error: noise_rate must be in [0.0, 1.0], got 1.5.
     """
+    from resetax._files import DamagedFile
     from resetax.experiment.workdir import RunError, check_resume_or_overwrite
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_resume_or_overwrite(args.resume, args.overwrite)
         return args.command(args)
-    except RunError as err:
+    except (RunError, DamagedFile) as err:  # a run that cannot go on, a damaged run file
         print(f"resetax: error: {err}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as err:  # bad input: arguments, run directory, dataset
@@ -223,7 +224,7 @@ def _plan(run_dir: Path, args) -> dict[str, Any] | None:
     command = args.command_name
     if not args.resume or not (path.exists() or command == "compare"):
         return None
-    plan = json.loads(path.read_text()) if path.exists() else {"command": "train"}
+    plan = workdir.read_plan(run_dir) if path.exists() else {"command": "train"}
     if plan["command"] != command:
         raise ValueError(f"{str(run_dir)!r} holds a `resetax {plan['command']}` run; resume it "
                          f"with `resetax {plan['command']} --run-dir {run_dir} --resume`.")

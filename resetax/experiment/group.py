@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import json
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -150,8 +149,9 @@ def train_or_reuse(config: Config, run_dir: str | Path, *, resume: bool,
                    overwrite: bool = False, **train_options: Any) -> runner.RunResult:
     """One run of a group (a pair, ``compare``'s seeds, a paper table):
     :func:`~resetax.experiment.runner.train`, but with ``resume`` a finished run's summary is read
-    back, an interrupted one (its ``config.json`` written) is resumed and one that never started
-    starts. ``train_options`` go to ``train``.
+    back (:func:`~resetax.experiment.workdir.read_summary`), an interrupted one (its
+    ``config.json`` written) is resumed and one that never started starts. ``train_options`` go
+    to ``train``.
 
     Example:
       >>> import json, tempfile
@@ -159,13 +159,15 @@ def train_or_reuse(config: Config, run_dir: str | Path, *, resume: bool,
       >>> from resetax.experiment import group
       >>> from resetax.experiment.config import get_config
       >>> run_dir = Path(tempfile.mkdtemp())
-      >>> _ = (run_dir / "summary.json").write_text(json.dumps({"test_acc": 0.5}))
-      >>> group.train_or_reuse(get_config("quick"), run_dir, resume=True)  # finished: reused
-      Finished(summary={'test_acc': 0.5})
+      >>> summary = dict(test_acc=0.5, last_test_acc=0.5, best_val_loss=1.0, best_step=10,
+      ...                num_resets=2, wall_time_s=3.0)
+      >>> _ = (run_dir / "summary.json").write_text(json.dumps(summary))
+      >>> group.train_or_reuse(get_config("quick"), run_dir, resume=True).summary == summary
+      True
     """
     run_dir = Path(run_dir)
     if resume and (run_dir / workdir.SUMMARY_FILE).exists():
-        return runner.ended(json.loads((run_dir / workdir.SUMMARY_FILE).read_text()))
+        return runner.ended(workdir.read_summary(run_dir))
     return runner.train(config, run_dir,
                         resume=resume and (run_dir / workdir.CONFIG_FILE).exists(),
                         overwrite=overwrite, **train_options)

@@ -39,7 +39,7 @@ def plot_run(run_dir: str | os.PathLike) -> Path:
     """
     rows = read_metrics(run_dir)
     steps = [r["step"] for r in rows]
-    resets = [s for r in rows for s in r["reset_steps"]]
+    resets = [s for r in rows for s in r.get("reset_steps", ())]
     rollbacks = [s for r in rows for s in r.get("rollback_steps", ())]
     plasticity = [s for r in rows for s in r.get("plasticity_steps", ())]
     diag = [r for r in rows if "grad_cos_cw" in r]

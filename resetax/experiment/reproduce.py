@@ -11,7 +11,6 @@ best-validation model (mean ± standard error over seeds) beside the paper's.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -368,7 +367,7 @@ def resume_plan(run_dir: Path, table: Table, overrides: Mapping[str, Any],
     path = Path(run_dir) / workdir.PLAN_FILE
     if not path.exists():
         raise FileNotFoundError(f"nothing to resume: {str(run_dir)!r} holds no {path.name}.")
-    plan = json.loads(path.read_text())
+    plan = workdir.read_plan(run_dir)
     if plan.get("command") != "reproduce" or plan.get("table") != table.name:
         saved = plan.get("table") or f"a `resetax {plan.get('command')}` run"
         raise ValueError(f"{str(run_dir)!r} holds {saved}, not {table.name}.")

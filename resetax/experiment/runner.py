@@ -191,7 +191,7 @@ def _loop(experiment: Experiment, run_dir: Path, manager: checkpoint.CheckpointM
     shown = (progress if isinstance(progress, control.Progress) else control.Progress()
              ) if progress else None
     with (stop if own_stop else contextlib.nullcontext()), control.CompileTimer() as compiling, \
-            workdir.MetricsLog(run_dir, step) as log, \
+            workdir.MetricsLog(run_dir, step, config.eval_every) as log, \
             control.ProgressBar(config.num_steps, step, shown) as bar:
         while step < config.num_steps:
             stopping = stop.agreed()  # the same decision on every process

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from resetax import _files
+
 __all__ = ["BACKENDS", "Tracker", "check_backends", "open_tracker"]
 
 BACKENDS = {"tensorboard": "tensorboardX", "wandb": "wandb"}
@@ -236,15 +238,10 @@ class _WandB(Tracker):
 def _read_state(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"{path} is unreadable ({err}); remove it to start a new W&B run for this run "
-            f"directory.") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} must hold a JSON object; remove it to start a new W&B run.")
-    return state
+    return _files.read_json(
+        path, fix="remove it to start a new W&B run for this run directory",
+        known=["wandb_id", "wandb_last_step"],
+        types={"wandb_id": (str,), "wandb_last_step": (int,)})
 
 
 def _by_step(rows: Sequence[dict[str, Any]]) -> list[tuple[int, dict[str, float]]]:

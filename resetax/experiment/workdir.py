@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from resetax import _files
 from resetax.experiment import distributed
 from resetax.experiment.config import Config
 from resetax.experiment.tracking import STATE_FILE as TRACKING_FILE
@@ -27,6 +28,11 @@ RUN_FILES = frozenset({
     CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, LOCK_FILE, PLAN_FILE, TRACKING_FILE, "curves.png",
     "compare.md", "compare.json", "compare.png", "table.md", "table.json", "table.png"})
 RUN_FOLDERS = frozenset({"best", "checkpoints", "tensorboard", "wandb"})
+# What a finished run's summary.json must hold to be reused by a group's --resume (the pair's
+# table shows them all).
+SUMMARY_KEYS = ("test_acc", "last_test_acc", "best_val_loss", "best_step", "num_resets",
+                "wall_time_s")
+_RESTART = "restore it, or start the run again with --overwrite"
 
 
 T = TypeVar("T")
@@ -300,6 +306,9 @@ def make_run_dir(run_dir: Path) -> None:
 def load_config(run_dir: str | os.PathLike) -> Config:
     """Reads the config a run directory was started with (its ``config.json``).
 
+    A ``config.json`` that is empty, not JSON, not an object, or holds a key or a value that is
+    not a :class:`Config` field's raises :class:`~resetax._files.DamagedFile` naming it.
+
     Example:
       >>> import tempfile
       >>> from pathlib import Path
@@ -309,10 +318,69 @@ def load_config(run_dir: str | os.PathLike) -> Config:
       >>> workdir.write_config(run_dir, get_config("quick", noise_rate=0.6))
       >>> workdir.load_config(run_dir) == get_config("quick", noise_rate=0.6)
       True
+      >>> _ = (run_dir / "config.json").write_text('{"seed": 0, "note": "mine"}')
+      >>> workdir.load_config(run_dir)
+      Traceback (most recent call last):
+      ...
+      resetax._files.DamagedFile: '...config.json' has an unknown key, "note"; restore it, ...
     """
     _check_resumable(Path(run_dir), CONFIG_FILE)
-    fields = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
-    return Config(**fields)
+    path = Path(run_dir) / CONFIG_FILE
+    fields = _files.read_json(path, fix=_RESTART,
+                              known=[field.name for field in dataclasses.fields(Config)])
+    try:
+        return Config(**fields)
+    except (TypeError, ValueError) as err:
+        reason = next(iter(str(err).splitlines()), type(err).__name__).rstrip(".")
+        raise _files.damaged(path, f"holds a bad value ({reason})", _RESTART) from None
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``summary.json`` of a finished run, read back (a group's ``--resume`` reuses it).
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import workdir
+      >>> run_dir = Path(tempfile.mkdtemp())
+      >>> _ = (run_dir / "summary.json").write_text('{"best_step": 3}')
+      >>> workdir.read_summary(run_dir)
+      Traceback (most recent call last):
+      ...
+      resetax._files.DamagedFile: '...summary.json' lacks "test_acc", ... so that --resume trains that run again.
+    """  # noqa: E501
+    numbers = (float, type(None))
+    return _files.read_json(
+        Path(run_dir) / SUMMARY_FILE, required=SUMMARY_KEYS,
+        types={**{key: numbers for key in SUMMARY_KEYS}, "test_acc": (float,)},
+        fix=f"restore it, or delete {str(run_dir)!r} so that --resume trains that run again")
+
+
+def read_plan(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``plan.json`` of a group of runs (a pair, a ``compare``, a paper table), read back.
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import workdir
+      >>> run_dir = Path(tempfile.mkdtemp())
+      >>> workdir.write_json(run_dir / "plan.json", {"command": "compare", "seeds": 3})
+      >>> workdir.read_plan(run_dir)
+      {'command': 'compare', 'seeds': 3}
+      >>> workdir.write_json(run_dir / "plan.json", {"command": "compare"})
+      >>> workdir.read_plan(run_dir)
+      Traceback (most recent call last):
+      ...
+      resetax._files.DamagedFile: '...plan.json' lacks "seeds"; restore it, or start the run ...
+    """
+    path = Path(run_dir) / PLAN_FILE
+    types = {"command": (str,), "seeds": (int, type(None)), "table": (str,),
+             "cells": (list, type(None)), "overrides": (dict,)}
+    plan = _files.read_json(path, fix=_RESTART, known=types, required=["command"], types=types)
+    required = {"compare": ["seeds"], "reproduce": ["table", "seeds", "cells", "overrides"]}
+    _files.check_object(path, plan, fix=_RESTART, required=required.get(plan["command"], []),
+                        types={"seeds": (int,)} if plan["command"] != "train" else {})
+    return plan
 
 
 def write_config(run_dir: str | os.PathLike, config: Config) -> None:
@@ -372,8 +440,10 @@ class MetricsLog:
 
     Non-finite numbers (a diverged loss) are written as ``null``, so that every line is valid
     JSON. Opened for a run that starts at ``step``, it first drops the lines of steps at or after
-    it (written after the checkpoint a resumed run starts from). In a multi-process run only
-    process 0 writes; the others write nothing.
+    it (written after the checkpoint a resumed run starts from) and the damaged ones, keeping
+    every complete row before it; given the run's ``eval_every``, it says in one line which rows
+    before ``step`` are lost (see :func:`_kept_rows`). In a multi-process run only process 0
+    writes; the others write nothing.
 
     Example:
       >>> import tempfile
@@ -391,15 +461,14 @@ class MetricsLog:
       [2.3, 1.9]
     """
 
-    def __init__(self, run_dir: str | os.PathLike, step: int):
+    def __init__(self, run_dir: str | os.PathLike, step: int, eval_every: int | None = None):
         self.path = Path(run_dir) / METRICS_FILE
         self._file: Any = None
-        self._start = step
+        self._start, self._eval_every = step, eval_every
 
     def __enter__(self) -> MetricsLog:
         if distributed.is_primary():
-            kept = [line for line in read_metrics(self.path.parent, partial_last=True)
-                    if line["step"] < self._start]
+            kept = _kept_rows(self.path, self._start, self._eval_every)
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text("".join(_json_line(line) for line in kept))
             os.replace(tmp, self.path)
@@ -422,7 +491,8 @@ def read_metrics(run_dir: str | os.PathLike, *, partial_last: bool = False
     """The evaluation rows of a run's ``metrics.jsonl`` (none if it does not exist yet).
 
     ``partial_last=True`` drops a last line cut short (a process killed while writing it);
-    otherwise it is an error, as any unreadable line is.
+    otherwise it is an error, as any line that is not a row is
+    (:class:`~resetax._files.DamagedFile`, naming the file and the line).
 
     Example:
       >>> import json
@@ -441,20 +511,70 @@ def read_metrics(run_dir: str | os.PathLike, *, partial_last: bool = False
       >>> _ = (run_dir / "metrics.jsonl").write_text(text + '{"step": 20, "val_')  # killed
       >>> read_metrics(run_dir, partial_last=True) == rows
       True
+      >>> read_metrics(run_dir)
+      Traceback (most recent call last):
+      ...
+      resetax._files.DamagedFile: '...metrics.jsonl' line 3 is not valid JSON (Unterminated ...
     """
     path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    rows = []
-    for i, line in enumerate(lines):
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if not (partial_last and i == len(lines) - 1):
-                raise
+    rows, lines = [], list(_metrics_lines(path))
+    for i, (number, row) in enumerate(lines):
+        if isinstance(row, str):
+            if partial_last and i == len(lines) - 1:
+                continue
+            raise _files.damaged(path, f"line {number} {row}", _RESTART)
+        rows.append(row)
+    return rows
+
+
+def _metrics_lines(path: Path) -> Any:
+    return _files.json_lines(path, fix=_RESTART, required=("step",),
+                             types={"step": (int,), "reset_steps": (list,)})
+
+
+def _kept_rows(path: Path, start: int, eval_every: int | None) -> list[dict[str, Any]]:
+    """The complete rows of ``metrics.jsonl`` before ``start`` (where a resumed run goes on).
+
+    A damaged line (cut short by a kill or a full disk, or edited) is dropped. If rows that the
+    resumed run will not write again are missing (one per ``eval_every`` steps before
+    ``start``), one line says which; without ``eval_every``, one line names damaged lines other
+    than a last one cut short.
+
+    Example:
+      >>> import contextlib, io, tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import workdir
+      >>> run_dir = Path(tempfile.mkdtemp())
+      >>> _ = (run_dir / "metrics.jsonl").write_text(
+      ...     '{"step": 0}\\n{"step": 10}\\n{"step": 20, "val_')
+      >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+      ...     with workdir.MetricsLog(run_dir, step=40, eval_every=10):
+      ...         pass
+      >>> print(err.getvalue().strip())
+      resetax: '...metrics.jsonl' lacks the rows of steps 20, 30 (line 3 was damaged or cut short): they are lost, and the run goes on from step 40 without them.
+      >>> (run_dir / "metrics.jsonl").read_text()
+      '{"step": 0}\\n{"step": 10}\\n'
+    """  # noqa: E501
+    rows, damaged = [], []
+    lines = list(_metrics_lines(path))
+    for number, row in lines:
+        if isinstance(row, str):
+            damaged.append(number)
+        elif row["step"] < start:
+            rows.append(row)
+    cause = (f"line{'s' if len(damaged) > 1 else ''} {', '.join(map(str, damaged))} "
+             f"{'were' if len(damaged) > 1 else 'was'} damaged or cut short" if damaged
+             else "missing")
+    if eval_every is not None:
+        kept = {row["step"] for row in rows}
+        lost = [step for step in range(0, start, eval_every) if step not in kept]
+        if lost:
+            shown = ", ".join(map(str, lost[:10])) + (
+                f" and {len(lost) - 10} more" if len(lost) > 10 else "")
+            note(f"{str(path)!r} lacks the rows of steps {shown} ({cause}): they are lost, and "
+                 f"the run goes on from step {start} without them.")
+    elif [number for number in damaged if number != lines[-1][0]]:
+        note(f"{str(path)!r}: {cause}; dropped, the run goes on from step {start}.")
     return rows
 
 
