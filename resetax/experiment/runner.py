@@ -98,7 +98,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
     device count, dataset availability) happens before anything is written, and the run
     directory is locked for the whole run (:class:`~resetax.experiment.workdir.RunLock`). With
     ``resume=True`` the run continues from its last intact checkpoint and ends identical to an
-    uninterrupted one; a run that ended is read back (:func:`ended`), nothing rewritten.
+    uninterrupted one; a run that ended is read back
+    (:func:`resetax.experiment.runner.ended`), nothing rewritten.
     ``stop_after`` stops at the first evaluation window that starts at or after that step, after
     a checkpoint there, as an interruption would. A SIGTERM or Ctrl-C stops the run at the end
     of the current evaluation window, after a checkpoint; the result is then
