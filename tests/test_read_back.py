@@ -137,6 +137,8 @@ def test_resume_after_a_cut_inside_a_row_before_the_checkpoint_says_which_row_is
     cut_row = next(i for i, end in enumerate(ends) if end > 1500)
     assert steps[cut_row] == 40 and ends[cut_row - 1] < 1500  # the cut is inside step 40's row
     shutil.rmtree(run_dir / "checkpoints" / "100")
+    # An interrupted run (no summary yet): --resume leaves a finished run as it is.
+    (run_dir / "summary.json").unlink()
     with open(run_dir / "metrics.jsonl", "r+") as file:
         file.truncate(1500)
     code, err = resume(run_dir, capsys)
@@ -161,6 +163,7 @@ def test_resume_drops_a_damaged_metrics_line_and_says_so(tmp_path, capsys, damag
     lines = finished_run(run_dir, 40, 20)  # checkpoints at 20 and 40
     capsys.readouterr()
     shutil.rmtree(run_dir / "checkpoints" / "40")
+    (run_dir / "summary.json").unlink()  # interrupted: --resume leaves a finished run alone
     damaged = [*lines[:line - 1], damage(lines[line - 1].rstrip("\n")) + "\n", *lines[line:]]
     (run_dir / "metrics.jsonl").write_text("".join(damaged))
     code, err = resume(run_dir, capsys)

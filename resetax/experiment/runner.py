@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -130,7 +129,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
     run_dir = Path(run_dir)
     if resume and (run_dir / workdir.SUMMARY_FILE).exists():  # ended: read back, not rewritten
         _check_resumed_config(run_dir, config)
-        return ended(json.loads((run_dir / workdir.SUMMARY_FILE).read_text()))
+        return ended(workdir.read_summary(run_dir))
 
     def preflight() -> Inputs:
         if resume:
