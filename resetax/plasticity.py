@@ -250,50 +250,8 @@ def reset_to_init(
     """
     trigger = _check_common(inner, init_fn, key, every, reset_prob, reset_inner_state)
     mask = _check_mask(mask)
-    inner = optax.with_extra_args_support(inner)
-
-    def init_fn_(params):
-        mask_tree = _mask_tree(mask, params)
-        _check_init_fn(init_fn, params, mask_tree)
-        inner_state = inner.init(params)
-        if reset_inner_state:
-            _check_tree_map_params(inner, inner_state, params)
-        return ResetToInitState(
-            count=jnp.zeros([], jnp.int32),
-            key=_key_data(key),
-            inner_state=inner_state,
-            target=_select(mask_tree, params),
-            did_reset=jnp.asarray(False),
-            num_resets=jnp.zeros([], jnp.int32),
-        )
-
-    def update_fn(updates, state, params=None, **extra_args):
-        if params is None:
-            raise ValueError(NO_PARAMS_MSG)
-        inner_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-        mask_tree = _mask_tree(mask, params)
-        next_key, trigger_key, init_key = jax.random.split(_wrap_key(state.key, key), 3)
-        did_reset = trigger(state.count, trigger_key)
-        target = jax.lax.cond(
-            did_reset,
-            lambda: _fresh(init_fn, init_key, params, mask_tree),
-            lambda: state.target,
-        )
-        new_updates = _reset_updates(did_reset, target, inner_updates, params)
-        if reset_inner_state:
-            elementwise = jax.tree.map(lambda m: did_reset if m else False, mask_tree)
-            inner_state = _reset_inner_state(
-                inner, inner_state, _landed(target, params), elementwise)
-        return new_updates, ResetToInitState(
-            count=optax.safe_increment(state.count),
-            key=jax.random.key_data(next_key),
-            inner_state=inner_state,
-            target=target,
-            did_reset=did_reset,
-            num_resets=state.num_resets + did_reset.astype(jnp.int32),
-        )
-
-    return optax.GradientTransformationExtraArgs(init_fn_, update_fn)
+    return _leaf_reset(ResetToInitState, inner, init_fn, key, mask, trigger, reset_inner_state,
+                       lambda fresh, params, inner_updates: fresh)
 
 
 def shrink_and_perturb(
@@ -379,6 +337,23 @@ def shrink_and_perturb(
     mask = _check_mask(mask)
     _checks.interval("shrink", shrink, 0.0, 1.0, scalar=True)
     _checks.finite_nonnegative("perturb", perturb, scalar=True)
+
+    def perturbed(noise, params, inner_updates):
+        return jax.tree.map(
+            lambda e, p, u: e if is_masked(e)
+            else (shrink * _plain_sum(p, u) + perturb * e).astype(p.dtype),
+            noise, params, inner_updates, is_leaf=is_masked)
+
+    return _leaf_reset(ShrinkAndPerturbState, inner, init_fn, key, mask, trigger,
+                       reset_inner_state, perturbed)
+
+
+def _leaf_reset(state_class, inner, init_fn, key, mask, trigger, reset_inner_state, new_values):
+    """The transformation of :func:`reset_to_init` and :func:`shrink_and_perturb`.
+
+    At a triggered update the chosen leaves land on ``new_values(fresh, params, inner_updates)``,
+    ``fresh`` a draw of ``init_fn`` on them (``optax.MaskedNode`` elsewhere).
+    """
     inner = optax.with_extra_args_support(inner)
 
     def init_fn_(params):
@@ -387,7 +362,7 @@ def shrink_and_perturb(
         inner_state = inner.init(params)
         if reset_inner_state:
             _check_tree_map_params(inner, inner_state, params)
-        return ShrinkAndPerturbState(
+        return state_class(
             count=jnp.zeros([], jnp.int32),
             key=_key_data(key),
             inner_state=inner_state,
@@ -403,21 +378,18 @@ def shrink_and_perturb(
         mask_tree = _mask_tree(mask, params)
         next_key, trigger_key, init_key = jax.random.split(_wrap_key(state.key, key), 3)
         did_reset = trigger(state.count, trigger_key)
-
-        def perturbed():
-            noise = _fresh(init_fn, init_key, params, mask_tree)
-            return jax.tree.map(
-                lambda e, p, u: e if is_masked(e)
-                else (shrink * _plain_sum(p, u) + perturb * e).astype(p.dtype),
-                noise, params, inner_updates, is_leaf=is_masked)
-
-        target = jax.lax.cond(did_reset, perturbed, lambda: state.target)
+        target = jax.lax.cond(
+            did_reset,
+            lambda: new_values(_fresh(init_fn, init_key, params, mask_tree), params,
+                               inner_updates),
+            lambda: state.target,
+        )
         new_updates = _reset_updates(did_reset, target, inner_updates, params)
         if reset_inner_state:
             elementwise = jax.tree.map(lambda m: did_reset if m else False, mask_tree)
             inner_state = _reset_inner_state(
                 inner, inner_state, _landed(target, params), elementwise)
-        return new_updates, ShrinkAndPerturbState(
+        return new_updates, state_class(
             count=optax.safe_increment(state.count),
             key=jax.random.key_data(next_key),
             inner_state=inner_state,
