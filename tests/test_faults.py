@@ -517,3 +517,28 @@ def test_checkpoint_manager_falls_back_to_the_newest_intact_step(tmp_path, capsy
     assert restored.w.tolist() == [10.0, 10.0, 10.0]
     err = capsys.readouterr().err
     assert err.index("/30' is unreadable") < err.index("/20' is unreadable")
+
+
+def test_an_internal_error_is_one_line_with_the_traceback_in_a_file(monkeypatch, tmp_path,
+                                                                    capsys):
+    """A bug (here a RuntimeError from inside the run) is not a traceback on the screen."""
+    from pathlib import Path
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something inside went wrong\nsecond line")
+
+    monkeypatch.setattr(runner, "train", broken)
+    code = cli.main(["train", "--quiet", "--baseline", "false", "--run-dir",
+                     str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert lines[0].startswith("resetax: internal error: RuntimeError: something inside went "
+                               "wrong; the traceback is in ")
+    saved = Path(lines[0].split("the traceback is in ")[1].split(" (please report it)")[0])
+    try:
+        text = saved.read_text()
+        assert "Traceback" in text and "second line" in text and "def broken" not in err
+    finally:
+        saved.unlink()

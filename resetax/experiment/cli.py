@@ -57,6 +57,26 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # bad input: arguments, run directory, dataset
         print(f"resetax: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # a bug of resetax or below it: one line, the traceback in a file
+        print(f"resetax: internal error: {type(err).__name__}: {_first_line(err)}; the "
+              f"traceback is in {_save_traceback()} (please report it).", file=sys.stderr)
+        return 1
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else "(no message)"
+
+
+def _save_traceback() -> str:
+    """Writes the exception being handled, with its traceback, to a new temporary file."""
+    import tempfile
+    import traceback
+
+    with tempfile.NamedTemporaryFile("w", prefix="resetax-error-", suffix=".txt",
+                                     delete=False) as file:
+        traceback.print_exc(file=file)
+    return file.name
 
 
 def _train(args) -> int:
