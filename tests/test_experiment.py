@@ -307,6 +307,8 @@ def test_runs_without_plasticity_write_no_plasticity_field(reference_run):
         (["--dtype", "float16"], "dtype must be one of ['float32', 'bfloat16']"),
         (["--shrink", "2"], "shrink must be in"),
         (["--plasticity-layers", "Dense_("], "plasticity_layers"),
+        (["--plasticity", "reset_to_init", "--plasticity-layers", "Nope"],
+         "plasticity_layers 'Nope' matches no parameter"),
         (["--dataset", "imagenet"], "dataset"),
         (["--model", "vgg"], "model"),
         (["--loss", "hinge"], "loss"),

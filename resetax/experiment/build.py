@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -192,11 +193,7 @@ def inputs_for(config: Config, data: ExperimentData) -> Inputs:
     model = models.get_model(config.model, data.num_classes, init_scheme=config.init, **dtype)
     params = jax.eval_shape(lambda x: train_state.init_variables(config, model, x),
                             jnp.asarray(data.train.inputs[:1]))["params"]
-    mask = optimization.reset_mask(config, params)
-    if mask is not None and not any(jax.tree.leaves(mask)):
-        paths = sorted({name.rsplit("/", 1)[0] for name in optimization.param_paths(params)})
-        raise ValueError(f"reset_layers {config.reset_layers!r} matches no parameter of "
-                         f"{config.model}; its layers are {paths}.")
+    _check_layer_patterns(config, optimization.param_paths(params))
     loss_fn, loss_state = optimization.make_loss(config, len(data.train), data.num_classes)
     sample = jnp.asarray(data.train.inputs[:1])
 
@@ -206,6 +203,18 @@ def inputs_for(config: Config, data: ExperimentData) -> Inputs:
 
     return Inputs(data, model, params, optimization.make_optimizer(config, params, init_fn),
                   loss_fn, loss_state)
+
+
+def _check_layer_patterns(config: Config, paths: list[str]) -> None:
+    """Refuses a ``reset_layers`` or ``plasticity_layers`` that matches no parameter path."""
+    patterns = {"reset_layers": config.reset_layers}
+    if config.plasticity is not None:
+        patterns["plasticity_layers"] = config.plasticity_layers
+    for name, pattern in patterns.items():
+        if pattern is not None and not any(re.search(pattern, path) for path in paths):
+            layers = sorted({path.rsplit("/", 1)[0] for path in paths})
+            raise ValueError(f"{name} {pattern!r} matches no parameter of {config.model}; its "
+                             f"layers are {layers}.")
 
 
 def make_diagnose(model: Any, data: ExperimentData, dataset: str | None = None) -> Callable:
