@@ -40,6 +40,7 @@ def _png(path):
 
 
 def test_check_backends_names_the_argument_and_the_fix(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
     assert tracking.check_backends(["wandb", "tensorboard", "wandb"]) == ("wandb", "tensorboard")
     with pytest.raises(ValueError, match=r"log_to must be among \['tensorboard', 'wandb'\]"):
         tracking.check_backends(["tensorbord"])
@@ -48,7 +49,24 @@ def test_check_backends_names_the_argument_and_the_fix(monkeypatch):
         tracking.check_backends(["wandb"])
 
 
-def test_other_processes_and_no_backend_write_nothing(tmp_path):
+def test_wandb_without_a_login_or_offline_mode_is_refused_before_the_run(tmp_path,
+                                                                         monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no `wandb login`
+    with pytest.raises(ValueError, match=r"log_to=wandb needs a W&B login .* WANDB_MODE=offline"):
+        tracking.check_backends(["wandb"])
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai login user password 0123456789\n")
+    (tmp_path / ".netrc").chmod(0o600)  # what `wandb login` writes
+    assert tracking.check_backends(["wandb"]) == ("wandb",)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    (tmp_path / ".netrc").unlink()
+    assert tracking.check_backends(["wandb"]) == ("wandb",)
+
+
+def test_other_processes_and_no_backend_write_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
     for tracker in (tracking.open_tracker(["tensorboard", "wandb"], tmp_path, CONFIG,
                                           process_index=1),
                     tracking.open_tracker([], tmp_path, CONFIG)):

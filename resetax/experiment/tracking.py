@@ -62,7 +62,28 @@ def check_backends(log_to: Iterable[str]) -> tuple[str, ...]:
             raise ValueError(
                 f"log_to={name} needs the {BACKENDS[name]} package: "
                 f"pip install 'resetax[{name}]'.")
+    if "wandb" in backends and not _wandb_can_start():
+        raise ValueError(
+            "log_to=wandb needs a W&B login (run `wandb login` or set WANDB_API_KEY), or "
+            "WANDB_MODE=offline to log without one (`wandb sync` uploads later).")
     return backends
+
+
+def _wandb_can_start() -> bool:
+    """Whether W&B runs offline, or has an API key (the environment, or ``wandb login``'s
+    netrc entry), so that ``wandb.init`` will not stop the run asking for one."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return True
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 class Tracker:
