@@ -348,6 +348,17 @@ def shrink_and_perturb(
                        reset_inner_state, perturbed)
 
 
+def _initial_fields(inner, init_fn, key, mask_tree, params, reset_inner_state):
+    """The fields every state of this module starts with, after checking ``init_fn``."""
+    _check_init_fn(init_fn, params, mask_tree)
+    inner_state = inner.init(params)
+    if reset_inner_state:
+        _check_tree_map_params(inner, inner_state, params)
+    return dict(count=jnp.zeros([], jnp.int32), key=_key_data(key), inner_state=inner_state,
+                target=_select(mask_tree, params), did_reset=jnp.asarray(False),
+                num_resets=jnp.zeros([], jnp.int32))
+
+
 def _leaf_reset(state_class, inner, init_fn, key, mask, trigger, reset_inner_state, new_values):
     """The transformation of :func:`reset_to_init` and :func:`shrink_and_perturb`.
 
@@ -357,19 +368,8 @@ def _leaf_reset(state_class, inner, init_fn, key, mask, trigger, reset_inner_sta
     inner = optax.with_extra_args_support(inner)
 
     def init_fn_(params):
-        mask_tree = _mask_tree(mask, params)
-        _check_init_fn(init_fn, params, mask_tree)
-        inner_state = inner.init(params)
-        if reset_inner_state:
-            _check_tree_map_params(inner, inner_state, params)
-        return state_class(
-            count=jnp.zeros([], jnp.int32),
-            key=_key_data(key),
-            inner_state=inner_state,
-            target=_select(mask_tree, params),
-            did_reset=jnp.asarray(False),
-            num_resets=jnp.zeros([], jnp.int32),
-        )
+        return state_class(**_initial_fields(
+            inner, init_fn, key, _mask_tree(mask, params), params, reset_inner_state))
 
     def update_fn(updates, state, params=None, **extra_args):
         if params is None:
@@ -501,18 +501,9 @@ def recycle_dormant_units(
     inner = optax.with_extra_args_support(inner)
 
     def init_fn_(params):
-        mask_tree = _units_mask(units, params)
-        _check_init_fn(init_fn, params, mask_tree)
-        inner_state = inner.init(params)
-        if reset_inner_state:
-            _check_tree_map_params(inner, inner_state, params)
         return RecycleDormantUnitsState(
-            count=jnp.zeros([], jnp.int32),
-            key=_key_data(key),
-            inner_state=inner_state,
-            target=_select(mask_tree, params),
-            did_reset=jnp.asarray(False),
-            num_resets=jnp.zeros([], jnp.int32),
+            **_initial_fields(inner, init_fn, key, _units_mask(units, params), params,
+                              reset_inner_state),
             num_recycled=jnp.zeros([], jnp.int32),
             dormant_fraction={name: jnp.zeros([], jnp.float32) for name in units},
         )
