@@ -851,16 +851,37 @@ def _trace_entries(opt_state, path):
     return np.asarray(trace.trace[path[0]][path[1]])
 
 
-def test_trainer_recycles_dormant_units_at_the_checks(tmp_path):
-    from runs import read_lines, tiny
+def _redo_config(**changes):
+    from runs import tiny
 
-    from resetax.experiment import build, checkpoint, optimization, runner
+    return tiny(plasticity="recycle_dormant_units", plasticity_every=20, dormant_threshold=0.9,
+                num_steps=40, checkpoint_every=40, reset_prob=0.0, baseline=False, **changes)
+
+
+@pytest.fixture(scope="module")
+def redo_run(tmp_path_factory):
+    from resetax.experiment import runner
+
+    run_dir = tmp_path_factory.mktemp("redo") / "run"
+    runner.train(_redo_config(), run_dir, progress=False)
+    return run_dir
+
+
+def _final_state(run_dir, config):
+    from resetax.experiment import build, checkpoint
+
+    return checkpoint.CheckpointManager(run_dir / "checkpoints").restore(
+        build.setup(config).init_state)[0]
+
+
+def test_trainer_recycles_dormant_units_at_the_checks(redo_run):
+    from runs import read_lines
+
+    from resetax.experiment import build, optimization
     from resetax.experiment.data_input import preprocess
 
-    config = tiny(plasticity="recycle_dormant_units", plasticity_every=20, dormant_threshold=0.9,
-                  num_steps=40, checkpoint_every=40, reset_prob=0.0, baseline=False)
-    experiment = build.setup(config)
-    runner.train(config, tmp_path / "run", progress=False)
+    config = _redo_config()
+    tmp_path = redo_run.parent
     rows = [json.loads(line) for line in read_lines(tmp_path / "run")]
     assert [s for r in rows for s in r["plasticity_steps"]] == [19, 39]
     recycled_counts = [r["num_recycled"] for r in rows]
@@ -868,8 +889,7 @@ def test_trainer_recycles_dormant_units_at_the_checks(tmp_path):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["dormant_threshold"] == 0.9 and saved["plasticity"] == "recycle_dormant_units"
 
-    final = checkpoint.CheckpointManager(tmp_path / "run" / "checkpoints").restore(
-        experiment.init_state)[0]
+    final = _final_state(redo_run, config)
     redo = optimization.plasticity_state(final.opt_state)
     assert int(redo.num_recycled) == recycled_counts[-1]
     # The fresh draw of the last check (update 39): the key chain from the config's seed + 2.
@@ -904,6 +924,28 @@ def test_trainer_recycles_dormant_units_at_the_checks(tmp_path):
         np.testing.assert_array_equal(np.asarray(stats["var"])[r], 1.0)
         assert (np.asarray(stats["mean"])[~r] != 0).all()
     assert total == recycled_counts[-1] - recycled_counts[1]
+
+
+def test_trainer_recycling_under_pmap_agrees_with_sharded(redo_run, tmp_path):
+    """Under pmap each replica scores its part of the batch; the scores are averaged over the
+    replicas (axis_name), so every replica recycles the units the global batch picks."""
+    from runs import read_lines
+
+    from resetax.experiment import optimization, runner
+
+    assert jax.device_count() == 8
+    config = _redo_config(parallel="pmap")
+    runner.train(config, tmp_path / "pmap", progress=False)
+    rows = {name: [json.loads(line) for line in read_lines(run_dir)]
+            for name, run_dir in (("pmap", tmp_path / "pmap"), ("sharded", redo_run))}
+    assert [r["num_recycled"] for r in rows["pmap"]] == [
+        r["num_recycled"] for r in rows["sharded"]]
+    pmap, sharded = _final_state(tmp_path / "pmap", config), _final_state(redo_run, config)
+    for name, recycled in optimization.plasticity_state(pmap.opt_state).recycled.items():
+        np.testing.assert_array_equal(
+            recycled, optimization.plasticity_state(sharded.opt_state).recycled[name])
+    for a, b in zip(jax.tree.leaves(pmap.params), jax.tree.leaves(sharded.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_trainer_resets_batch_norm_statistics_with_reset_to_init(tmp_path):
