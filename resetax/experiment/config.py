@@ -178,7 +178,7 @@ class Config:
               "that matches). none: all layers.")
     dormant_threshold: float = _field(
         0.1, "recycle_dormant_units' threshold tau on a unit's activation score (its mean "
-             "|activation| over the batch divided by its layer's mean), >= 0.")
+             "absolute activation over the batch divided by its layer's mean), >= 0.")
     shrink: float = _field(0.8, "shrink_and_perturb's shrink factor, in [0, 1].")
     perturb: float = _field(0.01, "shrink_and_perturb's noise scale, >= 0.")
     log_to: str | None = _field(
