@@ -12,7 +12,7 @@ initialization, random labels, batches and reset keys, run together with ``vmap`
 
     python benchmarks/plasticity.py [--seeds 5] [--warmup-steps 3000] [--steps 1500] \
         [--plot benchmarks/plasticity.png]
-    python benchmarks/plasticity.py --overhead [--steps 1500]   # the train step's time
+    python benchmarks/plasticity.py --overhead [--chunk 200] [--repeats 41]  # a step's time
 
 
 The boundary-aligned methods reset at the last warm-up update (``every=--warmup-steps``, which
@@ -160,6 +160,9 @@ def main():
     parser.add_argument("--plot", default=None, help="write a PNG of the test-accuracy curves")
     parser.add_argument("--overhead", action="store_true",
                         help="time the train step of each method instead (one seed)")
+    parser.add_argument("--chunk", type=int, default=200,
+                        help="--overhead: steps per timed run (each run restarts at step 0)")
+    parser.add_argument("--repeats", type=int, default=41, help="--overhead: timed repeats")
     args = parser.parse_args()
     if args.steps % EVAL_EVERY:
         parser.error(f"--steps must be a multiple of {EVAL_EVERY}, got {args.steps}.")
@@ -168,7 +171,7 @@ def main():
     test = jnp.asarray(test.inputs), jnp.asarray(test.labels)
     net = MLP()
     if args.overhead:
-        print_overhead(net, train, args.warmup_steps, args.steps)
+        print_overhead(net, train, args.warmup_steps, args.chunk, args.repeats)
         return
     print(f"MNIST-1D, {args.seeds} seeds, {args.warmup_steps} random-label steps then "
           f"{args.steps} true-label steps; device {jax.devices()[0].device_kind}")
@@ -190,23 +193,44 @@ def main():
         plot(curves, args.plot)
 
 
-def print_overhead(net, train, warmup_steps, steps, repeats=7):
-    """Best time per step of each method, the methods interleaved in every repeat."""
-    runs = {name: compiled_steps(make_tx, plain, net, train, steps)
+def print_overhead(net, train, warmup_steps, chunk, repeats):
+    """Time per step of each method, the methods interleaved (in a shuffled order) in every
+    repeat: min and median over the repeats, and the median of the per-repeat ratios to no
+    reset (each repeat times all methods back to back, so its ratio cancels slow drifts of a
+    loaded machine)."""
+    runs = {name: compiled_steps(make_tx, plain, net, train, chunk)
             for name, (make_tx, warm, plain) in methods(warmup_steps, net, train[0]).items()
             if warm}  # the fresh network runs the same step as no reset
-    best = dict.fromkeys(runs, float("inf"))
+    # The cost of the resets themselves: one at every step.
+    every_step = methods(1, net, train[0])
+    for name in ("reset_to_init, last 2 layers", "shrink_and_perturb 0.3, 0.1"):
+        make_tx, _, plain = every_step[name]
+        runs[f"{name}, every step"] = compiled_steps(make_tx, plain, net, train, chunk)
+    x = train[0]
+    init_fn = lambda key: net.init(key, x[:1])["params"]  # noqa: E731
+    adam = optax.with_extra_args_support(optax.adam(LR))
+    runs["recycle_dormant_units, every step"] = compiled_steps(
+        lambda key: resetax.recycle_dormant_units(adam, init_fn, UNITS, key=key, threshold=0.1,
+                                                  every=1), False, net, train, chunk)
+    times = {name: [] for name in runs}
+    order = list(runs)
+    rng = np.random.default_rng(0)
     for _ in range(repeats):
-        for name, (run, args) in runs.items():
+        rng.shuffle(order)
+        for name in order:
+            run, args = runs[name]
             start = time.perf_counter()
             jax.block_until_ready(run(*args))
-            best[name] = min(best[name], (time.perf_counter() - start) / steps)
-    print(f"train step, one seed, best of {repeats} interleaved runs of {steps} steps (no "
-          f"periodic reset falls in them but ReDo's check at step 1000); device "
-          f"{jax.devices()[0].device_kind}")
-    print(f"{'method':32s} {'us/step':>8s} {'vs no reset':>12s}")
-    for name, seconds in best.items():
-        print(f"{name:32s} {1e6 * seconds:8.0f} {seconds / best['no reset']:11.2f}x")
+            times[name].append((time.perf_counter() - start) / chunk)
+    print(f"train step, one seed, {repeats} interleaved repeats of {chunk} steps each (between "
+          f"resets unless 'every step'); device {jax.devices()[0].device_kind}")
+    print(f"{'method':45s} {'min us':>7s} {'median us':>10s} {'ratio to no reset':>28s}")
+    base = np.asarray(times["no reset"])
+    for name, seconds in times.items():
+        ratios = np.asarray(seconds) / base
+        q1, q2, q3 = np.percentile(ratios, [25, 50, 75])
+        print(f"{name:45s} {1e6 * min(seconds):7.0f} {1e6 * np.median(seconds):10.0f} "
+              f"{q2:10.3f} [{q1:.3f}, {q3:.3f}]")
 
 
 def plot(curves: dict, path: str) -> None:

@@ -39,7 +39,8 @@ class TrainState(train_state.TrainState):
     :meth:`apply_gradients`:
 
     - ``params`` are updated as by the parent class, except on a reset, where they take the
-      checkpoint's values bit for bit (:func:`resetax.apply_updates`);
+      checkpoint's values bit for bit (:func:`resetax.apply_updates`), and so on a reset of a
+      plasticity transformation inside ``tx`` (e.g. :func:`resetax.reset_to_init`);
     - ``batch_stats`` (when the state has them) are checkpointed at the same moments as the
       parameters and restored with them on a reset (:func:`resetax.reset_model_state`).
 

@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 
 import flax
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 from flax.nnx import filterlib
 from flax.nnx.training.optimizer import to_opt_state
 
+from resetax.plasticity import _land_on_resets
 from resetax.resetting import (
     _MISSING,
     ModelStateCheckpoint,
@@ -52,7 +52,9 @@ class Optimizer(nnx.Optimizer[M]):
 
     - the parameters (the ``wrt`` variables) are updated as by ``nnx.Optimizer``, except on a
       reset, where they take the checkpoint's values bit for bit (like
-      :func:`resetax.apply_updates`);
+      :func:`resetax.apply_updates`), and so on a reset of a plasticity transformation inside
+      ``tx`` (e.g. :func:`resetax.reset_to_init`, whose ``init_fn`` may return
+      ``nnx.state(fresh_model, nnx.Param)``);
     - the variables selected by ``model_state`` (every ``nnx.BatchStat`` by default) are
       checkpointed at the same moments as the parameters, and restored with them on a reset.
 
@@ -189,9 +191,10 @@ class Optimizer(nnx.Optimizer[M]):
         updates = super().update(model, grads, value=value, **kwargs)
         graph_kwargs = self._graph_kwargs()
         resetting = self.resetting_state
-        # nnx.Optimizer applied checkpoint - params with optax.apply_updates: land exactly.
+        # nnx.Optimizer applied checkpoint - params (and a plasticity transformation's
+        # target - params) with optax.apply_updates: land exactly.
         params = _as_pure(nnx.state(model, self.wrt, **graph_kwargs))
-        nnx.update(model, _where_tree(resetting.did_reset, resetting.checkpoint, params))
+        nnx.update(model, _land_on_resets(params, _as_pure(self.opt_state)))
 
         new_model_state, checkpoint = reset_model_state(
             _as_pure(self.model_state_before),
@@ -232,10 +235,3 @@ def _paths(state):
         state, is_leaf=lambda x: isinstance(x, nnx.Variable))
     return {jax.tree_util.keystr(path) for path, _ in leaves}
 
-
-def _where_tree(pred, on_true, on_false):
-    """Leafwise ``where``; leaves that never reset (``optax.MaskedNode``) keep ``on_false``."""
-    return jax.tree.map(
-        lambda a, b: b if isinstance(a, optax.MaskedNode) else jnp.where(pred, a, b),
-        on_true, on_false, is_leaf=lambda x: isinstance(x, optax.MaskedNode),
-    )

@@ -40,6 +40,7 @@ __all__ = [
     "apply_reset_updates",
     "init_from_initializers",
     "recycle_dormant_units",
+    "reinit_model_state",
     "reset_to_init",
     "shrink_and_perturb",
     "unit_activations",
@@ -120,6 +121,9 @@ class RecycleDormantUnitsState(NamedTuple):
       num_recycled: Number of units recycled so far, over all layers (``int32``).
       dormant_fraction: For each layer of ``units``, the fraction of its units that were dormant
         in this update's ``activations`` (``float32``), measured at every update.
+      recycled: For each layer of ``units``, which of its units this update recycled (``bool``,
+        one per unit; all ``False`` but at a recycling check), for
+        :func:`reinit_model_state`.
 
     Examples:
       >>> units = {"h": resetax.UnitWeights(incoming=["w1"], outgoing=["w2"])}
@@ -127,8 +131,8 @@ class RecycleDormantUnitsState(NamedTuple):
       ...     optax.sgd(0.1), lambda key: {"w1": jnp.ones((2, 3)), "w2": jnp.ones((3, 1))},
       ...     units, key=0, every=100)
       >>> state = tx.init({"w1": jnp.ones((2, 3)), "w2": jnp.ones((3, 1))})
-      >>> int(state.num_recycled), state.dormant_fraction
-      (0, {'h': Array(0., dtype=float32)})
+      >>> int(state.num_recycled), state.dormant_fraction, state.recycled
+      (0, {'h': Array(0., dtype=float32)}, {'h': Array([False, False, False], dtype=bool)})
     """
 
     count: jax.Array
@@ -139,12 +143,15 @@ class RecycleDormantUnitsState(NamedTuple):
     num_resets: jax.Array
     num_recycled: jax.Array
     dormant_fraction: dict[str, jax.Array]
+    recycled: dict[str, jax.Array]
 
 
 class UnitWeights(NamedTuple):
     """The parameters holding one layer's units: their incoming and outgoing weights.
 
-    Parameters are named by their path, e.g. ``"Dense_0/kernel"`` for a Flax parameter.
+    Parameters are named by their path, e.g. ``"Dense_0/kernel"`` for a Flax parameter, and
+    so are the leaves of the model's non-parameter state, e.g. ``"BatchNorm_0/mean"`` in Flax's
+    ``"batch_stats"`` collection.
 
     Attributes:
       incoming: Paths of the parameters that compute the units, with the unit axis last (a
@@ -153,15 +160,22 @@ class UnitWeights(NamedTuple):
         (the next Dense or Conv ``kernel``). When that axis is a multiple ``m`` of the number of
         units, unit ``i`` owns the entries ``j`` with ``j % num_units == i``: a channels-last
         feature map flattened before a Dense layer.
+      model_state: Paths of the non-parameter state computed from the units' incoming weights,
+        with the unit axis last: the running mean and variance of a BatchNorm that normalizes
+        the units (whose ``scale`` and ``bias`` are then ``incoming``).
+        :func:`reinit_model_state` resets them with the units; :func:`recycle_dormant_units`
+        does not read them.
 
     Examples:
       >>> resetax.UnitWeights(incoming=["Dense_0/kernel", "Dense_0/bias"],
       ...                     outgoing=["Dense_1/kernel"])
-      UnitWeights(incoming=['Dense_0/kernel', 'Dense_0/bias'], outgoing=['Dense_1/kernel'])
+      UnitWeights(incoming=['Dense_0/kernel', 'Dense_0/bias'], outgoing=['Dense_1/kernel'], \
+model_state=())
     """
 
     incoming: Sequence[str]
     outgoing: Sequence[str]
+    model_state: Sequence[str] = ()
 
 
 def reset_to_init(
@@ -241,7 +255,9 @@ def reset_to_init(
       The updates of a reset step are ``fresh - params`` on the reset leaves: they must reach
       the parameters unchanged, so put this transformation last in an ``optax.chain``, and
       apply them with :func:`apply_reset_updates` to land on the fresh values bit for bit
-      (``optax.apply_updates`` lands within float rounding).
+      (``optax.apply_updates`` lands within float rounding); inside
+      :func:`resetax.stochastic_resetting`, :func:`resetax.apply_updates`,
+      :class:`resetax.linen.TrainState` and :class:`resetax.nnx.Optimizer` land exactly too.
 
     .. note::
       With ``optax.inject_hyperparams``, pass ``static_args=("init_fn", "key", "every",
@@ -506,6 +522,9 @@ def recycle_dormant_units(
                               reset_inner_state),
             num_recycled=jnp.zeros([], jnp.int32),
             dormant_fraction={name: jnp.zeros([], jnp.float32) for name in units},
+            recycled={name: jnp.zeros([size], bool)
+                      for name, size in _unit_sizes(units, params).items()}
+            if jax.tree.leaves(params) else {name: jnp.zeros([0], bool) for name in units},
         )
 
     def update_fn(updates, state, params=None, *, activations=None, **extra_args):
@@ -548,6 +567,7 @@ def recycle_dormant_units(
             num_resets=state.num_resets + did_reset.astype(jnp.int32),
             num_recycled=state.num_recycled + num_recycled,
             dormant_fraction={name: d.mean(dtype=jnp.float32) for name, d in dormant.items()},
+            recycled=recycle,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn_, update_fn)
@@ -590,17 +610,103 @@ def apply_reset_updates(
       >>> resetax.apply_reset_updates(params, updates, state)
       Array([0.3, 0.3], dtype=float32)
     """
+    return _land_on_resets(optax.apply_updates(params, updates), state)
+
+
+def reinit_model_state(
+    model_state: Any, initial_model_state: Any, opt_state: optax.OptState,
+    units: Mapping[str, UnitWeights],
+) -> Any:
+    """Resets the model state (BatchNorm statistics) of the units re-initialized at this update.
+
+    The counterpart of :func:`resetax.reset_model_state` for the resets of this module: a unit
+    whose incoming weights take fresh values should also forget the running statistics of the
+    BatchNorm that normalizes it, or that BatchNorm would rescale the fresh unit with the old
+    unit's mean and variance until its running averages catch up. For each layer of ``units``,
+    the leaves of ``model_state`` at its ``model_state`` paths take the values of
+    ``initial_model_state`` (for Flax's BatchNorm: mean 0, variance 1):
+
+    - for :func:`recycle_dormant_units`, at the entries of the units it recycled at this update;
+    - for :func:`reset_to_init`, whole, at a reset that re-initialized any of the layer's
+      ``incoming`` parameters.
+
+    :func:`shrink_and_perturb` moves the parameters without replacing them, so the statistics
+    keep following them through their running averages; this leaves them as they are. Call it
+    after ``update``, on the model state that the step's forward pass produced. Jittable.
+
+    Args:
+      model_state: The model's non-parameter state after this step's forward pass, e.g. the
+        ``"batch_stats"`` collection.
+      initial_model_state: The same collection as the model's initialization gives it.
+      opt_state: The optimizer state returned by this step's ``update``, containing the state
+        of :func:`reset_to_init` or :func:`recycle_dormant_units` (possibly inside a chain or
+        :func:`resetax.stochastic_resetting`).
+      units: For each layer, its :class:`UnitWeights`, with the ``model_state`` paths (for
+        :func:`recycle_dormant_units`, the ``units`` it was given).
+
+    Returns:
+      ``model_state`` with the re-initialized units' entries at their initial values.
+
+    Examples:
+      >>> import flax.linen as nn
+      >>> class Net(nn.Module):
+      ...   @nn.compact
+      ...   def __call__(self, x, train=False):
+      ...     h = nn.BatchNorm(use_running_average=not train)(nn.Dense(4)(x))
+      ...     return nn.Dense(2)(nn.relu(h))
+      >>> net, x = Net(), jax.random.normal(jax.random.key(1), (8, 3))
+      >>> variables = net.init(jax.random.key(0), x)
+      >>> units = {"h": resetax.UnitWeights(
+      ...     incoming=["Dense_0/kernel", "Dense_0/bias", "BatchNorm_0/scale",
+      ...               "BatchNorm_0/bias"],
+      ...     outgoing=["Dense_1/kernel"], model_state=["BatchNorm_0/mean", "BatchNorm_0/var"])}
+      >>> tx = resetax.reset_to_init(optax.sgd(0.1), lambda key: net.init(key, x)["params"],
+      ...                            key=0, mask="Dense_0|BatchNorm_0", every=2)
+      >>> params, stats = variables["params"], variables["batch_stats"]
+      >>> state = tx.init(params)
+      >>> def loss(params, stats):
+      ...   y, new = net.apply({"params": params, "batch_stats": stats}, x, train=True,
+      ...                      mutable=["batch_stats"])
+      ...   return y.sum(), new["batch_stats"]
+      >>> for _ in range(2):
+      ...   grads, new_stats = jax.grad(loss, has_aux=True)(params, stats)
+      ...   updates, state = tx.update(grads, state, params)
+      ...   params = resetax.apply_reset_updates(params, updates, state)
+      ...   stats = resetax.reinit_model_state(new_stats, variables["batch_stats"], state, units)
+      ...   print(bool(state.did_reset), bool((stats["BatchNorm_0"]["mean"] == 0).all()))
+      False False
+      True True
+    """
+    units = _check_units(units)
     found = []
-    _collect_reset_states(state, found)
+    _collect_reset_states(opt_state, found)
+    found = [s for s in found if isinstance(s, (ResetToInitState, RecycleDormantUnitsState))]
     if not found:
         raise ValueError(
-            "state must contain the state of a resetting transformation (reset_to_init, "
-            "shrink_and_perturb, recycle_dormant_units or stochastic_resetting), found none.")
-    new_params = optax.apply_updates(params, updates)
+            "opt_state must contain the state of reset_to_init or recycle_dormant_units, the "
+            "transformations that re-initialize parameters; found none.")
+    current, initial = _param_paths(model_state), _param_paths(initial_model_state)
+    for name, weights in units.items():
+        for path in weights.model_state:
+            if path not in current or path not in initial:
+                raise ValueError(
+                    f"units[{name!r}].model_state names {path!r}, which model_state or "
+                    f"initial_model_state lacks; model_state has {sorted(current)}.")
+    reset = dict.fromkeys(current, False)
     for s in found:
-        landing = s.checkpoint if isinstance(s, ResettingState) else s.target
-        new_params = _where_tree(s.did_reset, landing, new_params)
-    return new_params
+        if isinstance(s, RecycleDormantUnitsState):
+            layers = {name: s.recycled[name] for name in units if name in s.recycled}
+        else:
+            chosen = set(_param_paths(s.target))  # the MaskedNodes have no leaves
+            layers = {name: s.did_reset for name, weights in units.items()
+                      if chosen & set(weights.incoming)}
+        for name, entries in layers.items():
+            for path in units[name].model_state:
+                reset[path] = reset[path] | entries
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x, x0: x if reset[path_name(path)] is False
+        else jnp.where(reset[path_name(path)], x0, x).astype(jnp.result_type(x)),
+        model_state, initial_model_state)
 
 
 def init_from_initializers(
@@ -756,7 +862,7 @@ def _check_init_fn(init_fn, params, mask_tree):
     """``init_fn`` must give the structure of the params and their shapes on the chosen leaves."""
     if not jax.tree.leaves(params):  # optax.tree_map_params' placeholder
         return
-    shapes = jax.eval_shape(init_fn, jax.random.key(0))
+    shapes = _like_params(jax.eval_shape(init_fn, jax.random.key(0)), params)
     try:
         # Under optax.masked, the params left out are MaskedNodes; init_fn gives them anyway.
         same = jax.tree.map(
@@ -791,19 +897,21 @@ def _check_units(units):
         if not isinstance(name, str):
             raise ValueError(f"units must have str layer names, got {name!r}.")
         try:
-            incoming, outgoing = weights
+            incoming, outgoing, *rest = weights
+            (model_state,) = rest or [()]
         except (TypeError, ValueError) as err:
             raise ValueError(
-                f"units[{name!r}] must be a UnitWeights(incoming, outgoing) of path sequences, "
-                f"got {weights!r}.") from err
-        for field, paths in (("incoming", incoming), ("outgoing", outgoing)):
+                f"units[{name!r}] must be a UnitWeights(incoming, outgoing[, model_state]) of "
+                f"path sequences, got {weights!r}.") from err
+        for field, paths in (("incoming", incoming), ("outgoing", outgoing),
+                             ("model_state", model_state)):
             if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
                 raise ValueError(
                     f"units[{name!r}].{field} must be a sequence of parameter paths (str), "
                     f"got {paths!r}.")
         if not incoming:
             raise ValueError(f"units[{name!r}].incoming must name at least one parameter.")
-        checked[name] = UnitWeights(tuple(incoming), tuple(outgoing))
+        checked[name] = UnitWeights(tuple(incoming), tuple(outgoing), tuple(model_state))
     return dict(sorted(checked.items()))
 
 
@@ -895,11 +1003,28 @@ def _unit_masks(units, params, recycle):
 
 def _fresh(init_fn, key, params, mask_tree):
     """Fresh values on the chosen leaves (MaskedNode elsewhere), in the params' dtypes."""
-    fresh = init_fn(key)
+    fresh = _like_params(init_fn(key), params)
     return jax.tree.map(
         lambda m, f, p: optax.MaskedNode() if is_masked(m) or not m
         else jnp.asarray(f, jnp.result_type(p)).reshape(jnp.shape(p)),
         mask_tree, fresh, params, is_leaf=is_masked)
+
+
+def _like_params(fresh, params):
+    """``fresh`` in the structure of ``params`` when only their wrappers differ (the same leaves
+    in the same order, each path a prefix of the other): Flax NNX's ``nnx.Optimizer``
+    initializes with ``nnx.Param`` variables (paths ``layer/kernel/value``) and updates with
+    plain arrays (``layer/kernel``), and ``init_fn`` gives one of the two."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    fresh_leaves = jax.tree_util.tree_flatten_with_path(fresh)[0]
+    if jax.tree.structure(fresh) == treedef or len(fresh_leaves) != len(leaves):
+        return fresh
+    for (path, _), (fresh_path, _) in zip(leaves, fresh_leaves, strict=True):
+        names, fresh_names = [key_name(e) for e in path], [key_name(e) for e in fresh_path]
+        n = min(len(names), len(fresh_names))
+        if names[:n] != fresh_names[:n]:
+            return fresh
+    return treedef.unflatten([leaf for _, leaf in fresh_leaves])
 
 
 def _plain_sum(p, u):
@@ -945,6 +1070,24 @@ _RESET_STATES = (ResettingState, ResetToInitState, ShrinkAndPerturbState,
 
 def _is_reset_state(x):
     return isinstance(x, _RESET_STATES)
+
+
+def _land_on_resets(new_params: optax.Params, state: optax.OptState) -> optax.Params:
+    """``new_params`` with every leaf that a resetting transformation in ``state`` reset at this
+    update replaced by the values it chose, bit for bit (inner transformations first, so the
+    outer one wins); for a caller that applied the updates with ``optax.apply_updates`` itself.
+    Shared with ``resetax.nnx``; :func:`apply_reset_updates` is the public way.
+    """
+    found = []
+    _collect_reset_states(state, found)
+    if not found:
+        raise ValueError(
+            "state must contain the state of a resetting transformation (reset_to_init, "
+            "shrink_and_perturb, recycle_dormant_units or stochastic_resetting), found none.")
+    for s in found:
+        landing = s.checkpoint if isinstance(s, ResettingState) else s.target
+        new_params = _where_tree(s.did_reset, landing, new_params)
+    return new_params
 
 
 def _collect_reset_states(tree, found):

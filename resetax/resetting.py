@@ -430,13 +430,16 @@ def apply_updates(
 
     ``optax.apply_updates(params, checkpoint - params)`` equals the checkpoint only to within float
     rounding; this returns the checkpoint's own values, bit for bit, on the leaves that reset at
-    this step, and ``optax.apply_updates`` elsewhere. It is jittable.
+    this step, and ``optax.apply_updates`` elsewhere. It is jittable. A plasticity
+    transformation inside the chain (:func:`resetax.reset_to_init`,
+    :func:`resetax.shrink_and_perturb`, :func:`resetax.recycle_dormant_units`) lands exactly on
+    its values too, as with :func:`resetax.apply_reset_updates`.
 
     Args:
       params: The parameters passed to ``update``.
       updates: The updates returned by ``update``.
       state: The optimizer state returned by the same ``update`` (it may wrap the
-        :class:`ResettingState`, e.g. in an ``optax.chain``).
+        :class:`ResettingState`, e.g. in an ``optax.chain``); it must contain exactly one.
 
     Returns:
       The new parameters.
@@ -454,9 +457,10 @@ def apply_updates(
       >>> bool(state.did_reset), bool((new_params == params).all())
       (True, True)
     """
-    resetting = find_resetting_state(state)
-    new_params = optax.apply_updates(params, updates)
-    return _where_tree(resetting.did_reset, resetting.checkpoint, new_params)
+    find_resetting_state(state)  # exactly one
+    from resetax.plasticity import apply_reset_updates  # imported here: it imports this module
+
+    return apply_reset_updates(params, updates, state)
 
 
 def set_checkpoint(

@@ -142,6 +142,31 @@ def test_matches_the_core_path_bit_for_bit():
                   (params, batch_stats, opt_state, bs_checkpoint))
 
 
+def test_plasticity_resets_inside_land_exactly():
+    """A shrink-and-perturb inside the resetting chain lands on its values bit for bit, where
+    optax.apply_updates (Flax's TrainState) lands only within rounding."""
+    variables = _variables()
+    inner = resetax.shrink_and_perturb(
+        optax.sgd(0.1, momentum=0.9),
+        lambda key: CNN().init(key, jnp.zeros((1, 8, 1)), train=False)["params"],
+        key=2, shrink=0.7, perturb=0.3, every=2)
+    tx = resetax.stochastic_resetting(inner, reset_prob=0.0, key=1, patience=None)
+    state = resetax.linen.TrainState.create(apply_fn=CNN().apply, params=variables["params"],
+                                            tx=tx, batch_stats=variables["batch_stats"])
+    train_step = jax.jit(_step)
+    inexact = 0
+    for step in range(4):
+        before = state.params
+        state = train_step(state, *_data(step), np.float32(NAN))
+        plasticity = state.opt_state.inner_state
+        assert bool(plasticity.did_reset) == (step % 2 == 1)
+        if plasticity.did_reset:
+            assert _equal(state.params, plasticity.target)
+            updates = jax.tree.map(lambda t, p: t - p, plasticity.target, before)
+            inexact += not _equal(optax.apply_updates(before, updates), plasticity.target)
+    assert inexact >= 1  # the exact landing is not a coincidence of the values
+
+
 def test_apply_gradients_without_value_is_a_one_line_type_error():
     state = _create()
     grads = jax.tree.map(jnp.zeros_like, state.params)

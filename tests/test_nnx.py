@@ -109,6 +109,50 @@ def test_reset_lands_exactly_on_checkpoint_with_batch_stats(graph):
     assert int(optimizer.step[...]) == 4
 
 
+@pytest.mark.parametrize("which", ["reset_to_init", "shrink_and_perturb"])
+def test_plasticity_resets_inside_land_exactly(which):
+    """A plasticity transformation inside the resetting chain lands on its values bit for bit,
+    where nnx.Optimizer's optax.apply_updates lands only within rounding."""
+    model = Net(nnx.Rngs(0))
+
+    def init_fn(key):  # the model's own initialization
+        return nnx.state(Net(nnx.Rngs(key)), nnx.Param)
+
+    common = dict(key=2, every=2, mask=r"^(out|hidden)/")
+    inner = (resetax.reset_to_init(optax.adam(0.1), init_fn, **common)
+             if which == "reset_to_init" else
+             resetax.shrink_and_perturb(optax.adam(0.1), init_fn, shrink=0.7, perturb=0.3,
+                                        **common))
+    tx = resetax.stochastic_resetting(inner, reset_prob=0.0, key=1, patience=None)
+    optimizer = resetax.nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y):
+        optimizer.update(model, nnx.grad(_loss)(model, x, y), value=jnp.nan)
+
+    def is_masked(x):
+        return isinstance(x, optax.MaskedNode)
+
+    inexact = 0
+    for step in range(4):
+        before = _pure(nnx.state(model, nnx.Param))
+        train_step(model, optimizer, *_data(step))
+        plasticity = nnx.as_pure(optimizer.opt_state).inner_state
+        assert bool(plasticity.did_reset) == (step % 2 == 1)
+        if plasticity.did_reset:
+            target = plasticity.target
+            assert sorted(target) == ["bn", "hidden", "out"] and is_masked(target["bn"]["scale"])
+            params = _pure(nnx.state(model, nnx.Param))
+            chosen = [(t, p, b) for t, p, b in zip(
+                jax.tree.leaves(target, is_leaf=is_masked), jax.tree.leaves(params),
+                jax.tree.leaves(before), strict=True) if not is_masked(t)]
+            assert len(chosen) == 4
+            assert all(np.array_equal(t, p) for t, p, _ in chosen)
+            inexact += not all(np.array_equal(optax.apply_updates(b, t - b), t)
+                               for t, _, b in chosen)
+    assert inexact >= 1  # the exact landing is not a coincidence of the values
+
+
 def test_multisteps_mini_step_after_a_reset_keeps_its_batch_stats():
     model = Net(nnx.Rngs(0))
     tx = optax.MultiSteps(resetax.stochastic_resetting(optax.sgd(0.1), reset_prob=1.0, key=0),

@@ -1,5 +1,6 @@
 """Tests of resetax.plasticity: reset_to_init, shrink_and_perturb, recycle_dormant_units."""
 
+import json
 import math
 
 import flax.linen as nn
@@ -723,3 +724,260 @@ def test_optax_masked_and_multisteps_wrappers():
         seen.append(float(params[0]))
     # Inner updates every 2nd call; the inner transformation resets at its 2nd update.
     np.testing.assert_allclose(seen, [1.0, 0.9, 0.9, 0.0, 0.0, -0.1], atol=1e-7)
+
+
+# --------------------------------------------------------------------------- model state
+
+
+class _BNNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        h = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Dense(6)(x)))
+        self.sow("intermediates", "h", h)
+        return nn.Dense(2)(h)
+
+
+_BN_UNITS = {"h": resetax.UnitWeights(
+    incoming=["Dense_0/kernel", "Dense_0/bias", "BatchNorm_0/scale", "BatchNorm_0/bias"],
+    outgoing=["Dense_1/kernel"], model_state=["BatchNorm_0/mean", "BatchNorm_0/var"])}
+
+
+def _bn_step(tx, net, variables, x, num_steps):
+    """Trains ``num_steps`` and returns, per step, the state and the statistics before and after
+    reinit_model_state."""
+    params, stats = variables["params"], variables["batch_stats"]
+    state, out = tx.init(params), []
+
+    @jax.jit
+    def step(params, stats, state):
+        def loss(p):
+            y, new = net.apply({"params": p, "batch_stats": stats}, x, train=True,
+                               mutable=["batch_stats", "intermediates"])
+            return (y ** 2).sum(), new
+        grads, new = jax.grad(loss, has_aux=True)(params)
+        acts = resetax.unit_activations(new["intermediates"])
+        updates, state = tx.update(grads, state, params, activations=acts)
+        params = resetax.apply_reset_updates(params, updates, state)
+        reset = resetax.reinit_model_state(new["batch_stats"], variables["batch_stats"], state,
+                                           _BN_UNITS)
+        return params, new["batch_stats"], reset, state
+
+    for _ in range(num_steps):
+        params, before, stats, state = step(params, stats, state)
+        out.append((state, before, stats))
+    return out
+
+
+def test_reinit_model_state_resets_the_recycled_units_statistics():
+    net, x = _BNNet(), jax.random.normal(jax.random.key(0), (16, 3)) + 1.0
+    variables = net.init(jax.random.key(1), x)
+    # threshold 1: the units scoring below their layer's mean are recycled at the check.
+    tx = resetax.recycle_dormant_units(optax.sgd(0.01), lambda k: net.init(k, x)["params"],
+                                       {"h": _BN_UNITS["h"][:2]}, key=0, every=3, threshold=1.0)
+    for t, (state, before, stats) in enumerate(_bn_step(tx, net, variables, x, 6)):
+        recycled = np.asarray(state.recycled["h"])
+        assert recycled.any() == (t % 3 == 2) and not recycled.all()
+        for name, initial in (("mean", 0.0), ("var", 1.0)):
+            got = np.asarray(stats["BatchNorm_0"][name])
+            was = np.asarray(before["BatchNorm_0"][name])
+            np.testing.assert_array_equal(got[recycled], initial)
+            np.testing.assert_array_equal(got[~recycled], was[~recycled])
+            assert (was != initial).all()  # the forward pass moved every statistic
+
+
+def test_reinit_model_state_resets_whole_layers_after_reset_to_init():
+    net, x = _BNNet(), jax.random.normal(jax.random.key(0), (16, 3)) + 1.0
+    variables = net.init(jax.random.key(1), x)
+    init_fn = lambda k: net.init(k, x)["params"]  # noqa: E731
+    for mask, resets_stats in (("BatchNorm_0/scale", True), ("Dense_0/kernel", True),
+                               ("Dense_1/", False)):
+        tx = resetax.reset_to_init(optax.sgd(0.01), init_fn, key=0, every=2, mask=mask)
+        for t, (_, before, stats) in enumerate(_bn_step(tx, net, variables, x, 4)):
+            reset = resets_stats and t % 2 == 1
+            want = variables["batch_stats"] if reset else before
+            jax.tree.map(_assert_bits, stats, want)
+    shrink = resetax.shrink_and_perturb(optax.sgd(0.01), init_fn, key=0, every=1, shrink=0.5,
+                                        perturb=0.1)
+    with pytest.raises(ValueError, match="reset_to_init or recycle_dormant_units"):
+        resetax.reinit_model_state(variables["batch_stats"], variables["batch_stats"],
+                                   shrink.init(variables["params"]), _BN_UNITS)
+    tx = resetax.reset_to_init(optax.sgd(0.01), init_fn, key=0, every=2)
+    bad = {"h": resetax.UnitWeights(["Dense_0/kernel"], [], ["BatchNorm_9/mean"])}
+    with pytest.raises(ValueError, match="'BatchNorm_9/mean'"):
+        resetax.reinit_model_state(variables["batch_stats"], variables["batch_stats"],
+                                   tx.init(variables["params"]), bad)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn1d", "vcnn", "resnet"])
+def test_every_model_maps_its_sown_units(name):
+    """Each model sows one activation per unit layer, with its units on the last axis, and its
+    unit map names parameters and statistics it has, with matching widths."""
+    from resetax import models
+    from resetax.plasticity import _param_paths, _unit_sizes
+
+    model, x = {
+        "mlp": (models.MLP(3, hidden_sizes=(8, 6)), jnp.ones((2, 10))),
+        "cnn1d": (models.CNN1D(3, channels=(4, 5)), jnp.ones((2, 40))),
+        "vcnn": (models.VCNN(3), jnp.ones((2, 32, 32, 3))),
+        "resnet": (models.ResNet(stage_sizes=(1, 2), num_classes=3, num_filters=4),
+                   jnp.ones((2, 8, 8, 3))),
+    }[name]
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(0)}
+    variables = jax.eval_shape(lambda: model.init(rngs, x))
+    _, updated = jax.eval_shape(lambda v: model.apply(
+        v, x, train=True, mutable=["batch_stats", "intermediates"], rngs=rngs), variables)
+    activations = resetax.unit_activations(updated["intermediates"])
+    units = model.units()
+    assert sorted(activations) == sorted(units)
+    sizes = _unit_sizes(units, variables["params"])
+    assert {k: a.shape[-1] for k, a in activations.items()} == sizes
+    stats = _param_paths(variables["batch_stats"])
+    layers = model.normalized_layers()
+    assert set(units) <= set(layers)
+    for weights in layers.values():
+        assert weights.model_state and all(p in stats for p in weights.model_state)
+    # Every BatchNorm follows one of the layers.
+    assert {p.rsplit("/", 1)[0] for p in stats} == {
+        p.rsplit("/", 1)[0] for w in layers.values() for p in w.model_state}
+
+
+# --------------------------------------------------------------------------- in the trainer
+
+
+def _trace_entries(opt_state, path):
+    traces = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(
+        s, optax.TraceState)) if isinstance(s, optax.TraceState)]
+    (trace,) = traces
+    return np.asarray(trace.trace[path[0]][path[1]])
+
+
+def _redo_config(**changes):
+    from runs import tiny
+
+    return tiny(plasticity="recycle_dormant_units", plasticity_every=20, dormant_threshold=0.9,
+                num_steps=40, checkpoint_every=40, reset_prob=0.0, baseline=False, **changes)
+
+
+@pytest.fixture(scope="module")
+def redo_run(tmp_path_factory):
+    from resetax.experiment import runner
+
+    run_dir = tmp_path_factory.mktemp("redo") / "run"
+    runner.train(_redo_config(), run_dir, progress=False)
+    return run_dir
+
+
+def _final_state(run_dir, config):
+    from resetax.experiment import build, checkpoint
+
+    return checkpoint.CheckpointManager(run_dir / "checkpoints").restore(
+        build.setup(config).init_state)[0]
+
+
+def test_trainer_recycles_dormant_units_at_the_checks(redo_run):
+    from runs import read_lines
+
+    from resetax.experiment import build, optimization
+    from resetax.experiment.data_input import preprocess
+
+    config = _redo_config()
+    tmp_path = redo_run.parent
+    rows = [json.loads(line) for line in read_lines(tmp_path / "run")]
+    assert [s for r in rows for s in r["plasticity_steps"]] == [19, 39]
+    recycled_counts = [r["num_recycled"] for r in rows]
+    assert recycled_counts[0] == 0 < recycled_counts[1] == recycled_counts[2] < recycled_counts[3]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["dormant_threshold"] == 0.9 and saved["plasticity"] == "recycle_dormant_units"
+
+    final = _final_state(redo_run, config)
+    redo = optimization.plasticity_state(final.opt_state)
+    assert int(redo.num_recycled) == recycled_counts[-1]
+    # The fresh draw of the last check (update 39): the key chain from the config's seed + 2.
+    key = jax.random.key(config.seed + 2)
+    for _ in range(40):
+        key, _, init_key = jax.random.split(key, 3)
+    inputs = build.load_inputs(config)
+    sample = preprocess(inputs.data.train.inputs[:1], config.dataset)
+    fresh = inputs.model.init({"params": init_key, "dropout": init_key}, sample,
+                              train=False)["params"]
+    params = final.params
+    total, rows_kept = 0, slice(None)
+    for layer in range(2):
+        r = np.asarray(redo.recycled[f"hidden_{layer}"])
+        total += r.sum()
+        assert 0 < r.sum() < r.size
+        dense, norm, out = f"Dense_{layer}", f"BatchNorm_{layer}", f"Dense_{layer + 1}"
+        for module, leaf in ((dense, "kernel"), (dense, "bias"), (norm, "scale"), (norm, "bias")):
+            got, want = np.asarray(params[module][leaf]), np.asarray(fresh[module][leaf])
+            if leaf == "kernel" and module == dense:  # rows outgoing from recycled units: zero
+                got, want = got[rows_kept], want[rows_kept]
+            np.testing.assert_array_equal(got[..., r], want[..., r])  # incoming: fresh
+            assert not np.array_equal(got[..., ~r], want[..., ~r])
+            assert (_trace_entries(final.opt_state, (module, leaf))[..., r] == 0).all()
+        outgoing = np.asarray(params[out]["kernel"])
+        assert (outgoing[r] == 0).all() and (outgoing[~r] != 0).all()  # outgoing: zeros
+        rows_kept = ~r
+        trace = _trace_entries(final.opt_state, (out, "kernel"))
+        assert (trace[r] == 0).all() and (trace[~r] != 0).any()  # their momentum reset
+        stats = final.batch_stats[norm]
+        np.testing.assert_array_equal(np.asarray(stats["mean"])[r], 0.0)
+        np.testing.assert_array_equal(np.asarray(stats["var"])[r], 1.0)
+        assert (np.asarray(stats["mean"])[~r] != 0).all()
+    assert total == recycled_counts[-1] - recycled_counts[1]
+
+
+def test_trainer_recycling_under_pmap_agrees_with_sharded(redo_run, tmp_path):
+    """Under pmap each replica scores its part of the batch; the scores are averaged over the
+    replicas (axis_name), so every replica recycles the units the global batch picks."""
+    from runs import read_lines
+
+    from resetax.experiment import optimization, runner
+
+    assert jax.device_count() == 8
+    config = _redo_config(parallel="pmap")
+    runner.train(config, tmp_path / "pmap", progress=False)
+    rows = {name: [json.loads(line) for line in read_lines(run_dir)]
+            for name, run_dir in (("pmap", tmp_path / "pmap"), ("sharded", redo_run))}
+    assert [r["num_recycled"] for r in rows["pmap"]] == [
+        r["num_recycled"] for r in rows["sharded"]]
+    pmap, sharded = _final_state(tmp_path / "pmap", config), _final_state(redo_run, config)
+    for name, recycled in optimization.plasticity_state(pmap.opt_state).recycled.items():
+        np.testing.assert_array_equal(
+            recycled, optimization.plasticity_state(sharded.opt_state).recycled[name])
+    for a, b in zip(jax.tree.leaves(pmap.params), jax.tree.leaves(sharded.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_trainer_resets_batch_norm_statistics_with_reset_to_init(tmp_path):
+    from runs import tiny
+
+    from resetax.experiment import build, checkpoint, runner
+
+    config = tiny(plasticity="reset_to_init", plasticity_every=20,
+                  plasticity_layers="BatchNorm_0|Dense_0/", num_steps=40, checkpoint_every=40,
+                  reset_prob=0.0, baseline=False)
+    experiment = build.setup(config)
+    runner.train(config, tmp_path / "run", progress=False)
+    final = checkpoint.CheckpointManager(tmp_path / "run" / "checkpoints").restore(
+        experiment.init_state)[0]
+    initial = experiment.init_state.batch_stats
+    # Update 39 re-initialized Dense_0 and BatchNorm_0: that BatchNorm's statistics are back at
+    # their initial values, bit for bit; the next one's went on.
+    jax.tree.map(_assert_bits, final.batch_stats["BatchNorm_0"], initial["BatchNorm_0"])
+    assert not np.array_equal(final.batch_stats["BatchNorm_1"]["mean"],
+                              initial["BatchNorm_1"]["mean"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--plasticity", "recycle_dormant_units", "--plasticity-layers", "Dense_2/"],
+     "plasticity_layers 'Dense_2/' matches no hidden layer's incoming weights of mlp"),
+    (["--dormant-threshold", "-1"], "dormant_threshold must be a finite number >= 0"),
+])
+def test_bad_recycling_flags_fail_before_writing(tmp_path, capsys, flags, message):
+    from resetax.experiment import cli
+
+    run_dir = tmp_path / "run"
+    code = cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--dataset", "digits",
+                     "--model", "mlp", *flags])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not run_dir.exists()

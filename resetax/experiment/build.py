@@ -201,7 +201,16 @@ def inputs_for(config: Config, data: ExperimentData) -> Inputs:
         return model.init({"params": key, "dropout": key},
                           preprocess(sample, config.dataset), train=False)["params"]
 
-    return Inputs(data, model, params, optimization.make_optimizer(config, params, init_fn),
+    units = None
+    if config.plasticity == "recycle_dormant_units":
+        units = optimization.plasticity_units(config, model)
+        if not units:
+            raise ValueError(
+                f"plasticity_layers {config.plasticity_layers!r} matches no hidden layer's "
+                f"incoming weights of {config.model}; its hidden layers are "
+                f"{ {name: w.incoming[0] for name, w in model.units().items()} }.")
+    return Inputs(data, model, params,
+                  optimization.make_optimizer(config, params, init_fn, units),
                   loss_fn, loss_state)
 
 

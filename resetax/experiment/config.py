@@ -11,7 +11,7 @@ from resetax import _checks
 
 PARALLEL_MODES = ("sharded", "pmap")
 SELECT_BY = ("loss", "accuracy")
-PLASTICITY = (None, "reset_to_init", "shrink_and_perturb")
+PLASTICITY = (None, "reset_to_init", "shrink_and_perturb", "recycle_dormant_units")
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
@@ -168,11 +168,17 @@ class Config:
         None, "Resetting for plasticity inside the optimizer (resetax.plasticity): reset_to_init "
               "(the plasticity_layers take fresh initial values every plasticity_every steps) "
               "or shrink_and_perturb (theta <- shrink*theta + perturb*epsilon, epsilon a fresh "
-              "initialization, every plasticity_every steps). none: off.")
+              "initialization, every plasticity_every steps) or recycle_dormant_units (ReDo: "
+              "every plasticity_every steps, the hidden units whose normalized activation is at "
+              "most dormant_threshold get fresh incoming and zero outgoing weights). none: off.")
     plasticity_every: int = _field(1000, "Steps between two plasticity resets.")
     plasticity_layers: str | None = _field(
         None, "Regular expression over parameter paths (/-joined) that the plasticity reset "
-              "acts on. none: all layers.")
+              "acts on (recycle_dormant_units: the hidden layers with an incoming parameter "
+              "that matches). none: all layers.")
+    dormant_threshold: float = _field(
+        0.1, "recycle_dormant_units' threshold tau on a unit's activation score (its mean "
+             "absolute activation over the batch divided by its layer's mean), >= 0.")
     shrink: float = _field(0.8, "shrink_and_perturb's shrink factor, in [0, 1].")
     perturb: float = _field(0.01, "shrink_and_perturb's noise scale, >= 0.")
     log_to: str | None = _field(
@@ -419,6 +425,8 @@ def _check_numbers(config: Config) -> None:
     _checks.in_range("shrink", config.shrink, 0.0, 1.0)
     _checks.python_number("perturb", config.perturb, lambda v: math.isfinite(v) and v >= 0,
                           "a finite number >= 0")
+    _checks.python_number("dormant_threshold", config.dormant_threshold,
+                          lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
     if config.baseline and config.reset_prob == 0:
         raise ValueError("baseline=True trains a reset_prob=0 baseline beside the resetting run, "
                          "so reset_prob must be > 0.")

@@ -72,15 +72,17 @@ def param_paths(params: Any) -> list[str]:
 
 
 def make_optimizer(config: Config, params: Any,
-                   init_fn: Callable[[jax.Array], Any] | None = None
+                   init_fn: Callable[[jax.Array], Any] | None = None,
+                   units: dict[str, resetax.UnitWeights] | None = None,
                    ) -> optax.GradientTransformationExtraArgs:
     """The inner optimizer wrapped in stochastic resetting, as the config describes.
 
     ``params`` (or a tree of their shapes) is only used to build the :func:`reset_mask`. The
     transformation's ``update`` takes the validation metric as ``value``, lower is better. With
     ``config.plasticity``, the inner optimizer is wrapped first in
-    :func:`resetax.reset_to_init` or :func:`resetax.shrink_and_perturb`, which draw from
-    ``init_fn`` (``key -> params``, the model's own initialization).
+    :func:`resetax.reset_to_init`, :func:`resetax.shrink_and_perturb` or
+    :func:`resetax.recycle_dormant_units` (over ``units``, :func:`plasticity_units`), which draw
+    from ``init_fn`` (``key -> params``, the model's own initialization).
 
     Example:
       >>> from resetax.experiment.config import get_config
@@ -111,7 +113,7 @@ def make_optimizer(config: Config, params: Any,
       >>> float(learning_rate(config, tx.init(params), step=0))  # the rate of update 0
       0.1
     """
-    inner = plasticity_optimizer(config, inner_optimizer(config), init_fn)
+    inner = plasticity_optimizer(config, inner_optimizer(config), init_fn, units)
     # reset_prob is a hyperparameter in the state, not a constant of the compiled step: a
     # baseline (0) and its resetting run (r) then compile to the same program, which the
     # persistent compilation cache serves the second time.
@@ -131,7 +133,8 @@ def make_optimizer(config: Config, params: Any,
 
 
 def plasticity_optimizer(config: Config, inner: optax.GradientTransformation,
-                         init_fn: Callable[[jax.Array], Any] | None
+                         init_fn: Callable[[jax.Array], Any] | None,
+                         units: dict[str, resetax.UnitWeights] | None = None,
                          ) -> optax.GradientTransformation:
     """``inner`` wrapped in the config's plasticity reset, or ``inner`` itself without one.
 
@@ -153,6 +156,16 @@ def plasticity_optimizer(config: Config, inner: optax.GradientTransformation,
     if init_fn is None:
         raise ValueError(f"plasticity={config.plasticity!r} needs init_fn, the model's "
                          f"initialization (key -> params).")
+    if config.plasticity == "recycle_dormant_units":
+        if not units:
+            raise ValueError("plasticity='recycle_dormant_units' needs units, the model's hidden "
+                             "units (plasticity_units).")
+        from resetax.experiment.placement import AXIS  # imported here: placement imports steps
+
+        # Under pmap each replica sees its part of the batch: the scores are averaged over them.
+        return resetax.recycle_dormant_units(
+            inner, init_fn, units, key=config.seed + 2, threshold=config.dormant_threshold,
+            every=config.plasticity_every, axis_name=AXIS if config.parallel == "pmap" else None)
     common = dict(key=config.seed + 2, mask=config.plasticity_layers,
                   every=config.plasticity_every)
     if config.plasticity == "reset_to_init":
@@ -174,10 +187,37 @@ def plasticity_state(opt_state: Any) -> Any:
       >>> int(plasticity_state(tx.init(params)).num_resets)
       0
     """
-    kinds = (resetax.plasticity.ResetToInitState, resetax.plasticity.ShrinkAndPerturbState)
+    kinds = (resetax.ResetToInitState, resetax.ShrinkAndPerturbState,
+             resetax.RecycleDormantUnitsState)
     found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kinds))
              if isinstance(s, kinds)]
     return found[0]
+
+
+def plasticity_units(config: Config, model: Any) -> dict[str, resetax.UnitWeights]:
+    """The model's hidden units that the config's plasticity reset acts on.
+
+    Those of ``model.units()`` (every model of :mod:`resetax.models` has them) with an incoming
+    parameter matching ``plasticity_layers`` (all of them when it is unset). The model state
+    they name (BatchNorm statistics) is reset with them (:func:`resetax.reinit_model_state`).
+
+    Example:
+      >>> from resetax import models
+      >>> from resetax.experiment.config import get_config
+      >>> from resetax.experiment.optimization import plasticity_units
+      >>> model = models.get_model("mlp", 3, hidden_sizes=(8, 8))
+      >>> config = get_config("quick", plasticity="recycle_dormant_units")
+      >>> list(plasticity_units(config, model))
+      ['hidden_0', 'hidden_1']
+      >>> list(plasticity_units(config.replace(plasticity_layers="Dense_1/"), model))
+      ['hidden_1']
+    """
+    units = model.units()
+    if config.plasticity_layers is None:
+        return units
+    pattern = re.compile(config.plasticity_layers)
+    return {name: weights for name, weights in units.items()
+            if any(pattern.search(path) for path in weights.incoming)}
 
 
 def inner_optimizer(config: Config) -> optax.GradientTransformation:

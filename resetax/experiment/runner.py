@@ -386,7 +386,8 @@ def fold_windows(window: Window, per_step: list[dict[str, Any]], config: Config,
                 "active": row["active"], "num_resets": row["num_resets"],
                 "num_rollbacks": row.get("num_rollbacks", 0), "distance": row["distance"],
                 **({"plasticity_steps": list(window.plasticity_steps)} if config.plasticity
-                   else {})})
+                   else {}),
+                **({"num_recycled": row["num_recycled"]} if "num_recycled" in row else {})})
     return window, window_lines
 
 

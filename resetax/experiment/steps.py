@@ -17,6 +17,7 @@ import optax
 
 import resetax
 from resetax.experiment import optimization
+from resetax.experiment import train_state as train_state_lib
 from resetax.experiment.config import Config
 from resetax.experiment.data_input import preprocess
 from resetax.experiment.optimization import learning_rate, validation_loss
@@ -308,6 +309,8 @@ def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation
             lambda: distance_to_checkpoint(params, checkpoint).overall,
             lambda: jnp.full([], jnp.nan, jnp.float32))
 
+    units, reinit_layers, collections = _plasticity_layers(config, model)
+
     def train_step(state: TrainState, data: DeviceData, evaluation: Evaluation):
         x, y, indices, dropout_key, order = sample_batch(state, data)
         value = evaluation.val_loss if config.select_by == "loss" else -evaluation.val_acc
@@ -315,16 +318,19 @@ def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation
         def objective(params):
             logits, updated = model.apply(
                 {"params": params, "batch_stats": state.batch_stats}, x, train=True,
-                mutable=["batch_stats"], rngs={"dropout": dropout_key})
+                mutable=collections, rngs={"dropout": dropout_key})
             loss, loss_state = loss_fn(logits.astype(jnp.float32), y, indices, state.loss_state)
-            return jnp.mean(loss), (updated.get("batch_stats", {}), loss_state)
+            activations = resetax.unit_activations(updated.get("intermediates", {}))
+            return jnp.mean(loss), (updated.get("batch_stats", {}), loss_state, activations)
 
-        (train_loss, (new_batch_stats, loss_state)), grads = jax.value_and_grad(
+        (train_loss, (new_batch_stats, loss_state, activations)), grads = jax.value_and_grad(
             objective, has_aux=True)(state.params)
         grads, train_loss = replicas.mean((grads, train_loss))
-        updates, opt_state = tx.update(grads, state.opt_state, state.params, value=value)
-        apply = resetax.apply_reset_updates if config.plasticity else resetax.apply_updates
-        params = apply(state.params, updates, opt_state)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, value=value,
+                                       **_extra_args(units, activations))
+        params = resetax.apply_updates(state.params, updates, opt_state)
+        new_batch_stats = _reinit_batch_stats(config, model, data, new_batch_stats, opt_state,
+                                              reinit_layers)
         batch_stats, model_checkpoint = resetax.reset_model_state(
             state.batch_stats, new_batch_stats, state.model_checkpoint, opt_state)
         new_state = state._replace(
@@ -344,10 +350,48 @@ def make_train_step(config: Config, model: Any, tx: optax.GradientTransformation
             distance=window_end_distance(state, params, resetting.checkpoint),
             **evaluation._asdict())
         if config.plasticity:
-            metrics["did_plasticity_reset"] = optimization.plasticity_state(opt_state).did_reset
+            metrics.update(_plasticity_metrics(opt_state))
         return new_state, metrics
 
     return train_step
+
+
+def _plasticity_layers(config: Config, model: Any) -> tuple[dict, dict, list[str]]:
+    """The units whose activations ``recycle_dormant_units`` reads, the layers whose BatchNorm
+    statistics a re-initialization resets (``resetax.reinit_model_state``), and the mutable
+    collections of the forward pass (the activations are sown only when ReDo reads them)."""
+    if config.plasticity == "recycle_dormant_units":
+        units = optimization.plasticity_units(config, model)
+        return units, units, ["batch_stats", "intermediates"]
+    if config.plasticity == "reset_to_init":
+        return {}, model.normalized_layers(), ["batch_stats"]
+    # shrink_and_perturb moves the parameters without replacing them: the statistics follow.
+    return {}, {}, ["batch_stats"]
+
+
+def _extra_args(units: dict, activations: dict[str, jax.Array]) -> dict[str, Any]:
+    """``recycle_dormant_units`` takes the activations of its units; the others nothing more."""
+    return {"activations": {name: activations[name] for name in units}} if units else {}
+
+
+def _reinit_batch_stats(config: Config, model: Any, data: DeviceData, batch_stats: Any,
+                        opt_state: Any, layers: dict) -> Any:
+    """The statistics of the BatchNorms after the re-initialized ``layers``, at their initial
+    values (``resetax.reinit_model_state``); ``batch_stats`` as they are without layers."""
+    if not layers:
+        return batch_stats
+    # Traced in the step, where XLA keeps only the constants (the parameters' draw is unused).
+    initial = train_state_lib.init_variables(config, model, data.train_x[:1]).get("batch_stats",
+                                                                               {})
+    return resetax.reinit_model_state(batch_stats, initial, opt_state, layers)
+
+
+def _plasticity_metrics(opt_state: Any) -> dict[str, jax.Array]:
+    plasticity = optimization.plasticity_state(opt_state)
+    metrics = {"did_plasticity_reset": plasticity.did_reset}
+    if isinstance(plasticity, resetax.RecycleDormantUnitsState):
+        metrics["num_recycled"] = plasticity.num_recycled
+    return metrics
 
 
 class Steps(NamedTuple):

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from resetax.models.initializers import conv_fan_in, layer_initializers
-from resetax.models.resnet import batch_norm
+from resetax.models.resnet import batch_norm, unit_layer
+from resetax.plasticity import UnitWeights
 
 
 class CNN1D(nn.Module):
@@ -30,6 +31,9 @@ class CNN1D(nn.Module):
       axis_name: BatchNorm's cross-replica axis under ``pmap``, or ``None``.
       init_scheme: ``"flax"`` or ``"pytorch"`` (see
         :func:`~resetax.models.initializers.layer_initializers`).
+
+    Each convolution's activations (after its ReLU) are sown as ``"hidden_{i}"`` in the
+    ``"intermediates"`` collection (see :meth:`units`).
 
     Examples:
       >>> from resetax import models
@@ -59,14 +63,48 @@ class CNN1D(nn.Module):
         x = jnp.asarray(x, self.dtype)
         if x.ndim == 2:
             x = x[..., None]
-        for width in self.channels:
+        for i, width in enumerate(self.channels):
             init = layer_initializers(self.init_scheme, conv_fan_in(x, (self.kernel_size,)))
             x = nn.Conv(width, (self.kernel_size,), strides=self.strides, dtype=self.dtype,
                         **init)(x)
             if self.use_batch_norm:
                 x = batch_norm(train, self.dtype, self.axis_name)(x)
             x = nn.relu(x)
+            self.sow("intermediates", f"hidden_{i}", x)
         x = x.reshape(x.shape[0], -1)
         x = nn.Dense(self.num_classes, dtype=self.dtype,
                      **layer_initializers(self.init_scheme, x.shape[-1]))(x)
         return jnp.asarray(x, jnp.float32)
+
+    def units(self) -> dict[str, UnitWeights]:
+        """The channels of the convolutions, for :func:`resetax.recycle_dormant_units`.
+
+        Channel ``j`` of convolution ``i``: incoming ``Conv_i``'s output channel and bias (and
+        ``BatchNorm_i``'s scale and bias, whose statistics are its model state), outgoing the
+        next convolution's input channel, or for the last convolution the rows of the output
+        Dense kernel that read the channel at every position.
+
+        Example:
+          >>> from resetax import models
+          >>> units = models.CNN1D(num_classes=2, channels=(4, 4)).units()
+          >>> units["hidden_0"].outgoing, units["hidden_1"].outgoing
+          (('Conv_1/kernel',), ('Dense_0/kernel',))
+        """
+        last = len(self.channels) - 1
+        return {f"hidden_{i}": unit_layer(
+                    f"Conv_{i}", "kernel", "bias",
+                    f"BatchNorm_{i}" if self.use_batch_norm else None,
+                    "Dense_0/kernel" if i == last else f"Conv_{i + 1}/kernel")
+                for i in range(len(self.channels))}
+
+    def normalized_layers(self) -> dict[str, UnitWeights]:
+        """The layers followed by a BatchNorm, whose statistics a re-initialization of the
+        layer resets (:func:`resetax.reinit_model_state`): those of :meth:`units` that have
+        one.
+
+        Example:
+          >>> from resetax import models
+          >>> list(models.CNN1D(num_classes=2, use_batch_norm=False).normalized_layers())
+          []
+        """
+        return {name: w for name, w in self.units().items() if w.model_state}

@@ -11,9 +11,32 @@ import jax
 import jax.numpy as jnp
 
 from resetax.models.initializers import conv_fan_in, layer_initializers, variance_scaling
+from resetax.plasticity import UnitWeights
 
 # Kaiming-normal fan-out initialization, the usual choice for ReLU ResNets (torchvision's).
 _conv_init = variance_scaling(2.0, "fan_out", "normal")
+
+
+def unit_layer(layer: str, kernel: str, bias: str | None, norm: str | None,
+               *outgoing: str) -> UnitWeights:
+    """The :class:`resetax.UnitWeights` of the output units of ``layer`` (a Dense or Conv).
+
+    Incoming: the layer's ``kernel`` (and ``bias``), then ``norm``'s ``scale`` and ``bias``
+    when a BatchNorm follows it, whose ``mean`` and ``var`` are the model state; outgoing: the
+    ``outgoing`` parameter paths.
+
+    Example:
+      >>> from resetax.models.resnet import unit_layer
+      >>> unit_layer("Conv_0", "kernel", None, "BatchNorm_0", "Conv_1/kernel")
+      UnitWeights(incoming=('Conv_0/kernel', 'BatchNorm_0/scale', 'BatchNorm_0/bias'), \
+outgoing=('Conv_1/kernel',), model_state=('BatchNorm_0/mean', 'BatchNorm_0/var'))
+    """
+    incoming = [f"{layer}/{kernel}"] + ([f"{layer}/{bias}"] if bias else [])
+    state = []
+    if norm is not None:
+        incoming += [f"{norm}/scale", f"{norm}/bias"]
+        state = [f"{norm}/mean", f"{norm}/var"]
+    return UnitWeights(tuple(incoming), tuple(outgoing), tuple(state))
 
 
 def batch_norm(train: bool, dtype: Any, axis_name: str | None) -> nn.BatchNorm:
@@ -56,6 +79,9 @@ class BasicBlock(nn.Module):
       init_scheme: ``"flax"`` or ``"pytorch"`` (see
         :func:`~resetax.models.initializers.layer_initializers`).
 
+    The activations of the first convolution's units (after BatchNorm and ReLU) are sown as
+    ``"hidden"`` in the ``"intermediates"`` collection (see :meth:`ResNet.units`).
+
     Examples:
       >>> from resetax.models.resnet import BasicBlock
       >>> block = BasicBlock(features=8, strides=2)  # projection shortcut: 4 -> 8 channels
@@ -83,6 +109,7 @@ class BasicBlock(nn.Module):
         # Explicit symmetric padding: 'SAME' would pad a stride-2 conv asymmetrically.
         y = conv(x, (3, 3), strides=self.strides, padding=1)
         y = nn.relu(norm()(y))
+        self.sow("intermediates", "hidden", y)
         y = conv(y, (3, 3), padding=1)
         y = norm()(y)
         shortcut = x
@@ -157,6 +184,54 @@ class ResNet(nn.Module):
         x = nn.Dense(self.num_classes, dtype=self.dtype,
                      **layer_initializers(self.init_scheme, x.shape[-1]))(x)
         return jnp.asarray(x, jnp.float32)
+
+    def units(self) -> dict[str, UnitWeights]:
+        """The units inside the residual blocks, for :func:`resetax.recycle_dormant_units`.
+
+        Unit ``j`` of block ``k``: incoming ``BasicBlock_k/Conv_0``'s output channel and
+        ``BasicBlock_k/BatchNorm_0``'s scale and bias (its running statistics the model
+        state), outgoing ``BasicBlock_k/Conv_1``'s input channel. The units of the residual
+        stream (the stem's and each block's output channels) are left out: each is the sum of
+        a block's output and its shortcut, so it has no incoming weights of its own, and its
+        outgoing path includes the identity shortcut, which no weight can zero.
+
+        Example:
+          >>> from resetax.models.resnet import ResNet
+          >>> units = ResNet(stage_sizes=(1, 1), num_classes=2, num_filters=4).units()
+          >>> list(units), units["BasicBlock_1/hidden"].outgoing
+          (['BasicBlock_0/hidden', 'BasicBlock_1/hidden'], ('BasicBlock_1/Conv_1/kernel',))
+        """
+        return {f"BasicBlock_{k}/hidden": unit_layer(
+                    f"BasicBlock_{k}/Conv_0", "kernel", None, f"BasicBlock_{k}/BatchNorm_0",
+                    f"BasicBlock_{k}/Conv_1/kernel")
+                for k in range(sum(self.stage_sizes))}
+
+    def normalized_layers(self) -> dict[str, UnitWeights]:
+        """Every convolution with the BatchNorm after it, whose statistics a re-initialization
+        of the convolution (or of the BatchNorm's scale and bias) resets
+        (:func:`resetax.reinit_model_state`): the stem, both convolutions of each block and
+        the projection shortcuts. Only those of :meth:`units` name outgoing weights.
+
+        Example:
+          >>> from resetax.models.resnet import ResNet
+          >>> list(ResNet(stage_sizes=(1, 1), num_classes=2, num_filters=4).normalized_layers())
+          ['stem', 'BasicBlock_0/hidden', 'BasicBlock_0/out', 'BasicBlock_1/hidden', \
+'BasicBlock_1/out', 'BasicBlock_1/shortcut']
+        """
+        layers = {"stem": unit_layer("Conv_0", "kernel", None, "BatchNorm_0")}
+        units = self.units()
+        k = 0
+        for i, num_blocks in enumerate(self.stage_sizes):
+            for j in range(num_blocks):
+                block = f"BasicBlock_{k}"
+                layers[f"{block}/hidden"] = units[f"{block}/hidden"]
+                layers[f"{block}/out"] = unit_layer(f"{block}/Conv_1", "kernel", None,
+                                                    f"{block}/BatchNorm_1")
+                if i > 0 and j == 0:  # the stage's first block halves the resolution
+                    layers[f"{block}/shortcut"] = unit_layer(f"{block}/Conv_2", "kernel", None,
+                                                             f"{block}/BatchNorm_2")
+                k += 1
+        return layers
 
 
 def resnet18(num_classes: int, **kwargs) -> ResNet:

@@ -9,7 +9,11 @@ import jax
 import jax.numpy as jnp
 
 from resetax.models.initializers import conv_fan_in, layer_initializers
-from resetax.models.resnet import batch_norm
+from resetax.models.resnet import batch_norm, unit_layer
+from resetax.plasticity import UnitWeights
+
+_CONV_WIDTHS = ((32, 64), (128, 128), (256, 256))
+_DENSE_WIDTHS = (1024, 512)
 
 
 class VCNN(nn.Module):
@@ -27,6 +31,10 @@ class VCNN(nn.Module):
       axis_name: BatchNorm's cross-replica axis under ``pmap``, or ``None``.
       init_scheme: ``"flax"`` or ``"pytorch"`` (see
         :func:`~resetax.models.initializers.layer_initializers`).
+
+    The activations of every conv and hidden Dense layer (after BatchNorm and ReLU) are sown
+    as ``"hidden_0"`` ... ``"hidden_7"`` in the ``"intermediates"`` collection (see
+    :meth:`units`).
 
     Examples:
       >>> from resetax import models
@@ -54,18 +62,57 @@ class VCNN(nn.Module):
         mutable.
         """
         x = jnp.asarray(x, self.dtype)
-        for widths in ((32, 64), (128, 128), (256, 256)):
+        layer = 0
+        for widths in _CONV_WIDTHS:
             for width in widths:
                 init = layer_initializers(self.init_scheme, conv_fan_in(x, (3, 3)))
                 x = nn.Conv(width, (3, 3), padding=1, dtype=self.dtype, **init)(x)
                 x = nn.relu(batch_norm(train, self.dtype, self.axis_name)(x))
+                self.sow("intermediates", f"hidden_{layer}", x)
+                layer += 1
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        for width in (1024, 512):
+        for width in _DENSE_WIDTHS:
             x = nn.Dense(width, dtype=self.dtype,
                          **layer_initializers(self.init_scheme, x.shape[-1]))(x)
             x = nn.relu(batch_norm(train, self.dtype, self.axis_name)(x))
+            self.sow("intermediates", f"hidden_{layer}", x)
+            layer += 1
         x = nn.Dense(self.num_classes, dtype=self.dtype,
                      **layer_initializers(self.init_scheme, x.shape[-1]))(x)
         return jnp.asarray(x, jnp.float32)
+
+    def units(self) -> dict[str, UnitWeights]:
+        """The units of the conv and hidden Dense layers, for
+        :func:`resetax.recycle_dormant_units`.
+
+        Unit ``j`` of layer ``i``: incoming the layer's output channel (kernel and bias) and
+        its BatchNorm's scale and bias (the statistics its model state), outgoing the next
+        layer's input rows; the last convolution's channel owns the first Dense kernel's rows
+        at every position of the flattened (channels-last) feature map.
+
+        Example:
+          >>> from resetax import models
+          >>> units = models.VCNN(num_classes=10).units()
+          >>> len(units), units["hidden_5"].outgoing, units["hidden_7"].incoming[:2]
+          (8, ('Dense_0/kernel',), ('Dense_1/kernel', 'Dense_1/bias'))
+        """
+        layers = [f"Conv_{i}" for i in range(sum(map(len, _CONV_WIDTHS)))]
+        layers += [f"Dense_{i}" for i in range(len(_DENSE_WIDTHS) + 1)]
+        return {f"hidden_{i}": unit_layer(layers[i], "kernel", "bias", f"BatchNorm_{i}",
+                                          f"{layers[i + 1]}/kernel")
+                for i in range(len(layers) - 1)}
+
+    def normalized_layers(self) -> dict[str, UnitWeights]:
+        """The layers followed by a BatchNorm, whose statistics a re-initialization of the
+        layer resets (:func:`resetax.reinit_model_state`): those of :meth:`units` that have
+        one.
+
+        Example:
+          >>> from resetax import models
+          >>> list(models.VCNN(num_classes=2).normalized_layers()) == list(
+          ...     models.VCNN(num_classes=2).units())
+          True
+        """
+        return {name: w for name, w in self.units().items() if w.model_state}
