@@ -157,7 +157,8 @@ def test_only_runs_that_share_shapes_train_together(tmp_path):
         ["a", "b", "d"], ["c"]]
     assert [[r.name for r in g] for g in together.plan_groups(runs, 2)] == [
         ["a", "b"], ["c"], ["d"]]
-    with pytest.raises(ValueError, match="may differ in seed, reset_prob, noise_rate only"):
+    with pytest.raises(ValueError, match="may differ in seed, reset_prob, noise_rate, "
+                                         "label_variant only"):
         together.train_together(runs, progress=False, announce=quiet)
     assert not any((tmp_path / name).exists() for name in "abcd")
 
@@ -214,3 +215,40 @@ def test_sigint_stops_a_group_at_a_checkpoint_and_resume_finishes_it(tmp_path):
     for name in names:
         assert [line["step"] for line in lines(target / name)] == list(range(0, 600, 10))
         assert summary_without_time(target / name)["num_steps"] == 600
+
+
+def test_a_tables_cells_train_together_as_one_at_a_time(tmp_path, capsys):
+    from test_reproduce import TINY_FLAGS
+    from tfds_mock import mock_cifar
+
+    cells = "cifar10n-aggre-ce,cifar10n-worse-ce,cifar100n-ce"  # two label sets share shapes
+    with mock_cifar(tmp_path / "metadata", 40):
+        for mode in ("3", "off"):
+            assert cli.main(["reproduce", "table2-cifar-n", "--seeds", "1", "--cells", cells,
+                             "--runs-together", mode, "--num-devices", "1", "--run-dir",
+                             str(tmp_path / mode), *TINY_FLAGS]) == 0
+    out = capsys.readouterr().out
+    assert ("runs together: 6 runs in 3 groups of runs that share shapes (3, 1, 2 runs)"
+            in out)
+    assert ("== cifar10n-aggre-ce/baseline-seed0, cifar10n-aggre-ce/resetting-seed0, "
+            "cifar10n-worse-ce/baseline-seed0 together") in out
+    runs = [group.GroupRun(f"{cell}/{kind}-seed0", None, None) for cell in cells.split(",")
+            for kind in ("baseline", "resetting")]
+    assert_same_runs(tmp_path / "3", tmp_path / "off", runs)
+    assert (tmp_path / "3" / "table.md").read_text() == (tmp_path / "off" / "table.md").read_text()
+
+
+def test_the_dry_run_says_which_configuration_its_estimate_assumes(capsys):
+    for mode, expected in (
+            ("off", "The estimate assumes the runs trained one at a time (--runs-together off)."),
+            ("10", "--runs-together 10 trains these 90 runs in 9 groups of runs that share "
+                   "shapes (3 kinds of run; up to 10 runs a group)."),
+            ("auto", "--runs-together auto trains these 90 runs in 3 groups of runs that share "
+                     "shapes (3 kinds of run; up to 30 runs a group; on an accelerator, one at "
+                     "a time on a CPU).")):
+        assert cli.main(["reproduce", "table1-cifar10", "--dry-run", "--runs-together",
+                         mode]) == 0
+        out = capsys.readouterr().out
+        assert expected in out
+        assert "90 runs, 4,500,000 steps: about 26.8 GPU hours on one H100" in out
+        assert ("rates of runs trained together are not measured yet" in out) == (mode != "off")

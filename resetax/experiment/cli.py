@@ -169,7 +169,7 @@ def _reproduce(args) -> int:
     seeds = reproduce.DEFAULT_SEEDS if seeds is None else seeds
     runs = reproduce.plan_runs(table, seeds, overrides, cells)
     if args.dry_run:
-        _print(reproduce.dry_run(table, runs))
+        _print(reproduce.dry_run(table, runs, runs_together=args.runs_together))
         return 0
     _start_processes(args)
 
@@ -188,7 +188,8 @@ def _reproduce(args) -> int:
         results = reproduce.run_table(
             table, runs, run_dir, resume=args.resume, announce=_print,
             train=lambda config, path, resume: group.train_or_reuse(
-                config, path, resume=resume, progress=not args.quiet))
+                config, path, resume=resume, progress=not args.quiet),
+            runs_together=args.runs_together, progress=not args.quiet)
         if _first_stopped(results):
             return _stopped(results, run_dir, args)
         if distributed.is_primary():
@@ -456,10 +457,10 @@ def parser(preset: str | None = None, table: str | None = None) -> argparse.Argu
                                   "(default: auto, 2 on a CPU when each run trains on one "
                                   "device, else 1); the results do not depend on it")
         sub.add_argument("--runs-together", type=_runs_together, default="auto",
-                         help="runs that share shapes (seeds, reset_prob, noise_rate apart) "
-                              "trained as one vmapped program, at most this many; off: one at "
-                              "a time (default: auto, together on an accelerator, off on a "
-                              "CPU); each run keeps its own files")
+                         help="runs that share shapes (seed, reset_prob, noise_rate and "
+                              "label_variant apart) trained as one vmapped program, at most "
+                              "this many; off: one at a time (default: auto, together on an "
+                              "accelerator, off on a CPU); each run keeps its own files")
         for field in dataclasses.fields(config_lib.Config):
             preset_value = config_lib.PRESETS[shown].get(field.name, field.default)
             _add_field(sub, field, _reproduce_value(field.name, table) if name == "reproduce"

@@ -2,12 +2,13 @@
 keeping its own seed, data, label noise, reset draws and run directory.
 
 The runs of a group (a baseline-plus-resetting pair, ``compare``'s seeds, a paper table's cells)
-differ in ``seed``, ``reset_prob`` or ``noise_rate`` only; everything those change lives in the
-train state (keys, the reset probability) or in the data (labels, splits), so the single-run steps
-of :mod:`~resetax.experiment.steps`, vmapped over a leading run axis of the state and of the data
-that differ, train them as one program. The host loop is :mod:`~resetax.experiment.runner`'s, kept
-once per run on its slice of the stacked state: its ``metrics.jsonl``, checkpoints (the same as a
-run trained alone, so either can resume the other), divergence, best model and ``summary.json``.
+that differ in ``seed``, ``reset_prob``, ``noise_rate`` or ``label_variant`` only change the
+train state (keys, the reset probability) or the data (labels, splits), not the program: the
+single-run steps of :mod:`~resetax.experiment.steps`, vmapped over a leading run axis of the
+state and of the data that differ, train them as one. The host loop is
+:mod:`~resetax.experiment.runner`'s, kept once per run on its slice of the stacked state: its
+``metrics.jsonl``, checkpoints (the same as a run trained alone, so either can resume the
+other), divergence, best model and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from resetax.experiment.placement import AXIS, JitMesh, Placement, placement_for
 
 # What may differ between the runs of one program: the state (keys, reset probability) and the
 # host data (labels, splits) hold it; every other field shapes or compiles the steps.
-MAY_DIFFER = ("seed", "reset_prob", "noise_rate")
+MAY_DIFFER = ("seed", "reset_prob", "noise_rate", "label_variant")
 
 
 def resolve(runs_together: int | str) -> int:
@@ -81,7 +82,8 @@ def compatible(config: Config) -> Config:
       >>> compatible(config) == compatible(config.replace(batch_size=64))
       False
     """
-    return config.replace(seed=0, reset_prob=0.0, noise_rate=0.0, baseline=False)
+    return config.replace(seed=0, reset_prob=0.0, noise_rate=0.0, label_variant=None,
+                          baseline=False)
 
 
 def plan_groups(runs: Sequence[group.GroupRun], size: int) -> list[list[group.GroupRun]]:
