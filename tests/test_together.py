@@ -186,6 +186,7 @@ def test_a_bad_runs_together_is_one_line(tmp_path, capsys, value):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_sigint_stops_a_group_at_a_checkpoint_and_resume_finishes_it(tmp_path):
     target = tmp_path / "compare"
     args = cli_args(target, "--seeds", "2", "--num-steps", "600", "--checkpoint-every", "600",
@@ -217,6 +218,7 @@ def test_sigint_stops_a_group_at_a_checkpoint_and_resume_finishes_it(tmp_path):
         assert summary_without_time(target / name)["num_steps"] == 600
 
 
+@pytest.mark.slow
 def test_a_tables_cells_train_together_as_one_at_a_time(tmp_path, capsys):
     from test_reproduce import TINY_FLAGS
     from tfds_mock import mock_cifar
