@@ -324,8 +324,8 @@ class _Program:
             None if all(np.array_equal(h[i], host[0][i]) for h in host[1:]) else 0
             for i in range(len(host[0]))])
         self.data = _place_data(placement, host, axes)
-        vtrain = jax.vmap(train_step, in_axes=(0, axes, 0))
-        veval = jax.vmap(eval_step, in_axes=(0, axes))
+        vtrain = _vmap_runs(train_step, (0, axes, 0))
+        veval = _vmap_runs(eval_step, (0, axes))
         count = len(members)
 
         def missing():
@@ -369,6 +369,21 @@ class _Program:
         return Experiment(config=member.run.config, init_state=member.host_state,
                           placement=self.placement, run_steps=None,
                           evaluate=lambda state: self.evaluate(state, data), diagnose=None)
+
+
+def _vmap_runs(step_fn: Callable, in_axes: tuple) -> Callable:
+    """``step_fn(state, ...)`` vmapped over the runs, their common step count unbatched.
+
+    The runs of a group are always at the same step: given as one scalar, the steps' ``lax.cond``
+    on it (a new epoch's order, the window's distance, the test pass) stay conditionals, where a
+    batched predicate would run both branches at every step.
+    """
+
+    def one_run(state, step, *args):
+        return step_fn(state._replace(step=step), *args)
+
+    batched = jax.vmap(one_run, in_axes=(in_axes[0], None, *in_axes[1:]))
+    return lambda state, *args: batched(state, state.step[0], *args)
 
 
 def _host_data(placement: Placement, data: Any) -> tuple[np.ndarray, ...]:
