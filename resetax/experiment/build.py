@@ -90,7 +90,8 @@ def setup(config: Config, inputs: Inputs | None = None) -> Experiment:
       >>> len(experiment.placement.devices)
       2
     """
-    data, model, _, tx, loss_fn, loss_state = inputs if inputs is not None else load_inputs(config)
+    inputs = inputs if inputs is not None else load_inputs(config)
+    data, model, _, tx, loss_fn, _ = inputs
     placement = placement_for(config)
     replicas = placement.replicas
     synced = model.clone(axis_name=replicas.axis_name)  # cross-replica BatchNorm under pmap
@@ -111,16 +112,31 @@ def setup(config: Config, inputs: Inputs | None = None) -> Experiment:
             train_step, evaluate if tests_every_window else placement.compile_eval(eval_step),
             config.eval_every, device_data)
     return Experiment(
-        config=config,
-        init_state=jax.device_get(jax.jit(  # one compilation, not one per operation
-            lambda x, loss_state: train_state.init_state(config, model, tx, x, loss_state,
-                                                       num_train=len(data.train)))(
-            jnp.asarray(data.train.inputs[:1]), loss_state)),
+        config=config, init_state=initial_state(config, inputs),
         placement=placement, run_steps=run_steps,
         evaluate=lambda state: evaluate(state, device_data),
         diagnose=(make_diagnose(model, data, config.dataset) if config.diagnostics_every
                   else None),
     )
+
+
+def initial_state(config: Config, inputs: Inputs) -> train_state.TrainState:
+    """The initial :class:`~resetax.experiment.train_state.TrainState` of a run of ``config``
+    built from its ``inputs``, as host arrays.
+
+    Example:
+      >>> from resetax.experiment.build import initial_state, load_inputs
+      >>> from resetax.experiment.config import get_config
+      >>> config = get_config("quick", dataset="digits", model="mlp")
+      >>> state = initial_state(config, load_inputs(config))
+      >>> int(state.step), state.params["Dense_0"]["kernel"].shape
+      (0, (64, 256))
+    """
+    data, model, _, tx, _, loss_state = inputs
+    return jax.device_get(jax.jit(  # one compilation, not one per operation
+        lambda x, loss_state: train_state.init_state(config, model, tx, x, loss_state,
+                                                   num_train=len(data.train)))(
+        jnp.asarray(data.train.inputs[:1]), loss_state))
 
 
 def dispatch_mode(config: Config) -> str:

@@ -169,7 +169,7 @@ def _reproduce(args) -> int:
     seeds = reproduce.DEFAULT_SEEDS if seeds is None else seeds
     runs = reproduce.plan_runs(table, seeds, overrides, cells)
     if args.dry_run:
-        _print(reproduce.dry_run(table, runs))
+        _print(reproduce.dry_run(table, runs, runs_together=args.runs_together))
         return 0
     _start_processes(args)
 
@@ -188,7 +188,8 @@ def _reproduce(args) -> int:
         results = reproduce.run_table(
             table, runs, run_dir, resume=args.resume, announce=_print,
             train=lambda config, path, resume: group.train_or_reuse(
-                config, path, resume=resume, progress=not args.quiet))
+                config, path, resume=resume, progress=not args.quiet),
+            runs_together=args.runs_together, progress=not args.quiet)
         if _first_stopped(results):
             return _stopped(results, run_dir, args)
         if distributed.is_primary():
@@ -205,7 +206,7 @@ def _run_group(run_dir: Path, config: config_lib.Config,
     is reused on ``--resume`` and an interrupted one resumed. ``--jobs`` of them train at once
     (:func:`~resetax.experiment.group.train_group`).
     """
-    from resetax.experiment import build, group, placement, workdir
+    from resetax.experiment import build, group, placement, together, workdir
 
     def preflight() -> int:
         jobs = group.resolve_jobs(args.jobs, len(placement.devices(config)))
@@ -220,9 +221,10 @@ def _run_group(run_dir: Path, config: config_lib.Config,
 
     with workdir.run_directory(run_dir, resume=args.resume, overwrite=args.overwrite,
                                preflight=preflight, write=write) as jobs:
-        results = group.train_group(
+        results = together.train_runs(
             [group.GroupRun(name, run_config, run_dir / name)
              for name, run_config in named_configs], jobs=jobs,
+            runs_together=args.runs_together,
             resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
             announce=_print)
         if _first_stopped(results):
@@ -454,6 +456,11 @@ def parser(preset: str | None = None, table: str | None = None) -> argparse.Argu
                              help="runs of a pair or a compare trained at once, side by side "
                                   "(default: auto, 2 on a CPU when each run trains on one "
                                   "device, else 1); the results do not depend on it")
+        sub.add_argument("--runs-together", type=_runs_together, default="auto",
+                         help="runs that share shapes (seed, reset_prob, noise_rate and "
+                              "label_variant apart) trained as one vmapped program, at most "
+                              "this many; off: one at a time (default: auto, together on an "
+                              "accelerator, off on a CPU); each run keeps its own files")
         for field in dataclasses.fields(config_lib.Config):
             preset_value = config_lib.PRESETS[shown].get(field.name, field.default)
             _add_field(sub, field, _reproduce_value(field.name, table) if name == "reproduce"
@@ -512,6 +519,15 @@ def _jobs(text: str) -> int | str:
         _checks.auto_or_positive_int("jobs", value)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+    return value
+
+
+def _runs_together(text: str) -> int | str:
+    """``--runs-together``: ``auto``, ``off`` or a positive integer."""
+    value = int(text) if text.isdigit() else text
+    if value not in ("auto", "off") and not (isinstance(value, int) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected auto, off or a positive integer, got "
+                                         f"{text!r}")
     return value
 
 

@@ -260,8 +260,9 @@ def estimate_seconds(config: Config) -> float:
     return config.num_steps * per_step
 
 
-def dry_run(table: Table, runs: Sequence[Run]) -> str:
-    """The text ``--dry-run`` prints: every run, its config's changes, and the estimate.
+def dry_run(table: Table, runs: Sequence[Run], runs_together: int | str = "off") -> str:
+    """The text ``--dry-run`` prints: every run, its config's changes, and the estimate, with
+    the configuration it assumes (:func:`together_note`).
 
     Examples:
       >>> from resetax.experiment.reproduce import TABLES, dry_run, plan_runs
@@ -296,26 +297,71 @@ def dry_run(table: Table, runs: Sequence[Run]) -> str:
     hours = sum(estimate_seconds(r.config) for r in runs) / 3600
     text.append(f"{len(runs)} runs, {steps:,} steps: about {hours:.1f} GPU hours on one H100; "
                 f"{TIMING_SOURCE}.")
+    text.append(together_note(runs, runs_together))
     if any(r.config.val_source == "test" for r in runs):
         text.append("val_source=test: the best model and the resetting checkpoint are chosen on "
                     "the test images, as the official code does (PARITY.md, D3).")
     return "\n".join(line.rstrip() for line in text)
 
 
+def together_note(runs: Sequence[Run], runs_together: int | str) -> str:
+    """Which configuration the dry run's estimate assumes: the runs one at a time, the only one
+    whose rates are measured; with ``runs_together``, how the runs would group instead.
+
+    Example:
+      >>> from resetax.experiment.reproduce import TABLES, plan_runs, together_note
+      >>> runs = plan_runs(TABLES["table1-cifar10"], seeds=5)
+      >>> print(together_note(runs, "off"))
+      The estimate assumes the runs trained one at a time (--runs-together off).
+      >>> print(together_note(runs, 10))  # the cells of one loss share shapes
+      The estimate assumes the runs trained one at a time: the rates of runs trained together
+      are not measured yet (benchmarks/setting2_steps.py, on a GPU), so it does not count their
+      gain.
+      --runs-together 10 trains these 90 runs in 9 groups of runs that share shapes (3 kinds of
+      run; up to 10 runs a group).
+    """
+    from resetax.experiment import group, together
+
+    if runs_together in ("off", 1):
+        return "The estimate assumes the runs trained one at a time (--runs-together off)."
+    size = 0 if runs_together == "auto" else runs_together
+    groups = together.plan_groups(
+        [group.GroupRun(run.path, run.config, Path(run.path)) for run in runs], size)
+    kinds = len({together.compatible(run.config) for run in runs})
+    where = "; on an accelerator, one at a time on a CPU" if runs_together == "auto" else ""
+    return (f"The estimate assumes the runs trained one at a time: the rates of runs trained "
+            f"together are not measured yet (benchmarks/setting2_steps.py, on a GPU), so it does "
+            f"not count their gain.\n--runs-together {runs_together} trains these {len(runs)} "
+            f"runs in {len(groups)} group{'s' * (len(groups) > 1)} of runs that share shapes "
+            f"({kinds} kind{'s' * (kinds > 1)} of run; up to {max(len(g) for g in groups)} "
+            f"runs a group{where}).")
+
+
 def run_table(table: Table, runs: Sequence[Run], run_dir: Path, *, resume: bool,
               train: Callable[[Config, Path, bool], RunResult],
-              announce: Callable[[str], None] = print) -> dict[str, RunResult]:
+              announce: Callable[[str], None] = print, runs_together: int | str = "off",
+              progress: bool = True) -> dict[str, RunResult]:
     """Trains ``runs`` one after the other under ``run_dir``; returns their results by path.
 
     ``train(config, run_dir, resume)`` trains one run, or with ``resume`` reuses a finished one
     and resumes an interrupted one (the CLI passes
     :func:`~resetax.experiment.group.train_or_reuse`); a reused run is not announced. It stops
     at the first run that is :class:`~resetax.experiment.runner.Stopped` (a signal), returning the
-    results so far and that one.
+    results so far and that one. With ``runs_together`` other than 1 once resolved
+    (:func:`resetax.experiment.together.resolve`), the runs that share shapes train together
+    instead, group after group (:func:`resetax.experiment.together.train_runs`, with a
+    ``progress`` bar), and ``train`` is not called.
     """
-    from resetax.experiment import workdir
+    from resetax.experiment import group, together, workdir
     from resetax.experiment.runner import Stopped
 
+    if together.resolve(runs_together) != 1:
+        results = together.train_runs(
+            [group.GroupRun(run.path, run.config, run_dir / run.path) for run in runs],
+            runs_together=runs_together, resume=resume, progress=progress, announce=announce)
+        # After a stop, the runs that never started are left out, as above.
+        return {path: result for path, result in results.items()
+                if not isinstance(result, Stopped) or (run_dir / path).exists()}
     results = {}
     for i, run in enumerate(runs):
         path = run_dir / run.path
