@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from resetax import _files
-from resetax.experiment import distributed
+from resetax.experiment import control, distributed
 from resetax.experiment.config import Config
 from resetax.experiment.tracking import STATE_FILE as TRACKING_FILE
 
@@ -40,6 +40,55 @@ T = TypeVar("T")
 
 class RunError(RuntimeError):
     """A run could not go on (unwritable or corrupted checkpoints, divergence); one-line message."""
+
+
+class StorageError(RunError):
+    """A file or directory of a run could not be written (a full disk, a read-only one).
+
+    Example:
+      >>> import errno
+      >>> from resetax.experiment.workdir import StorageError
+      >>> print(StorageError("run/metrics.jsonl", OSError(errno.ENOSPC, "No space left on device")))
+      cannot write 'run/metrics.jsonl': no space left on its disk; free some space, then continue with --resume.
+    """  # noqa: E501
+
+    def __init__(self, path: str | os.PathLike, error: BaseException,
+                 then: str = "continue with --resume"):
+        self.path, self.error = Path(path), error
+        super().__init__(f"cannot write {str(path)!r}: {storage_problem(error)}; "
+                         f"{storage_fix(error)}, then {then}.")
+
+
+def storage_problem(error: BaseException) -> str:
+    """What went wrong writing, in a few words (``error`` may be tensorstore's, for Orbax)."""
+    if is_disk_full(error):
+        return "no space left on its disk"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror[0].lower() + error.strerror[1:]
+    line = next(iter(str(error).strip().splitlines()), type(error).__name__)
+    return line if len(line) <= 200 else line[:200] + "..."
+
+
+def storage_fix(error: BaseException) -> str:
+    return "free some space" if is_disk_full(error) else "make it writable"
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (an ``OSError``, or tensorstore's for Orbax) says the disk is full."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(error) or "os_error_code='28'" in str(error)
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, then: str = "continue with --resume") -> Iterator[None]:
+    """Turns an ``OSError`` while writing ``path`` into a :class:`StorageError` naming it."""
+    try:
+        yield
+    except OSError as err:
+        raise StorageError(path, err, then) from None
 
 
 @contextlib.contextmanager
@@ -81,8 +130,14 @@ def run_directory(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
     with RunLock(run_dir):
         check_run_dir(run_dir, resume=resume, overwrite=overwrite, marker=marker)
         if not resume:
-            _prepare(run_dir, write, overwrite=overwrite)
+            with control.critical():  # a signal waits: never a half-emptied directory
+                _prepare(run_dir, write, overwrite=overwrite)
+        PREPARED.add(run_dir.absolute())
         yield checked
+
+
+# The run directories this process prepared (or resumes): a signal's message points at them.
+PREPARED: set[Path] = set()
 
 
 def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
@@ -264,14 +319,17 @@ class RunLock:
         stale = file.read().strip()
         if stale:
             _note(f"a previous run ({stale}) ended without releasing {path}; taking it over.")
-        file.seek(0)
-        file.truncate()
-        file.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        file.flush()
+        with contextlib.suppress(OSError):  # a full disk: the flock still holds, unnamed
+            file.seek(0)
+            file.truncate()
+            file.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            file.flush()
         self._file = file
+        control.on_exit(id(self), path.unlink)  # a signal ending the process removes it too
         return self
 
     def __exit__(self, *exc_info) -> None:
+        control.on_exit(id(self), None)
         if self._file is not None:
             (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
             self._file.close()  # closing releases the flock
@@ -414,7 +472,10 @@ def _prepare(run_dir: Path, write: Callable[[Path], None], *, overwrite: bool) -
             for entry in run_dir.iterdir():
                 if entry.name != LOCK_FILE:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        write(run_dir)
+        try:
+            write(run_dir)
+        except StorageError as err:  # nothing to resume yet: the same command again
+            raise StorageError(err.path, err.error, "run the same command again") from None
     distributed.barrier("resetax: run directory prepared")
 
 
@@ -431,8 +492,12 @@ def write_json(path: Path, obj: Any) -> None:
       {'loss': None, 'acc': 0.5}
     """
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk: no half-written file left behind
+        tmp.unlink(missing_ok=True)
+        raise StorageError(path, err) from None
 
 
 class MetricsLog:
@@ -470,20 +535,26 @@ class MetricsLog:
         if distributed.is_primary():
             kept = _kept_rows(self.path, self._start, self._eval_every)
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(_json_line(line) for line in kept))
-            os.replace(tmp, self.path)
-            self._file = open(self.path, "a")
+            try:
+                tmp.write_text("".join(_json_line(line) for line in kept))
+                os.replace(tmp, self.path)
+                self._file = open(self.path, "a")
+            except OSError as err:
+                tmp.unlink(missing_ok=True)
+                raise StorageError(self.path, err) from None
         return self
 
     def __exit__(self, *exc_info) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # what could not be flushed was reported
+                self._file.close()
 
     def write(self, lines: list[dict[str, Any]]) -> None:
         """Appends ``lines`` and flushes them to disk."""
         if self._file is not None:
-            self._file.write("".join(_json_line(line) for line in lines))
-            self._file.flush()
+            with writing(self.path):  # a full disk: a line cut short, which --resume drops
+                self._file.write("".join(_json_line(line) for line in lines))
+                self._file.flush()
 
 
 def read_metrics(run_dir: str | os.PathLike, *, partial_last: bool = False
