@@ -740,3 +740,16 @@ def test_a_full_disk_is_one_line_naming_what_could_not_be_written(small_disk, ca
     runner.train(tiny(num_steps=120, checkpoint_every=20), reference, progress=False)
     assert read_lines(run_dir) == read_lines(reference)
     assert summary_without_time(run_dir) == summary_without_time(reference)
+
+
+def test_a_dataset_not_prepared_is_the_message_alone(tmp_path, capfd):
+    """No absl warning before resetax's message (the probe saw one), and no advice to install
+    what ``resetax[train]`` installs."""
+    code = cli.main(["train", "--preset", "setting1", "--data-dir", str(tmp_path / "none"),
+                     "--run-dir", str(tmp_path / "run")])
+    err = capfd.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("resetax: error: TFDS dataset 'cifar10' is not prepared in"), err
+    assert len(lines) <= 3 and "WARNING" not in err and "importlib_resources" not in err, err
+    assert not (tmp_path / "run").exists()
