@@ -384,13 +384,36 @@ def load_config(run_dir: str | os.PathLike) -> Config:
     """
     _check_resumable(Path(run_dir), CONFIG_FILE)
     path = Path(run_dir) / CONFIG_FILE
-    fields = _files.read_json(path, fix=_RESTART,
+    fix = _restart(Path(run_dir))
+    fields = _files.read_json(path, fix=fix,
                               known=[field.name for field in dataclasses.fields(Config)])
     try:
         return Config(**fields)
     except (TypeError, ValueError) as err:
         reason = next(iter(str(err).splitlines()), type(err).__name__).rstrip(".")
-        raise _files.damaged(path, f"holds a bad value ({reason})", _RESTART) from None
+        raise _files.damaged(path, f"holds a bad value ({reason})", fix) from None
+
+
+def _restart(run_dir: Path) -> str:
+    """What to do about a damaged file of the run in ``run_dir``: a run of a group (its parent
+    holds the group's plan.json) is trained again alone, the group's other runs kept
+    (``--overwrite`` would empty the whole group).
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import workdir
+      >>> group = Path(tempfile.mkdtemp())
+      >>> workdir.write_json(group / "plan.json", {"command": "train", "seeds": None})
+      >>> workdir._restart(group / "baseline")
+      "restore it, or delete '.../baseline' so that --resume trains that run again from step 0"
+      >>> workdir._restart(group)
+      'restore it, or start the run again with --overwrite'
+    """
+    if (run_dir.parent / PLAN_FILE).exists() and not (run_dir / PLAN_FILE).exists():
+        return (f"restore it, or delete {str(run_dir)!r} so that --resume trains that run again "
+                f"from step 0")
+    return _RESTART
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -593,14 +616,40 @@ def read_metrics(run_dir: str | os.PathLike, *, partial_last: bool = False
         if isinstance(row, str):
             if partial_last and i == len(lines) - 1:
                 continue
-            raise _files.damaged(path, f"line {number} {row}", _RESTART)
+            raise _files.damaged(path, f"line {number} {row}", _restart(Path(run_dir)))
         rows.append(row)
     return rows
 
 
-def _metrics_lines(path: Path) -> Any:
-    return _files.json_lines(path, fix=_RESTART, required=("step",),
-                             types={"step": (int,), "reset_steps": (list,)})
+def _metrics_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """``metrics.jsonl``'s lines as :func:`~resetax._files.json_lines` reads them; a row with a
+    value of the wrong type (a string where a number goes, a step list of strings) is a
+    damaged line, as one that is not JSON: ``--resume`` drops it, saying so, and the plots
+    never see it."""
+    for number, row in _files.json_lines(path, fix=_RESTART, required=("step",),
+                                         types={"step": (int,)}):
+        yield number, row if isinstance(row, str) else (_row_problem(row) or row)
+
+
+def _row_problem(row: dict[str, Any]) -> str:
+    """What is wrong with a metrics row's values ("" if nothing): the ``*_steps`` lists hold
+    steps, ``active`` is a boolean and every other value a number or null."""
+    for key, value in row.items():
+        if key.endswith("_steps"):
+            fine = isinstance(value, list) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value)
+            kind = "a list of steps"
+        elif key == "active":
+            fine, kind = isinstance(value, bool), "a boolean"
+        else:
+            fine = value is None or (isinstance(value, (int, float))
+                                     and not isinstance(value, bool))
+            kind = "a number or null"
+        if not fine:
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            return f"holds {json.dumps(key)}: {shown}, not {kind}"
+    return ""
 
 
 def _kept_rows(path: Path, start: int, eval_every: int | None) -> list[dict[str, Any]]:
