@@ -677,12 +677,11 @@ def test_a_second_ctrl_c_during_the_first_compile_stops_at_once(long_reference, 
 
 # A full disk (issue 23, item 3): a small tmpfs, filled to leave a chosen number of bytes.
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """An 8 MiB tmpfs under ``tmp_path``; skipped where mounting is not allowed."""
-    mount = tmp_path / "disk"
+@contextlib.contextmanager
+def mounted_tmpfs(mount, size):
+    """A tmpfs of ``size`` at ``mount``; the test is skipped where mounting is not allowed."""
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs to fill: {done.stderr.strip() or done.returncode}")
@@ -690,6 +689,13 @@ def small_disk(tmp_path):
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs under ``tmp_path``."""
+    with mounted_tmpfs(tmp_path / "disk", "8m") as mount:
+        yield mount
 
 
 def leave_free(mount, free_bytes):
@@ -753,3 +759,54 @@ def test_a_dataset_not_prepared_is_the_message_alone(tmp_path, capfd):
     assert lines[0].startswith("resetax: error: TFDS dataset 'cifar10' is not prepared in"), err
     assert len(lines) <= 3 and "WARNING" not in err and "importlib_resources" not in err, err
     assert not (tmp_path / "run").exists()
+
+
+def disk_usage(path):
+    """The bytes the files under ``path`` take on their disk (whole blocks)."""
+    return sum(p.stat().st_blocks * 512 for p in Path(path).rglob("*") if p.is_file())
+
+
+def test_a_full_disk_while_saving_the_best_model_is_one_line(small_disk, capfd):
+    flags = ("--num-steps", "20", "--checkpoint-every", "20")
+    reference = small_disk / "reference"  # how much each part of the run takes on this disk
+    assert train_in(reference, *flags) == 0
+    best = disk_usage(reference / "best")
+    needed = disk_usage(reference) - disk_usage(reference / "curves.png") - (
+        disk_usage(reference / "summary.json"))
+    shutil.rmtree(reference)
+    capfd.readouterr()
+    leave_free(small_disk, needed - best // 2)  # the last checkpoint fits, best/ does not
+    run_dir = small_disk / "run"
+    code = train_in(run_dir, *flags)
+    assert_one_storage_line(code, capfd.readouterr().err, run_dir / "best")
+    assert not (run_dir / "summary.json").exists()  # not finished: --resume writes it
+    (small_disk / "filler").unlink()
+    assert cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--resume"]) == 0
+    assert (run_dir / "best").is_dir() and (run_dir / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_a_group_is_one_line(tmp_path, capfd):
+    """A compare of two seeds, its runs side by side, the second checkpoint of each too big."""
+    with mounted_tmpfs(tmp_path / "disk", "32m") as disk:
+        full_disk_in_a_group(disk, capfd)
+
+
+def full_disk_in_a_group(small_disk, capfd):
+    run_dir = small_disk / "compare"
+    leave_free(small_disk, 3_500_000)
+    args = ["compare", "--quiet", "--run-dir", str(run_dir), "--seeds", "2", "--num-devices", "1",
+            *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()], "--checkpoint-every",
+            "20"]
+    code = cli.main(args)
+    err = capfd.readouterr().err
+    line = assert_one_storage_line(code, err, run_dir / "baseline-seed0" / "checkpoints") if (
+        "baseline-seed0" in err) else assert_one_storage_line(
+        code, err, run_dir / "resetting-seed0" / "checkpoints")
+    assert "the earlier checkpoints are intact" in line
+    code = cli.main(["compare", "--quiet", "--run-dir", str(run_dir), "--resume"])
+    assert code == 1 and one_line_error(capfd.readouterr().err)
+    (small_disk / "filler").unlink()
+    code = cli.main(["compare", "--quiet", "--run-dir", str(run_dir), "--resume"])
+    assert code == 0, capfd.readouterr().err
+    assert (run_dir / "compare.json").exists()
