@@ -11,12 +11,14 @@ nothing is left to write once they hand back.
 
 import os
 import signal
+import typing
 
 _when = "before anything was written"
 
 
-def main() -> int:
-    """Runs ``resetax`` (:func:`resetax.experiment.cli.main`) with ``sys.argv``."""
+def main() -> typing.NoReturn:
+    """Runs ``resetax`` (:func:`resetax.experiment.cli.main`) with ``sys.argv`` and exits with
+    its status."""
     global _when
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stop)
@@ -24,7 +26,7 @@ def main() -> int:
 
     status = cli.main()
     _when = "after the command ended"
-    return status
+    cli.exit_quietly(status)
 
 
 def _stop(signum, frame) -> None:

@@ -1,7 +1,5 @@
 """``python -m resetax_cli``: the ``resetax`` command."""
 
-import sys
-
 from resetax_cli import main
 
-sys.exit(main())
+main()

@@ -161,8 +161,12 @@ class CheckpointManager:
             if legacy is None:
                 raise err
             return legacy
+        meta = restored.meta
+        if not (isinstance(meta, dict) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in meta.values())):
+            raise ValueError(f"its metadata is not an object of numbers: {str(meta)[:40]}")
         leaves = jax.tree.leaves(jax.tree.map(np.asarray, restored.state))
-        return jax.tree.unflatten(jax.tree.structure(template), leaves), restored.meta
+        return jax.tree.unflatten(jax.tree.structure(template), leaves), meta
 
     def _restore_legacy(self, template: Any, step: int) -> tuple[Any, dict[str, Any]] | None:
         """0.1.0's format (the leaves in order), or None if the checkpoint is not in it."""

@@ -70,15 +70,9 @@ def _quiet_third_party() -> Iterator[None]:
 
     loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
     levels, hook = [logger.level for logger in loggers], sys.unraisablehook
-
-    def unraisable(report) -> None:
-        if not (isinstance(report.exc_value, RuntimeError)
-                and str(report.exc_value) == "Event loop is closed"):
-            hook(report)
-
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
-    sys.unraisablehook = unraisable
+    sys.unraisablehook = _without_closed_loop_errors(hook)
     try:
         yield
     finally:
@@ -86,6 +80,24 @@ def _quiet_third_party() -> Iterator[None]:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
         sys.unraisablehook = hook
+
+
+def _without_closed_loop_errors(hook):
+    """``hook`` (a ``sys.unraisablehook``) but for the "Event loop is closed" errors of futures
+    completing after their loop closed (a failed Orbax write's)."""
+    def unraisable(report) -> None:
+        if not (isinstance(report.exc_value, RuntimeError)
+                and str(report.exc_value) == "Event loop is closed"):
+            hook(report)
+
+    return unraisable
+
+
+def exit_quietly(status: int) -> typing.NoReturn:
+    """Ends the ``resetax`` process with ``status``, keeping the closed-loop errors of futures
+    finalized at interpreter shutdown off stderr (see ``_quiet_third_party``)."""
+    sys.unraisablehook = _without_closed_loop_errors(sys.unraisablehook)
+    sys.exit(status)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -123,7 +135,8 @@ _RUN: dict[str, Any] = {}
 
 
 def _expect_run(run_dir: Path, args, marker: str = "config.json") -> None:
-    _RUN.update(run_dir=run_dir, marker=marker, command=_resume_command(run_dir, args))
+    _RUN.update(run_dir=run_dir, marker=marker, command=_resume_command(run_dir, args),
+                resume=args.resume)
 
 
 def _resume_command(run_dir: Path, args) -> str:
@@ -140,13 +153,13 @@ def _signal_message(name: str, second: bool) -> str:
     from resetax.experiment import workdir
 
     run_dir = _RUN.get("run_dir")
-    if run_dir is None or run_dir.absolute() not in workdir.PREPARED or not (
-            run_dir / _RUN["marker"]).exists():
+    if run_dir is None or not (_RUN["resume"] or run_dir.absolute() in workdir.PREPARED) or (
+            not (run_dir / _RUN["marker"]).exists()):  # no run of this command to continue
         return f"resetax: stopped by {name} before anything was written."
     if second:
         return (f"resetax: stopped at once by a second {name} in {run_dir}; run "
                 f"`{_RUN['command']}` to continue from its last checkpoint.")
-    if any((run_dir / name).exists() for name in ("summary.json", "compare.json", "table.json")):
+    if any((run_dir / file).exists() for file in ("summary.json", "compare.json", "table.json")):
         return (f"resetax: stopped by {name} in {run_dir} after the run ended; its results are "
                 f"written.")
     return f"resetax: stopped by {name} in {run_dir}; run `{_RUN['command']}` to continue."
@@ -169,17 +182,17 @@ def _save_traceback() -> str:
 
 
 def _train(args) -> int:
-    from resetax.experiment import runner
+    from resetax.experiment import runner, workdir
 
     run_dir = Path(args.run_dir or _default_run_dir(args.preset or DEFAULT_PRESET))
     _expect_run(run_dir, args)
     config = _resumed_config(args, run_dir) if args.resume else config_from_args(args)
     plan = _plan(run_dir, args)  # a resumed group of runs must be a pair, not a compare
     if args.resume and not (config.baseline or plan) and _finished(run_dir):
+        result = runner.ended(workdir.read_summary(run_dir))
         _print(f"{run_dir} is a finished run (its summary.json is written): nothing to "
                f"resume; every file is left as it was.")
-        summary = json.loads((run_dir / "summary.json").read_text())
-        return _report_divergence({"run": runner.ended(summary)})  # 1 if it ended diverged
+        return _report_divergence({"run": result})  # 1 if it ended diverged
     _start_processes(args)
     if config.baseline or plan:
         return _run_group(run_dir, config, _pair(config), args, _report_pair)
@@ -730,4 +743,4 @@ def _default_run_dir(name: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly(main())

@@ -410,7 +410,7 @@ def _restart(run_dir: Path) -> str:
       >>> workdir._restart(group)
       'restore it, or start the run again with --overwrite'
     """
-    if (run_dir.parent / PLAN_FILE).exists() and not (run_dir / PLAN_FILE).exists():
+    if _in_group(run_dir):
         return (f"restore it, or delete {str(run_dir)!r} so that --resume trains that run again "
                 f"from step 0")
     return _RESTART
@@ -428,13 +428,20 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
       >>> workdir.read_summary(run_dir)
       Traceback (most recent call last):
       ...
-      resetax._files.DamagedFile: '...summary.json' lacks "test_acc", ... so that --resume trains that run again.
+      resetax._files.DamagedFile: '...summary.json' lacks "test_acc", ... so that --resume ends the run again from its last checkpoint.
     """  # noqa: E501
     numbers = (float, type(None))
     return _files.read_json(
         Path(run_dir) / SUMMARY_FILE, required=SUMMARY_KEYS,
         types={**{key: numbers for key in SUMMARY_KEYS}, "test_acc": (float,)},
-        fix=f"restore it, or delete {str(run_dir)!r} so that --resume trains that run again")
+        fix=f"restore it, or delete {str(run_dir)!r} so that --resume trains that run again"
+        if _in_group(Path(run_dir)) else
+        "restore it, or delete it so that --resume ends the run again from its last checkpoint")
+
+
+def _in_group(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is a run of a group (its parent holds the group's plan.json)."""
+    return (run_dir.parent / PLAN_FILE).exists() and not (run_dir / PLAN_FILE).exists()
 
 
 def read_plan(run_dir: str | os.PathLike) -> dict[str, Any]:
