@@ -33,6 +33,7 @@ from runs import (
     summary_without_time,
     tiny,
     wait_for,
+    without_times,
 )
 
 from resetax.experiment import checkpoint, cli, control, group, runner, workdir
@@ -630,13 +631,14 @@ def continue_after_a_signal(target, err, long_reference):
     resume_and_compare(target, long_reference)
 
 
-def test_ctrl_c_during_the_first_compile_stops_cleanly_then_resumes(long_reference, tmp_path):
+def test_ctrl_c_during_the_first_compile_stops_cleanly_then_resumes(tmp_path):
     """The probe's case: the first compile (no compilation cache) interrupted by Ctrl-C."""
-    target = tmp_path / "run"
-    proc = start_command(target, "--no-baseline", cache=False)
+    target, reference = tmp_path / "run", tmp_path / "reference"
+    proc = start_command(target, "--no-baseline", num_steps=120, cache=False)
     err = signalled(proc, target, "first_compile", signal.SIGINT)
     assert_stopped_cleanly(proc, err, signal.SIGINT)
-    continue_after_a_signal(target, err, long_reference)
+    summary = runner.train(tiny(num_steps=120), reference, progress=False).summary
+    continue_after_a_signal(target, err, (reference, without_times(summary)))
 
 
 def test_a_signal_during_the_imports_ends_at_once_writing_nothing(tmp_path):
@@ -724,7 +726,7 @@ def train_in(run_dir, *extra):
                      *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()], *extra])
 
 
-@pytest.mark.parametrize("where", ["checkpoint", "metrics"])
+@pytest.mark.parametrize("where", ["checkpoint", pytest.param("metrics", marks=pytest.mark.slow)])
 def test_a_full_disk_is_one_line_naming_what_could_not_be_written(small_disk, capfd, where):
     run_dir = small_disk / "run"
     if where == "metrics":  # room for config.json and the lock, not for a metrics row
@@ -766,6 +768,7 @@ def disk_usage(path):
     return sum(p.stat().st_blocks * 512 for p in Path(path).rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_the_best_model_is_one_line(small_disk, capfd):
     flags = ("--num-steps", "20", "--checkpoint-every", "20")
     reference = small_disk / "reference"  # how much each part of the run takes on this disk

@@ -95,7 +95,20 @@ def _without_closed_loop_errors(hook):
 
 def exit_quietly(status: int) -> typing.NoReturn:
     """Ends the ``resetax`` process with ``status``, keeping the closed-loop errors of futures
-    finalized at interpreter shutdown off stderr (see ``_quiet_third_party``)."""
+    finalized at interpreter shutdown off stderr (see ``_quiet_third_party``).
+
+    Example:
+      >>> import sys
+      >>> from resetax.experiment import cli
+      >>> hook = sys.unraisablehook
+      >>> try:
+      ...     cli.exit_quietly(3)
+      ... except SystemExit as exit_:
+      ...     print(exit_.code)
+      ... finally:
+      ...     sys.unraisablehook = hook
+      3
+    """
     sys.unraisablehook = _without_closed_loop_errors(sys.unraisablehook)
     sys.exit(status)
 
