@@ -218,7 +218,7 @@ def _foreign_entry(directory: Path) -> Path | None:
         if entry.is_symlink():
             return entry
         if entry.is_dir():
-            if entry.name in RUN_FOLDERS:
+            if entry.name in RUN_FOLDERS or _is_orbax_temporary(entry.name):
                 continue
             inner = _foreign_entry(entry)  # a group's run, or a paper table's cell
             if inner is not None:
@@ -232,6 +232,12 @@ def _is_temporary(name: str) -> bool:
     """``write_json``'s temporary file (``summary.tmp``), left behind by a crash."""
     return name.endswith(".tmp") and any(
         name == Path(known).with_suffix(".tmp").name for known in RUN_FILES)
+
+
+def _is_orbax_temporary(name: str) -> bool:
+    """Orbax's temporary directory for ``best/`` (``best.orbax-checkpoint-tmp``), left behind by
+    a process killed or stopped while it saved the best model."""
+    return any(name.startswith(f"{folder}.orbax-checkpoint-tmp") for folder in RUN_FOLDERS)
 
 
 def _lock_holder(lock: Path) -> str | None:
