@@ -33,6 +33,7 @@ from runs import (
     summary_without_time,
     tiny,
     wait_for,
+    without_times,
 )
 
 from resetax.experiment import checkpoint, cli, control, group, runner, workdir
@@ -542,3 +543,273 @@ def test_an_internal_error_is_one_line_with_the_traceback_in_a_file(monkeypatch,
         assert "Traceback" in text and "second line" in text and "def broken" not in err
     finally:
         saved.unlink()
+
+
+# Signals at any moment, from the first import to the last write (issue 23, item 2). The
+# command runs as users run it (`resetax_cli`, the console script's module); each moment is
+# found by polling what the process has loaded or written, not by sleeping.
+
+def signal_env(cache=True):
+    """The subprocess's environment; ``cache=False``: no compilation cache, so that the first
+    compile takes seconds (the probe's setting)."""
+    env = dict(os.environ)
+    if not cache:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        env["RESETAX_COMPILATION_CACHE"] = "off"
+    return env
+
+
+def start_command(target, *extra, num_steps=600, checkpoint_every=60, command="train",
+                  cache=True):
+    args = [sys.executable, "-m", "resetax_cli", *cli_args(
+        target, "--num-steps", str(num_steps), "--checkpoint-every", str(checkpoint_every),
+        *extra, command=command)[3:]]
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=signal_env(cache))
+
+
+def has_loaded(proc, library):
+    """Whether ``proc`` has mapped a shared library whose path holds ``library``."""
+    try:
+        return library in Path(f"/proc/{proc.pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def metrics_rows(target):
+    path = target / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def checkpoint_being_written(target):
+    checkpoints = target / "checkpoints"
+    return checkpoints.exists() and any("tmp" in p.name for p in checkpoints.iterdir())
+
+
+MOMENTS = {  # when to send the signal to a 600-step run: a test on the process and its files
+    "import": lambda proc, target: has_loaded(proc, "jaxlib"),
+    "setup": lambda proc, target: (target / "config.json").exists(),
+    "first_compile": lambda proc, target: (target / "metrics.jsonl").exists(),
+    "mid_loop": lambda proc, target: metrics_rows(target) >= 3,
+    "checkpoint_save": lambda proc, target: checkpoint_being_written(target),
+    "finishing": lambda proc, target: metrics_rows(target) >= 60,
+}
+
+
+def signalled(proc, target, moment, signum, seconds=240):
+    """Sends ``signum`` to ``proc`` at ``moment``; returns its stderr once it has ended."""
+    wait_for(proc, lambda: MOMENTS[moment](proc, target), seconds=seconds)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+    return err.decode()
+
+
+def assert_stopped_cleanly(proc, err, signum):
+    assert proc.returncode == 128 + signum, (proc.returncode, err)
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert "Segmentation fault" not in err, err
+    lines = err.strip().splitlines()
+    assert 1 <= len(lines) <= 3, err
+    name = signal.Signals(signum).name
+    assert lines[-1].startswith(f"resetax: stopped by {name}"), err
+
+
+def continue_after_a_signal(target, err, long_reference):
+    """Resumes what the stopped run left, if anything, as its message says, and checks the run
+    ends identical to the uninterrupted one."""
+    if not target.exists() or not (target / "config.json").exists():
+        assert "before anything was written" in err, err
+        return
+    if (target / "summary.json").exists():  # stopped after the run ended
+        assert "after the run ended" in err, err
+        assert read_lines(target) == read_lines(long_reference[0])
+        assert summary_without_time(target) == long_reference[1]
+        return
+    assert pasted_command(err.strip().splitlines()[-1]) == [
+        "resetax", "train", "--run-dir", str(target), "--resume"], err
+    assert not (target / workdir.LOCK_FILE).exists()  # no lock left behind
+    resume_and_compare(target, long_reference)
+
+
+def test_ctrl_c_during_the_first_compile_stops_cleanly_then_resumes(tmp_path):
+    """The probe's case: the first compile (no compilation cache) interrupted by Ctrl-C."""
+    target, reference = tmp_path / "run", tmp_path / "reference"
+    proc = start_command(target, "--no-baseline", num_steps=120, cache=False)
+    err = signalled(proc, target, "first_compile", signal.SIGINT)
+    assert_stopped_cleanly(proc, err, signal.SIGINT)
+    summary = runner.train(tiny(num_steps=120), reference, progress=False).summary
+    continue_after_a_signal(target, err, (reference, without_times(summary)))
+
+
+def test_a_signal_during_the_imports_ends_at_once_writing_nothing(tmp_path):
+    target = tmp_path / "run"
+    proc = start_command(target, "--no-baseline")
+    err = signalled(proc, target, "import", signal.SIGTERM)
+    assert_stopped_cleanly(proc, err, signal.SIGTERM)
+    assert err.strip() == "resetax: stopped by SIGTERM before anything was written.", err
+    assert not target.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", list(MOMENTS))
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_at_any_moment_stops_cleanly_then_resumes(long_reference, tmp_path, moment,
+                                                           signum):
+    target = tmp_path / "run"
+    proc = start_command(target, "--no-baseline", checkpoint_every=10 if (
+        moment == "checkpoint_save") else 60, cache=moment not in ("setup", "first_compile"))
+    err = signalled(proc, target, moment, signum)
+    assert_stopped_cleanly(proc, err, signum)
+    continue_after_a_signal(target, err, long_reference)
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_during_the_first_compile_stops_at_once(long_reference, tmp_path):
+    target = tmp_path / "run"
+    proc = start_command(target, "--no-baseline", cache=False)
+    wait_for(proc, lambda: MOMENTS["first_compile"](proc, target))
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    err = err.decode()
+    assert_stopped_cleanly(proc, err, signal.SIGINT)
+    assert "second SIGINT" in err or "at step" in err, err
+    continue_after_a_signal(target, err, long_reference)
+
+
+# A full disk (issue 23, item 3): a small tmpfs, filled to leave a chosen number of bytes.
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount, size):
+    """A tmpfs of ``size`` at ``mount``; the test is skipped where mounting is not allowed."""
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs under ``tmp_path``."""
+    with mounted_tmpfs(tmp_path / "disk", "8m") as mount:
+        yield mount
+
+
+def leave_free(mount, free_bytes):
+    """Fills ``mount`` but for about ``free_bytes`` (whole pages), with a file ``filler``."""
+    filler = mount / "filler"
+    with open(filler, "wb", buffering=0) as file, contextlib.suppress(OSError):
+        while True:
+            file.write(b"\0" * 65536)
+    size = filler.stat().st_size
+    os.truncate(filler, max(0, size - free_bytes // 4096 * 4096))
+
+
+def assert_one_storage_line(code, err, path):
+    assert code == 1, err
+    assert "Traceback" not in err and "Event loop is closed" not in err and "absl" not in err, err
+    assert len(err.strip().splitlines()) <= 3, err
+    line = one_line_error(err)
+    assert "cannot write" in line and f"'{path}'" in line, line
+    assert "no space left on its disk" in line, line
+    assert "free some space, then continue with --resume." in line, line
+    return line
+
+
+def train_in(run_dir, *extra):
+    return cli.main(["train", "--quiet", "--no-baseline", "--run-dir", str(run_dir),
+                     *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()], *extra])
+
+
+@pytest.mark.parametrize("where", ["checkpoint", pytest.param("metrics", marks=pytest.mark.slow)])
+def test_a_full_disk_is_one_line_naming_what_could_not_be_written(small_disk, capfd, where):
+    run_dir = small_disk / "run"
+    if where == "metrics":  # room for config.json and the lock, not for a metrics row
+        leave_free(small_disk, 2 * 4096)
+        path = run_dir / "metrics.jsonl"
+    else:  # the second checkpoint does not fit (the probe's case)
+        leave_free(small_disk, 2_000_000)
+        path = run_dir / "checkpoints"
+    code = train_in(run_dir, "--num-steps", "120", "--checkpoint-every", "20")
+    assert_one_storage_line(code, capfd.readouterr().err, path)
+    # Resumed on the still-full disk: the same line, no Orbax tracebacks.
+    code = cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--resume"])
+    assert_one_storage_line(code, capfd.readouterr().err, path)
+    assert not list(run_dir.glob("checkpoints/*tmp*")), "a partial checkpoint was left"
+    # Space freed: --resume finishes the run, as an uninterrupted one.
+    (small_disk / "filler").unlink()
+    assert cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--resume"]) == 0
+    reference = small_disk.parent / "reference"
+    runner.train(tiny(num_steps=120, checkpoint_every=20), reference, progress=False)
+    assert read_lines(run_dir) == read_lines(reference)
+    assert summary_without_time(run_dir) == summary_without_time(reference)
+
+
+def test_a_dataset_not_prepared_is_the_message_alone(tmp_path, capfd):
+    """No absl warning before resetax's message (the probe saw one), and no advice to install
+    what ``resetax[train]`` installs."""
+    code = cli.main(["train", "--preset", "setting1", "--data-dir", str(tmp_path / "none"),
+                     "--run-dir", str(tmp_path / "run")])
+    err = capfd.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("resetax: error: TFDS dataset 'cifar10' is not prepared in"), err
+    assert len(lines) <= 3 and "WARNING" not in err and "importlib_resources" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def disk_usage(path):
+    """The bytes the files under ``path`` take on their disk (whole blocks)."""
+    return sum(p.stat().st_blocks * 512 for p in Path(path).rglob("*") if p.is_file())
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_saving_the_best_model_is_one_line(small_disk, capfd):
+    flags = ("--num-steps", "20", "--checkpoint-every", "20")
+    reference = small_disk / "reference"  # how much each part of the run takes on this disk
+    assert train_in(reference, *flags) == 0
+    best = disk_usage(reference / "best")
+    needed = disk_usage(reference) - disk_usage(reference / "curves.png") - (
+        disk_usage(reference / "summary.json"))
+    shutil.rmtree(reference)
+    capfd.readouterr()
+    leave_free(small_disk, needed - best // 2)  # the last checkpoint fits, best/ does not
+    run_dir = small_disk / "run"
+    code = train_in(run_dir, *flags)
+    assert_one_storage_line(code, capfd.readouterr().err, run_dir / "best")
+    assert not (run_dir / "summary.json").exists()  # not finished: --resume writes it
+    (small_disk / "filler").unlink()
+    assert cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--resume"]) == 0
+    assert (run_dir / "best").is_dir() and (run_dir / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_a_group_is_one_line(tmp_path, capfd):
+    """A compare of two seeds, its runs side by side, the second checkpoint of each too big."""
+    with mounted_tmpfs(tmp_path / "disk", "32m") as disk:
+        full_disk_in_a_group(disk, capfd)
+
+
+def full_disk_in_a_group(small_disk, capfd):
+    run_dir = small_disk / "compare"
+    leave_free(small_disk, 3_500_000)
+    args = ["compare", "--quiet", "--run-dir", str(run_dir), "--seeds", "2", "--num-devices", "1",
+            *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()], "--checkpoint-every",
+            "20"]
+    code = cli.main(args)
+    err = capfd.readouterr().err
+    line = assert_one_storage_line(code, err, run_dir / "baseline-seed0" / "checkpoints") if (
+        "baseline-seed0" in err) else assert_one_storage_line(
+        code, err, run_dir / "resetting-seed0" / "checkpoints")
+    assert "the earlier checkpoints are intact" in line
+    code = cli.main(["compare", "--quiet", "--run-dir", str(run_dir), "--resume"])
+    assert code == 1 and one_line_error(capfd.readouterr().err)
+    (small_disk / "filler").unlink()
+    code = cli.main(["compare", "--quiet", "--run-dir", str(run_dir), "--resume"])
+    assert code == 0, capfd.readouterr().err
+    assert (run_dir / "compare.json").exists()

@@ -157,6 +157,9 @@ def test_resume_after_a_cut_inside_a_row_before_the_checkpoint_says_which_row_is
     (lambda text: text[:-40], 2),  # a row cut short in the middle: "Unterminated string"
     (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "step"}), 2),
     (lambda text: "[]", 2),
+    # A value of the wrong type: kept, it failed when curves.png was drawn.
+    (lambda text: json.dumps({**json.loads(text), "val_loss": "abc"}), 2),
+    (lambda text: json.dumps({**json.loads(text), "reset_steps": ["12"]}), 2),
 ])
 def test_resume_drops_a_damaged_metrics_line_and_says_so(tmp_path, capsys, damage, line):
     run_dir = tmp_path / "run"
@@ -173,3 +176,28 @@ def test_resume_drops_a_damaged_metrics_line_and_says_so(tmp_path, capsys, damag
     assert sum("metrics.jsonl" in e for e in err.splitlines()) == 1, err
     assert (run_dir / "metrics.jsonl").read_text().splitlines(keepends=True) == [
         row for i, row in enumerate(lines) if i != line - 1]
+
+
+def test_a_damaged_config_of_a_run_of_a_group_points_at_that_run(tmp_path, capsys):
+    """Not at --overwrite, which would empty the whole group: at deleting that run alone."""
+    run_dir = tmp_path / "pair"
+    workdir.make_run_dir(run_dir)
+    workdir.write_config(run_dir, tiny(baseline=True))
+    workdir.write_json(run_dir / workdir.PLAN_FILE, {"command": "train", "seeds": None})
+    baseline = run_dir / "baseline"
+    config = saved_run(baseline, reset_prob=0.0)
+    config.write_text('{"seed": 0, "colour": "blue"}')
+    code, err = resume(run_dir, capsys)
+    assert code == 1, err
+    error = one_line_error(err)
+    assert f"{str(config)!r} has an unknown key" in error and "--overwrite" not in error, error
+    assert error.endswith(f"restore it, or delete {str(baseline)!r} so that --resume trains "
+                          f"that run again from step 0."), error
+
+
+def test_read_metrics_names_a_row_with_a_value_of_the_wrong_type(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "val_loss": 1.5, "active": true}\n'
+                                            '{"step": 10, "val_loss": "abc"}\n')
+    with pytest.raises(_files.DamagedFile, match=r"metrics.jsonl' line 2 holds \"val_loss\": "
+                                                 r"\"abc\", not a number or null; "):
+        workdir.read_metrics(tmp_path)

@@ -40,6 +40,10 @@ def test_overwrite_accepts_what_resetax_wrote(tmp_path, layout):
         _a_finished_run(run_dir)
         (run_dir / "summary.tmp").write_text("{")
         (run_dir / ".lock").write_text("pid 1 on elsewhere")  # released: nobody holds it
+        partial = run_dir / "best.orbax-checkpoint-tmp" / "d"  # stopped while saving best/
+        partial.mkdir(parents=True)
+        (partial / "0123abcd").write_bytes(b"\0")
+        (partial.parent / "_CHECKPOINT_METADATA").write_text("{}")
     else:
         run_dir.mkdir()
     assert workdir.check_run_dir(run_dir, resume=False, overwrite=True) == run_dir

@@ -374,7 +374,7 @@ def _not_prepared_message(name: str, data_dir_root, spec: _TfdsSpec) -> str:
     message = (
         f"TFDS dataset {name!r} is not prepared in {data_dir_root}. Prepare it once in the"
         " array_record format that tfds.data_source reads (unlike reading, preparing needs"
-        " TensorFlow and importlib_resources: pip install tensorflow importlib_resources):\n"
+        " TensorFlow: pip install tensorflow):\n"
         f"  {prepare_command(name, data_dir_root)}\n"
         f"or: tfds build {name} --data_dir={data_dir_root} --file_format=array_record"
     )

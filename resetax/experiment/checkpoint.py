@@ -6,7 +6,9 @@ killed in the middle of a write resumes from the previous complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -63,7 +65,10 @@ class CheckpointManager:
         with _ORBAX:
             self._manager = ocp.CheckpointManager(
                 self.directory,
-                options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+                # Synchronous: save() waits for the write anyway, and Orbax's background
+                # threads printed dozens of tracebacks when a write failed (a full disk).
+                options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                    enable_async_checkpointing=False),
             )
 
     def latest_step(self) -> int | None:
@@ -77,7 +82,7 @@ class CheckpointManager:
         interrupted save leaves the earlier checkpoints as they were. A directory that cannot be
         written raises :class:`~resetax.experiment.workdir.RunError` at once.
         """
-        from resetax.experiment.workdir import RunError
+        from resetax.experiment.workdir import RunError, storage_fix, storage_problem
 
         ocp, step = self._ocp, int(state.step)
         try:  # fail in a moment, not after Orbax's retries, if the directory became unwritable
@@ -90,9 +95,26 @@ class CheckpointManager:
                                                   meta=ocp.args.JsonSave(meta)))
                 self._manager.wait_until_finished()
         except Exception as err:  # OSError, or whatever Orbax and tensorstore raise for it
+            self._discard(step)
             raise RunError(f"cannot write the checkpoint of step {step} to "
-                           f"{str(self.directory)!r}: {_first_line(err)}; the earlier "
-                           f"checkpoints are intact.") from None
+                           f"{str(self.directory)!r}: {storage_problem(err)}; the earlier "
+                           f"checkpoints are intact: {storage_fix(err)}, then continue with "
+                           f"--resume.") from None
+
+    def _discard(self, step: int) -> None:
+        """Removes what a failed save of ``step`` wrote, once its other writes have ended, to
+        give back the space it took (a full disk)."""
+        import time
+
+        with contextlib.suppress(Exception):
+            self._manager.wait_until_finished()
+        for _ in range(50):  # tensorstore's last writes may still create files for a moment
+            partial = list(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+            if not partial:
+                return
+            for path in partial:
+                shutil.rmtree(path, ignore_errors=True)
+            time.sleep(0.02)
 
     def restore_latest(self, template: Any) -> tuple[Any, dict[str, Any]] | None:
         """The newest checkpoint that reads back intact, or None if there is none at all.
@@ -139,8 +161,12 @@ class CheckpointManager:
             if legacy is None:
                 raise err
             return legacy
+        meta = restored.meta
+        if not (isinstance(meta, dict) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in meta.values())):
+            raise ValueError(f"its metadata is not an object of numbers: {str(meta)[:40]}")
         leaves = jax.tree.leaves(jax.tree.map(np.asarray, restored.state))
-        return jax.tree.unflatten(jax.tree.structure(template), leaves), restored.meta
+        return jax.tree.unflatten(jax.tree.structure(template), leaves), meta
 
     def _restore_legacy(self, template: Any, step: int) -> tuple[Any, dict[str, Any]] | None:
         """0.1.0's format (the leaves in order), or None if the checkpoint is not in it."""
@@ -196,11 +222,19 @@ def save_best(directory: str | os.PathLike, params: Any, batch_stats: Any) -> No
     """
     import orbax.checkpoint as ocp
 
+    from resetax.experiment.workdir import StorageError
+
     variables = {"params": params}
     if jax.tree.leaves(batch_stats):
         variables["batch_stats"] = batch_stats
-    with _ORBAX, ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(Path(directory).absolute(), variables, force=True)
+    directory = Path(directory).absolute()
+    try:
+        with _ORBAX, ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(directory, variables, force=True)
+    except Exception as err:  # OSError, or whatever Orbax and tensorstore raise for it
+        for partial in directory.parent.glob(f"{directory.name}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        raise StorageError(directory, err) from None
 
 
 def load_best(directory: str | os.PathLike) -> dict[str, Any]:

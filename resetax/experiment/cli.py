@@ -7,6 +7,7 @@ Every :class:`~resetax.experiment.config.Config` field is a flag (``--noise-rate
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import signal
@@ -14,6 +15,7 @@ import sys
 import time
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +42,83 @@ def main(argv: list[str] | None = None) -> int:
       >>> print(err.getvalue().strip())
       resetax: error: noise_rate must be in [0.0, 1.0], got 1.5.
     """
+    from resetax.experiment import control
+
+    # First: from here on a signal is recorded, never a KeyboardInterrupt inside JAX or XLA.
+    with control.handle_signals(_signal_message), _quiet_third_party():
+        status = _main(argv)
+        signum = control.received_signal()
+        if status == 0 and signum is not None:  # it came as the last window ended: honoured
+            print(f"resetax: stopped by {signal.Signals(signum).name} in "
+                  f"{_RUN.get('run_dir', '.')} after the run ended; its results are written.",
+                  file=sys.stderr)
+            return 128 + signum
+        return status
+
+
+@contextlib.contextmanager
+def _quiet_third_party() -> Iterator[None]:
+    """Keeps the libraries' own reports of what resetax reports in one line off stderr.
+
+    absl's log (TFDS's warnings, Orbax's errors from its writer threads) and asyncio's (the
+    failed writes' futures) are not shown, and the "Event loop is closed" errors that Orbax's
+    and tensorstore's futures raise when they complete after a failed write are dropped; any
+    other error raised where it cannot be caught is shown as Python shows it.
+    """
+    import gc
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    levels, hook = [logger.level for logger in loggers], sys.unraisablehook
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    sys.unraisablehook = _without_closed_loop_errors(hook)
+    try:
+        yield
+    finally:
+        gc.collect()  # the failed write's futures, while their errors are still dropped
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+        sys.unraisablehook = hook
+
+
+def _without_closed_loop_errors(hook):
+    """``hook`` (a ``sys.unraisablehook``) but for the "Event loop is closed" errors of futures
+    completing after their loop closed (a failed Orbax write's)."""
+    def unraisable(report) -> None:
+        if not (isinstance(report.exc_value, RuntimeError)
+                and str(report.exc_value) == "Event loop is closed"):
+            hook(report)
+
+    return unraisable
+
+
+def exit_quietly(status: int) -> typing.NoReturn:
+    """Ends the ``resetax`` process with ``status``, keeping the closed-loop errors of futures
+    finalized at interpreter shutdown off stderr (see ``_quiet_third_party``).
+
+    Example:
+      >>> import sys
+      >>> from resetax.experiment import cli
+      >>> hook = sys.unraisablehook
+      >>> try:
+      ...     cli.exit_quietly(3)
+      ... except SystemExit as exit_:
+      ...     print(exit_.code)
+      ... finally:
+      ...     sys.unraisablehook = hook
+      3
+    """
+    sys.unraisablehook = _without_closed_loop_errors(sys.unraisablehook)
+    sys.exit(status)
+
+
+def _main(argv: list[str] | None) -> int:
     from resetax._files import DamagedFile
+    from resetax.experiment import workdir
     from resetax.experiment.workdir import RunError, check_resume_or_overwrite
 
+    _RUN.clear()
     argv = sys.argv[1:] if argv is None else list(argv)
     args, unknown = parser(_preset_in(argv), _table_in(argv)).parse_known_args(argv)
     _use_compilation_cache()
@@ -55,12 +131,51 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resetax: error: {err}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as err:  # bad input: arguments, run directory, dataset
+        if isinstance(err, OSError) and workdir.is_disk_full(err):  # storage: not bad input
+            print(f"resetax: error: {workdir.StorageError(err.filename or '.', err)}",
+                  file=sys.stderr)
+            return 1
         print(f"resetax: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # a bug of resetax or below it: one line, the traceback in a file
         print(f"resetax: internal error: {type(err).__name__}: {_first_line(err)}; the "
               f"traceback is in {_save_traceback()} (please report it).", file=sys.stderr)
         return 1
+
+
+# The command's run directory and resume command, once known: what a signal's message names.
+_RUN: dict[str, Any] = {}
+
+
+def _expect_run(run_dir: Path, args, marker: str = "config.json") -> None:
+    _RUN.update(run_dir=run_dir, marker=marker, command=_resume_command(run_dir, args),
+                resume=args.resume)
+
+
+def _resume_command(run_dir: Path, args) -> str:
+    """The command that continues the run in ``run_dir``, shell-quoted."""
+    import shlex
+
+    return shlex.join(["resetax", args.command_name, *([args.table] if "table" in args else []),
+                       "--run-dir", str(run_dir), "--resume"])
+
+
+def _signal_message(name: str, second: bool) -> str:
+    """The line a signal that ends the process at once prints (see ``control.handle_signals``):
+    where the run stands on disk, and the command that continues it."""
+    from resetax.experiment import workdir
+
+    run_dir = _RUN.get("run_dir")
+    if run_dir is None or not (_RUN["resume"] or run_dir.absolute() in workdir.PREPARED) or (
+            not (run_dir / _RUN["marker"]).exists()):  # no run of this command to continue
+        return f"resetax: stopped by {name} before anything was written."
+    if second:
+        return (f"resetax: stopped at once by a second {name} in {run_dir}; run "
+                f"`{_RUN['command']}` to continue from its last checkpoint.")
+    if any((run_dir / file).exists() for file in ("summary.json", "compare.json", "table.json")):
+        return (f"resetax: stopped by {name} in {run_dir} after the run ended; its results are "
+                f"written.")
+    return f"resetax: stopped by {name} in {run_dir}; run `{_RUN['command']}` to continue."
 
 
 def _first_line(err: BaseException) -> str:
@@ -80,16 +195,17 @@ def _save_traceback() -> str:
 
 
 def _train(args) -> int:
-    from resetax.experiment import runner
+    from resetax.experiment import runner, workdir
 
     run_dir = Path(args.run_dir or _default_run_dir(args.preset or DEFAULT_PRESET))
+    _expect_run(run_dir, args)
     config = _resumed_config(args, run_dir) if args.resume else config_from_args(args)
     plan = _plan(run_dir, args)  # a resumed group of runs must be a pair, not a compare
     if args.resume and not (config.baseline or plan) and _finished(run_dir):
+        result = runner.ended(workdir.read_summary(run_dir))
         _print(f"{run_dir} is a finished run (its summary.json is written): nothing to "
                f"resume; every file is left as it was.")
-        summary = json.loads((run_dir / "summary.json").read_text())
-        return _report_divergence({"run": runner.ended(summary)})  # 1 if it ended diverged
+        return _report_divergence({"run": result})  # 1 if it ended diverged
     _start_processes(args)
     if config.baseline or plan:
         return _run_group(run_dir, config, _pair(config), args, _report_pair)
@@ -123,6 +239,7 @@ def _report_pair(summaries: dict[str, dict[str, Any]], config, run_dir: Path) ->
 
 def _compare(args) -> int:
     run_dir = Path(args.run_dir or _default_run_dir(f"compare-{args.preset or DEFAULT_PRESET}"))
+    _expect_run(run_dir, args)
     if args.resume:
         config = _resumed_config(args, run_dir)
         saved_seeds = _plan(run_dir, args)["seeds"]
@@ -159,6 +276,7 @@ def _reproduce(args) -> int:
 
     table = reproduce.TABLES[args.table]
     run_dir = Path(args.run_dir or _default_run_dir(f"reproduce-{args.table}"))
+    _expect_run(run_dir, args, marker=workdir.PLAN_FILE)
     overrides, seeds = _overrides(args), args.seeds
     cells = None if args.cells is None else [c for c in args.cells.split(",") if c]
     if cells == []:
@@ -286,16 +404,12 @@ def _stopped(results: dict[str, Any], run_dir: Path, args) -> int:
     """Reports runs stopped by a signal (:class:`~resetax.experiment.runner.Stopped`), each at
     its own step and checkpoint, and the resume command; exits as the signal would (128 + its
     number)."""
-    import shlex
-
     from resetax.experiment import distributed
     from resetax.experiment.runner import Stopped
 
     stopped = {name: r for name, r in results.items() if isinstance(r, Stopped)}
     name = next(r.signal for r in stopped.values()) or "SIGTERM"
-    command = shlex.join(["resetax", args.command_name,
-                          *([args.table] if "table" in args else []),
-                          "--run-dir", str(run_dir), "--resume"])
+    command = _resume_command(run_dir, args)
     if len(results) == 1:
         where = f"{_stopped_at(*stopped.values())} in {run_dir}"
     else:
@@ -658,4 +772,4 @@ def _default_run_dir(name: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly(main())

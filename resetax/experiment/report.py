@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from resetax.experiment.workdir import read_metrics
+from resetax.experiment.workdir import read_metrics, writing
 
 __all__ = ["compare_markdown", "compare_table", "plot_compare", "plot_run", "read_metrics",
            "side_by_side", "write_compare"]
@@ -76,7 +76,8 @@ def plot_run(run_dir: str | os.PathLike) -> Path:
         title += f", {len(plasticity)} plasticity resets (purple, dashed)"
     fig.suptitle(title)
     out = Path(run_dir) / "curves.png"
-    fig.savefig(out, dpi=100)
+    with writing(out):
+        fig.savefig(out, dpi=100)
     return out
 
 
@@ -188,7 +189,8 @@ def plot_compare(baseline: list[float], resetting: list[float], path: str | os.P
     ax.set_title(f"{len(baseline)} seeds, resetting − baseline:\n"
                  f"{100 * difference['mean']:+.2f} ± {100 * difference['se']:.2f} points (paired)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with writing(path):
+        fig.savefig(path, dpi=100)
     return Path(path)
 
 
@@ -221,10 +223,12 @@ def write_compare(summaries: dict[str, dict[str, Any]], config: Any, run_dir: Pa
     markdown = compare_markdown(
         table, f"noise {config.noise} {config.noise_rate}, reset_prob {config.reset_prob}")
     if distributed.is_primary():
-        (run_dir / "compare.md").write_text(markdown)
+        with writing(run_dir / "compare.md"):
+            (run_dir / "compare.md").write_text(markdown)
         result = {**table, **{name: {**table[name], "per_seed": accuracy[name]}
                               for name in accuracy}}
-        (run_dir / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+        with writing(run_dir / "compare.json"):
+            (run_dir / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
         plot_compare(accuracy["baseline"], accuracy["resetting"], run_dir / "compare.png")
     return markdown
 

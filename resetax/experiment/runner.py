@@ -476,7 +476,8 @@ def _finish(experiment: Experiment, run_dir: Path, state: train_state.TrainState
     summary = summarize(experiment, state, final, **timing)
     if diverged_at is not None:
         summary["diverged_at"] = diverged_at
-    if distributed.is_primary():
+    if distributed.is_primary():  # summary.json last: a run that has it is finished
+        curves = report.plot_run(run_dir)
         workdir.write_json(run_dir / workdir.SUMMARY_FILE, summary)
-        tracker.finish(summary, [report.plot_run(run_dir)])
+        tracker.finish(summary, [curves])
     return summary

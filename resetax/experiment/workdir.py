@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from resetax import _files
-from resetax.experiment import distributed
+from resetax.experiment import control, distributed
 from resetax.experiment.config import Config
 from resetax.experiment.tracking import STATE_FILE as TRACKING_FILE
 
@@ -40,6 +40,55 @@ T = TypeVar("T")
 
 class RunError(RuntimeError):
     """A run could not go on (unwritable or corrupted checkpoints, divergence); one-line message."""
+
+
+class StorageError(RunError):
+    """A file or directory of a run could not be written (a full disk, a read-only one).
+
+    Example:
+      >>> import errno
+      >>> from resetax.experiment.workdir import StorageError
+      >>> print(StorageError("run/metrics.jsonl", OSError(errno.ENOSPC, "No space left on device")))
+      cannot write 'run/metrics.jsonl': no space left on its disk; free some space, then continue with --resume.
+    """  # noqa: E501
+
+    def __init__(self, path: str | os.PathLike, error: BaseException,
+                 then: str = "continue with --resume"):
+        self.path, self.error = Path(path), error
+        super().__init__(f"cannot write {str(path)!r}: {storage_problem(error)}; "
+                         f"{storage_fix(error)}, then {then}.")
+
+
+def storage_problem(error: BaseException) -> str:
+    """What went wrong writing, in a few words (``error`` may be tensorstore's, for Orbax)."""
+    if is_disk_full(error):
+        return "no space left on its disk"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror[0].lower() + error.strerror[1:]
+    line = next(iter(str(error).strip().splitlines()), type(error).__name__)
+    return line if len(line) <= 200 else line[:200] + "..."
+
+
+def storage_fix(error: BaseException) -> str:
+    return "free some space" if is_disk_full(error) else "make it writable"
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (an ``OSError``, or tensorstore's for Orbax) says the disk is full."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(error) or "os_error_code='28'" in str(error)
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, then: str = "continue with --resume") -> Iterator[None]:
+    """Turns an ``OSError`` while writing ``path`` into a :class:`StorageError` naming it."""
+    try:
+        yield
+    except OSError as err:
+        raise StorageError(path, err, then) from None
 
 
 @contextlib.contextmanager
@@ -81,8 +130,14 @@ def run_directory(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
     with RunLock(run_dir):
         check_run_dir(run_dir, resume=resume, overwrite=overwrite, marker=marker)
         if not resume:
-            _prepare(run_dir, write, overwrite=overwrite)
+            with control.critical():  # a signal waits: never a half-emptied directory
+                _prepare(run_dir, write, overwrite=overwrite)
+        PREPARED.add(run_dir.absolute())
         yield checked
+
+
+# The run directories this process prepared (or resumes): a signal's message points at them.
+PREPARED: set[Path] = set()
 
 
 def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
@@ -163,7 +218,7 @@ def _foreign_entry(directory: Path) -> Path | None:
         if entry.is_symlink():
             return entry
         if entry.is_dir():
-            if entry.name in RUN_FOLDERS:
+            if entry.name in RUN_FOLDERS or _is_orbax_temporary(entry.name):
                 continue
             inner = _foreign_entry(entry)  # a group's run, or a paper table's cell
             if inner is not None:
@@ -177,6 +232,12 @@ def _is_temporary(name: str) -> bool:
     """``write_json``'s temporary file (``summary.tmp``), left behind by a crash."""
     return name.endswith(".tmp") and any(
         name == Path(known).with_suffix(".tmp").name for known in RUN_FILES)
+
+
+def _is_orbax_temporary(name: str) -> bool:
+    """Orbax's temporary directory for ``best/`` (``best.orbax-checkpoint-tmp``), left behind by
+    a process killed or stopped while it saved the best model."""
+    return any(name.startswith(f"{folder}.orbax-checkpoint-tmp") for folder in RUN_FOLDERS)
 
 
 def _lock_holder(lock: Path) -> str | None:
@@ -264,14 +325,17 @@ class RunLock:
         stale = file.read().strip()
         if stale:
             _note(f"a previous run ({stale}) ended without releasing {path}; taking it over.")
-        file.seek(0)
-        file.truncate()
-        file.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        file.flush()
+        with contextlib.suppress(OSError):  # a full disk: the flock still holds, unnamed
+            file.seek(0)
+            file.truncate()
+            file.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            file.flush()
         self._file = file
+        control.on_exit(id(self), path.unlink)  # a signal ending the process removes it too
         return self
 
     def __exit__(self, *exc_info) -> None:
+        control.on_exit(id(self), None)
         if self._file is not None:
             (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
             self._file.close()  # closing releases the flock
@@ -326,13 +390,36 @@ def load_config(run_dir: str | os.PathLike) -> Config:
     """
     _check_resumable(Path(run_dir), CONFIG_FILE)
     path = Path(run_dir) / CONFIG_FILE
-    fields = _files.read_json(path, fix=_RESTART,
+    fix = _restart(Path(run_dir))
+    fields = _files.read_json(path, fix=fix,
                               known=[field.name for field in dataclasses.fields(Config)])
     try:
         return Config(**fields)
     except (TypeError, ValueError) as err:
         reason = next(iter(str(err).splitlines()), type(err).__name__).rstrip(".")
-        raise _files.damaged(path, f"holds a bad value ({reason})", _RESTART) from None
+        raise _files.damaged(path, f"holds a bad value ({reason})", fix) from None
+
+
+def _restart(run_dir: Path) -> str:
+    """What to do about a damaged file of the run in ``run_dir``: a run of a group (its parent
+    holds the group's plan.json) is trained again alone, the group's other runs kept
+    (``--overwrite`` would empty the whole group).
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import workdir
+      >>> group = Path(tempfile.mkdtemp())
+      >>> workdir.write_json(group / "plan.json", {"command": "train", "seeds": None})
+      >>> workdir._restart(group / "baseline")
+      "restore it, or delete '.../baseline' so that --resume trains that run again from step 0"
+      >>> workdir._restart(group)
+      'restore it, or start the run again with --overwrite'
+    """
+    if _in_group(run_dir):
+        return (f"restore it, or delete {str(run_dir)!r} so that --resume trains that run again "
+                f"from step 0")
+    return _RESTART
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -347,13 +434,20 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
       >>> workdir.read_summary(run_dir)
       Traceback (most recent call last):
       ...
-      resetax._files.DamagedFile: '...summary.json' lacks "test_acc", ... so that --resume trains that run again.
+      resetax._files.DamagedFile: '...summary.json' lacks "test_acc", ... so that --resume ends the run again from its last checkpoint.
     """  # noqa: E501
     numbers = (float, type(None))
     return _files.read_json(
         Path(run_dir) / SUMMARY_FILE, required=SUMMARY_KEYS,
         types={**{key: numbers for key in SUMMARY_KEYS}, "test_acc": (float,)},
-        fix=f"restore it, or delete {str(run_dir)!r} so that --resume trains that run again")
+        fix=f"restore it, or delete {str(run_dir)!r} so that --resume trains that run again"
+        if _in_group(Path(run_dir)) else
+        "restore it, or delete it so that --resume ends the run again from its last checkpoint")
+
+
+def _in_group(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is a run of a group (its parent holds the group's plan.json)."""
+    return (run_dir.parent / PLAN_FILE).exists() and not (run_dir / PLAN_FILE).exists()
 
 
 def read_plan(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -414,7 +508,10 @@ def _prepare(run_dir: Path, write: Callable[[Path], None], *, overwrite: bool) -
             for entry in run_dir.iterdir():
                 if entry.name != LOCK_FILE:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        write(run_dir)
+        try:
+            write(run_dir)
+        except StorageError as err:  # nothing to resume yet: the same command again
+            raise StorageError(err.path, err.error, "run the same command again") from None
     distributed.barrier("resetax: run directory prepared")
 
 
@@ -431,8 +528,12 @@ def write_json(path: Path, obj: Any) -> None:
       {'loss': None, 'acc': 0.5}
     """
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk: no half-written file left behind
+        tmp.unlink(missing_ok=True)
+        raise StorageError(path, err) from None
 
 
 class MetricsLog:
@@ -470,20 +571,26 @@ class MetricsLog:
         if distributed.is_primary():
             kept = _kept_rows(self.path, self._start, self._eval_every)
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(_json_line(line) for line in kept))
-            os.replace(tmp, self.path)
-            self._file = open(self.path, "a")
+            try:
+                tmp.write_text("".join(_json_line(line) for line in kept))
+                os.replace(tmp, self.path)
+                self._file = open(self.path, "a")
+            except OSError as err:
+                tmp.unlink(missing_ok=True)
+                raise StorageError(self.path, err) from None
         return self
 
     def __exit__(self, *exc_info) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # what could not be flushed was reported
+                self._file.close()
 
     def write(self, lines: list[dict[str, Any]]) -> None:
         """Appends ``lines`` and flushes them to disk."""
         if self._file is not None:
-            self._file.write("".join(_json_line(line) for line in lines))
-            self._file.flush()
+            with writing(self.path):  # a full disk: a line cut short, which --resume drops
+                self._file.write("".join(_json_line(line) for line in lines))
+                self._file.flush()
 
 
 def read_metrics(run_dir: str | os.PathLike, *, partial_last: bool = False
@@ -522,14 +629,40 @@ def read_metrics(run_dir: str | os.PathLike, *, partial_last: bool = False
         if isinstance(row, str):
             if partial_last and i == len(lines) - 1:
                 continue
-            raise _files.damaged(path, f"line {number} {row}", _RESTART)
+            raise _files.damaged(path, f"line {number} {row}", _restart(Path(run_dir)))
         rows.append(row)
     return rows
 
 
-def _metrics_lines(path: Path) -> Any:
-    return _files.json_lines(path, fix=_RESTART, required=("step",),
-                             types={"step": (int,), "reset_steps": (list,)})
+def _metrics_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """``metrics.jsonl``'s lines as :func:`~resetax._files.json_lines` reads them; a row with a
+    value of the wrong type (a string where a number goes, a step list of strings) is a
+    damaged line, as one that is not JSON: ``--resume`` drops it, saying so, and the plots
+    never see it."""
+    for number, row in _files.json_lines(path, fix=_RESTART, required=("step",),
+                                         types={"step": (int,)}):
+        yield number, row if isinstance(row, str) else (_row_problem(row) or row)
+
+
+def _row_problem(row: dict[str, Any]) -> str:
+    """What is wrong with a metrics row's values ("" if nothing): the ``*_steps`` lists hold
+    steps, ``active`` is a boolean and every other value a number or null."""
+    for key, value in row.items():
+        if key.endswith("_steps"):
+            fine = isinstance(value, list) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value)
+            kind = "a list of steps"
+        elif key == "active":
+            fine, kind = isinstance(value, bool), "a boolean"
+        else:
+            fine = value is None or (isinstance(value, (int, float))
+                                     and not isinstance(value, bool))
+            kind = "a number or null"
+        if not fine:
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            return f"holds {json.dumps(key)}: {shown}, not {kind}"
+    return ""
 
 
 def _kept_rows(path: Path, start: int, eval_every: int | None) -> list[dict[str, Any]]:
