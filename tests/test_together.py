@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from runs import ROOT, cli_args, read_lines, summary_without_time, tiny, wait_for
 
+from resetax import _files
 from resetax.experiment import build, checkpoint, cli, group, runner, together, workdir
 
 SEEDS = (0, 1)
@@ -208,9 +209,10 @@ def test_sigint_stops_a_group_at_a_checkpoint_and_resume_finishes_it(tmp_path):
     state, _ = checkpoint.CheckpointManager(target / names[1] / "checkpoints").restore(
         build.setup(workdir.load_config(target / names[1])).init_state)
     assert int(state.step) == step
+    # Without --runs-together, the resume trains them together as they were started (plan.json).
+    assert json.loads((target / "plan.json").read_text())["runs_together"] == 4
     resumed = subprocess.run([sys.executable, "-m", "resetax.experiment.cli", "compare",
-                              "--quiet", "--run-dir", str(target), "--resume",
-                              "--runs-together", "4"],
+                              "--quiet", "--run-dir", str(target), "--resume"],
                              cwd=ROOT, capture_output=True, env=dict(os.environ))
     assert resumed.returncode == 0, resumed.stderr.decode()
     for name in names:
@@ -254,3 +256,28 @@ def test_the_dry_run_says_which_configuration_its_estimate_assumes(capsys):
         assert expected in out
         assert "90 runs, 4,500,000 steps: about 26.8 GPU hours on one H100" in out
         assert ("rates of runs trained together are not measured yet" in out) == (mode != "off")
+
+
+@pytest.mark.parametrize("given, saved, resume, expected", [
+    (None, 4, True, 4),          # a resume goes on as the group was started
+    ("off", 4, True, "off"),     # unless told otherwise
+    (None, 4, False, "auto"),    # a new group: the default
+    (None, None, True, "auto"),  # a plan written before runs_together was recorded
+])
+def test_runs_together_of_a_resumed_group_is_the_saved_one(tmp_path, given, saved, resume,
+                                                           expected):
+    plan = {"command": "compare", "seeds": 2}
+    if saved is not None:
+        plan["runs_together"] = saved
+    workdir.write_json(tmp_path / "plan.json", plan)
+    argv = ["compare", "--run-dir", str(tmp_path)] + (["--resume"] if resume else [])
+    argv += [] if given is None else ["--runs-together", given]
+    args = cli.parser().parse_args(argv)
+    assert cli._runs_together_of(tmp_path, args) == expected
+
+
+def test_a_damaged_runs_together_in_plan_json_is_named(tmp_path):
+    workdir.write_json(tmp_path / "plan.json", {"command": "compare", "seeds": 2,
+                                                "runs_together": "all"})
+    with pytest.raises(_files.DamagedFile, match="plan.json.*runs_together 'all'"):
+        workdir.read_plan(tmp_path)

@@ -286,8 +286,9 @@ def _reproduce(args) -> int:
         overrides, seeds, cells = reproduce.resume_plan(run_dir, table, overrides, seeds, cells)
     seeds = reproduce.DEFAULT_SEEDS if seeds is None else seeds
     runs = reproduce.plan_runs(table, seeds, overrides, cells)
+    runs_together = _runs_together_of(run_dir, args)
     if args.dry_run:
-        _print(reproduce.dry_run(table, runs, runs_together=args.runs_together))
+        _print(reproduce.dry_run(table, runs, runs_together=runs_together))
         return 0
     _start_processes(args)
 
@@ -302,12 +303,13 @@ def _reproduce(args) -> int:
     with workdir.run_directory(
             run_dir, resume=args.resume, overwrite=args.overwrite, preflight=preflight,
             marker=workdir.PLAN_FILE,
-            write=lambda path: reproduce.write_plan(path, table, overrides, seeds, cells)):
+            write=lambda path: reproduce.write_plan(path, table, overrides, seeds, cells,
+                                                    runs_together)):
         results = reproduce.run_table(
             table, runs, run_dir, resume=args.resume, announce=_print,
             train=lambda config, path, resume: group.train_or_reuse(
                 config, path, resume=resume, progress=not args.quiet),
-            runs_together=args.runs_together, progress=not args.quiet)
+            runs_together=runs_together, progress=not args.quiet)
         if _first_stopped(results):
             return _stopped(results, run_dir, args)
         if distributed.is_primary():
@@ -332,17 +334,20 @@ def _run_group(run_dir: Path, config: config_lib.Config,
             build.load_inputs(config)
         return jobs
 
+    runs_together = _runs_together_of(run_dir, args)
+
     def write(path: Path) -> None:
         workdir.write_config(path, config)
         workdir.write_json(path / workdir.PLAN_FILE, {
-            "command": args.command_name, "seeds": getattr(args, "seeds", None)})
+            "command": args.command_name, "seeds": getattr(args, "seeds", None),
+            "runs_together": runs_together})
 
     with workdir.run_directory(run_dir, resume=args.resume, overwrite=args.overwrite,
                                preflight=preflight, write=write) as jobs:
         results = together.train_runs(
             [group.GroupRun(name, run_config, run_dir / name)
              for name, run_config in named_configs], jobs=jobs,
-            runs_together=args.runs_together,
+            runs_together=runs_together,
             resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
             announce=_print)
         if _first_stopped(results):
@@ -350,6 +355,18 @@ def _run_group(run_dir: Path, config: config_lib.Config,
         report(_summaries(results), config, run_dir)
     _print(f"run directory: {run_dir}")
     return _report_divergence(results)
+
+
+def _runs_together_of(run_dir: Path, args) -> int | str:
+    """``--runs-together`` as given; when not given, on ``--resume`` as the group was started
+    (its ``plan.json``), so that it goes on bit-identically; else ``auto``."""
+    from resetax.experiment import workdir
+
+    if args.runs_together is not None:
+        return args.runs_together
+    if args.resume and (run_dir / workdir.PLAN_FILE).exists():
+        return workdir.read_plan(run_dir).get("runs_together", "auto")
+    return "auto"
 
 
 def _plan(run_dir: Path, args) -> dict[str, Any] | None:
@@ -570,11 +587,12 @@ def parser(preset: str | None = None, table: str | None = None) -> argparse.Argu
                              help="runs of a pair or a compare trained at once, side by side "
                                   "(default: auto, 2 on a CPU when each run trains on one "
                                   "device, else 1); the results do not depend on it")
-        sub.add_argument("--runs-together", type=_runs_together, default="auto",
+        sub.add_argument("--runs-together", type=_runs_together, default=None,
                          help="runs that share shapes (seed, reset_prob, noise_rate and "
                               "label_variant apart) trained as one vmapped program, at most "
                               "this many; off: one at a time (default: auto, together on an "
-                              "accelerator, off on a CPU); each run keeps its own files")
+                              "accelerator, off on a CPU; --resume: as the group was started); "
+                              "each run keeps its own files")
         for field in dataclasses.fields(config_lib.Config):
             preset_value = config_lib.PRESETS[shown].get(field.name, field.default)
             _add_field(sub, field, _reproduce_value(field.name, table) if name == "reproduce"

@@ -430,10 +430,12 @@ def resume_plan(run_dir: Path, table: Table, overrides: Mapping[str, Any],
 
 
 def write_plan(run_dir: Path, table: Table, overrides: Mapping[str, Any], seeds: int,
-               cells: Sequence[str] | None) -> None:
-    """Writes ``plan.json``: what :func:`resume_plan` reads back."""
+               cells: Sequence[str] | None, runs_together: int | str = "auto") -> None:
+    """Writes ``plan.json``: what :func:`resume_plan` reads back, and ``runs_together``, which
+    a resume without ``--runs-together`` keeps."""
     from resetax.experiment import workdir
 
     workdir.write_json(Path(run_dir) / workdir.PLAN_FILE, {
         "command": "reproduce", "table": table.name, "seeds": seeds,
-        "cells": None if cells is None else list(cells), "overrides": dict(overrides)})
+        "cells": None if cells is None else list(cells), "overrides": dict(overrides),
+        "runs_together": runs_together})

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from resetax import _files
+from resetax import _checks, _files
 from resetax.experiment import control, distributed
 from resetax.experiment.config import Config
 from resetax.experiment.tracking import STATE_FILE as TRACKING_FILE
@@ -469,8 +469,14 @@ def read_plan(run_dir: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(run_dir) / PLAN_FILE
     types = {"command": (str,), "seeds": (int, type(None)), "table": (str,),
-             "cells": (list, type(None)), "overrides": (dict,)}
+             "cells": (list, type(None)), "overrides": (dict,), "runs_together": (int, str)}
     plan = _files.read_json(path, fix=_RESTART, known=types, required=["command"], types=types)
+    if plan.get("runs_together", "off") != "off":
+        try:
+            _checks.auto_or_positive_int("runs_together", plan["runs_together"])
+        except ValueError:
+            raise _files.damaged(path, f"holds runs_together {plan['runs_together']!r}, not "
+                                 f"auto, off or a positive integer", _RESTART) from None
     required = {"compare": ["seeds"], "reproduce": ["table", "seeds", "cells", "overrides"]}
     _files.check_object(path, plan, fix=_RESTART, required=required.get(plan["command"], []),
                         types={"seeds": (int,)} if plan["command"] != "train" else {})
