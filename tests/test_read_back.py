@@ -95,7 +95,7 @@ def test_compare_resume_with_a_damaged_summary_is_one_line_naming_it(tmp_path, c
     assert code == 1, err
     error = one_line_error(err)
     assert f"{str(first / 'summary.json')!r} {problem}" in error, error
-    assert f"delete {str(first)!r} so that --resume trains that run again." in error
+    assert f"delete {str(first)!r} so that --resume trains that run again from step 0." in error
     assert not (run_dir / "resetting-seed0").exists()  # nothing else trained
 
 

@@ -440,8 +440,7 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     return _files.read_json(
         Path(run_dir) / SUMMARY_FILE, required=SUMMARY_KEYS,
         types={**{key: numbers for key in SUMMARY_KEYS}, "test_acc": (float,)},
-        fix=f"restore it, or delete {str(run_dir)!r} so that --resume trains that run again"
-        if _in_group(Path(run_dir)) else
+        fix=_restart(Path(run_dir)) if _in_group(Path(run_dir)) else
         "restore it, or delete it so that --resume ends the run again from its last checkpoint")
 
 
