@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,11 @@ class CheckpointManager:
             probe.touch()
             probe.unlink()
             with _ORBAX:
+                host = _host(state)
                 self._manager.save(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardSave(_host(state)),
-                                                  meta=ocp.args.JsonSave(meta)))
+                    step, args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(host),
+                        meta=ocp.args.JsonSave({**meta, _DIGEST: _digest(host)})))
                 self._manager.wait_until_finished()
         except Exception as err:  # OSError, or whatever Orbax and tensorstore raise for it
             self._discard(step)
@@ -166,7 +169,12 @@ class CheckpointManager:
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in meta.values())):
             raise ValueError(f"its metadata is not an object of numbers: {str(meta)[:40]}")
         leaves = jax.tree.leaves(jax.tree.map(np.asarray, restored.state))
-        return jax.tree.unflatten(jax.tree.structure(template), leaves), meta
+        state = jax.tree.unflatten(jax.tree.structure(template), leaves)
+        meta = dict(meta)
+        saved = meta.pop(_DIGEST, None)  # absent from checkpoints of earlier versions
+        if saved is not None and saved != _digest(state):
+            raise ValueError("its arrays differ from the checksum saved with them")
+        return state, meta
 
     def _restore_legacy(self, template: Any, step: int) -> tuple[Any, dict[str, Any]] | None:
         """0.1.0's format (the leaves in order), or None if the checkpoint is not in it."""
@@ -189,6 +197,19 @@ class CheckpointManager:
                 f"--overwrite.")
         state = treedef.unflatten([np.asarray(stored[k]) for k in sorted(stored)])
         return state, restored.meta
+
+
+# A checkpoint's metadata holds a CRC-32 of its arrays: a flipped byte in the array files reads
+# back without an error, and would resume a run from other numbers than it saved.
+_DIGEST = "arrays_crc32"
+
+
+def _digest(state: Any) -> int:
+    """CRC-32 of the bytes of every array of ``state``, in leaf order."""
+    crc = 0
+    for leaf in jax.tree.leaves(state):
+        crc = zlib.crc32(np.ascontiguousarray(np.asarray(leaf)).tobytes(), crc)
+    return crc
 
 
 def _first_line(err: BaseException) -> str:
