@@ -9,8 +9,10 @@ before the command's own handlers (``resetax.experiment.control.handle_signals``
 nothing is left to write once they hand back.
 """
 
+import atexit
 import os
 import signal
+import sys
 import typing
 
 _when = "before anything was written"
@@ -24,9 +26,31 @@ def main() -> typing.NoReturn:
         signal.signal(signum, _stop)
     from resetax.experiment import cli
 
-    status = cli.main()
+    try:
+        status = cli.main()
+    except SystemExit as exit_:  # argparse's --help and usage errors
+        status = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+        if isinstance(exit_.code, str):
+            print(exit_.code, file=sys.stderr)
     _when = "after the command ended"
-    cli.exit_quietly(status)
+    _end(status)
+
+
+def _end(status: int) -> typing.NoReturn:
+    """Exits with ``status`` after the exit functions (JAX's, W&B's) and the flush of the
+    output, without the interpreter's teardown.
+
+    Python puts the default handlers back before the last steps of its teardown (freeing the
+    modules, JAX's among them): a signal there killed the process with no line and status
+    -signum (found by the slow signal fuzz). Here ``_stop`` handles a signal to the end.
+    """
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (``resetax ... | head``), a closed stream
+            pass
+    os._exit(status)
 
 
 def _stop(signum, frame) -> None:

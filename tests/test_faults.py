@@ -652,6 +652,39 @@ def test_a_signal_during_the_imports_ends_at_once_writing_nothing(tmp_path):
     assert not target.exists()
 
 
+# A signal as the process ends: in an exit function (the command's handler: one line, 128 +
+# its number) or in the interpreter's teardown (none: Python's default handler killed the
+# process there with no line and status -signum). Each sent by the process to itself, so the
+# moment is exact; `resetax --help` is the command (it ends with 0).
+AT_THE_END = """
+import atexit, builtins, os, signal, sys, time
+import resetax_cli
+def signal_now():
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(1)
+class InTeardown:
+    def __del__(self):
+        signal_now()
+if sys.argv[1] == "exit_function":
+    atexit.register(signal_now)
+else:
+    builtins.in_teardown = InTeardown()
+sys.argv = ["resetax", "--help"]
+resetax_cli.main()
+"""
+
+
+@pytest.mark.parametrize("moment, status, line", [
+    ("exit_function", 128 + signal.SIGTERM,
+     "resetax: stopped by SIGTERM after the command ended."),
+    ("teardown", 0, "")])
+def test_a_signal_as_the_process_ends_is_the_commands_to_handle(moment, status, line):
+    proc = subprocess.run([sys.executable, "-c", AT_THE_END, moment], cwd=ROOT,
+                          capture_output=True, timeout=120)
+    assert (proc.returncode, proc.stderr.decode().strip()) == (status, line)
+    assert b"usage: resetax" in proc.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", list(MOMENTS))
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
