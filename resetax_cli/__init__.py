@@ -15,13 +15,10 @@ import signal
 import sys
 import typing
 
-_when = "before anything was written"
-
 
 def main() -> typing.NoReturn:
     """Runs ``resetax`` (:func:`resetax.experiment.cli.main`) with ``sys.argv`` and exits with
     its status."""
-    global _when
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stop)
     from resetax.experiment import cli
@@ -32,7 +29,6 @@ def main() -> typing.NoReturn:
         status = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
         if isinstance(exit_.code, str):
             print(exit_.code, file=sys.stderr)
-    _when = "after the command ended"
     _end(status)
 
 
@@ -54,5 +50,8 @@ def _end(status: int) -> typing.NoReturn:
 
 
 def _stop(signum, frame) -> None:
-    os.write(2, f"resetax: stopped by {signal.Signals(signum).name} {_when}.\n".encode())
+    control = sys.modules.get("resetax.experiment.control")
+    when = ("after the command ended" if control is not None and control.signals_were_handled()
+            else "before anything was written")
+    os.write(2, f"resetax: stopped by {signal.Signals(signum).name} {when}.\n".encode())
     os._exit(128 + signum)

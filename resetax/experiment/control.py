@@ -206,6 +206,7 @@ def handle_signals(message: Callable[[str, bool], str]) -> Iterator[None]:
     previous_fd = signal.set_wakeup_fd(sender.fileno(), warn_on_full_buffer=False)
     _SIGNALS.__init__()
     _SIGNALS.installed, _SIGNALS._message = True, message
+    _SIGNALS_ENTERED.set()
     watcher = threading.Thread(target=_watch, args=(receiver,), name="resetax-signals",
                                daemon=True)
     watcher.start()
@@ -219,6 +220,24 @@ def handle_signals(message: Callable[[str, bool], str]) -> Iterator[None]:
         sender.close()  # the watcher's recv returns b"": it ends
         watcher.join()
         receiver.close()
+
+
+def signals_were_handled() -> bool:
+    """Whether :func:`handle_signals` has been entered in this process (it may have exited
+    since): a signal the ``resetax`` command's own handler receives came before its work began,
+    or after it ended.
+
+    Example:
+      >>> from resetax.experiment import control
+      >>> with control.handle_signals(lambda name, second: ""):
+      ...     pass
+      >>> control.signals_were_handled()
+      True
+    """
+    return _SIGNALS_ENTERED.is_set()
+
+
+_SIGNALS_ENTERED = threading.Event()
 
 
 def _ignore(signum, frame) -> None:
