@@ -23,7 +23,10 @@ from optax._src.base import NO_PARAMS_MSG
 from resetax import _checks
 from resetax._trees import is_masked, key_name, path_name
 from resetax.resetting import (  # the private helpers are shared on purpose
+    _INT32_MAX,
     ResettingState,
+    _check_key,
+    _check_reset_prob,
     _full_mask,
     _is_float,
     _key_data,
@@ -744,8 +747,14 @@ def init_from_initializers(
         raise ValueError("initializers must be callables (key, shape, dtype) -> array.")
 
     def init_fn(key):
+        if not (isinstance(key, jax.Array) and (
+                jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,))):
+            raise ValueError(
+                f"the init_fn of init_from_initializers takes one jax.random.key (or a "
+                f"jax.random.PRNGKey), got {key!r}; under optax.inject_hyperparams, pass "
+                f"static_args=('init_fn', ...) so that it is not taken for a schedule.")
         leaves, treedef = jax.tree.flatten(shapes)
-        keys = jax.random.split(key, max(len(leaves), 1))
+        keys = jax.random.split(key, len(leaves)) if leaves else []
         inits = treedef.flatten_up_to(per_leaf)
         return treedef.unflatten([
             init(k, s.shape, s.dtype) for init, k, s in zip(inits, keys, leaves, strict=True)])
@@ -788,6 +797,10 @@ def unit_activations(
       >>> {name: a.shape for name, a in resetax.unit_activations(state).items()}
       {'h': (3, 4)}
     """
+    if activation is not None and not callable(activation):
+        raise ValueError(
+            f"activation must be None or a callable array -> array (e.g. jax.nn.relu), got "
+            f"{activation!r}.")
     if isinstance(intermediates, Mapping) and set(intermediates) == {"intermediates"}:
         intermediates = intermediates["intermediates"]
     out = {}
@@ -813,17 +826,20 @@ def _check_common(inner, init_fn, key, every, reset_prob, reset_inner_state):
         raise ValueError(f"init_fn must be a callable key -> params, got {init_fn!r}.")
     _checks.instance("key", key, (int, np.integer, jax.Array, np.ndarray),
                      "an int seed or a jax.random.key")
+    _check_key(key)
     _checks.instance("reset_inner_state", reset_inner_state, (bool,), "a Python bool")
     if (every is None) == (reset_prob is None):
         raise ValueError(
             "exactly one of every (reset every k-th update) and reset_prob (reset with a "
             "probability per update) must be given.")
     if every is not None:
-        _checks.positive_int("every", every)
+        # The step count is int32 (and stops at its maximum): a larger period never comes.
+        _checks.int_between("every", every, 1, _INT32_MAX)
         return lambda count, _: count % every == every - 1
     if not callable(reset_prob):
         _checks.check("reset_prob", reset_prob, lambda a: (a >= 0) & (a <= 1), _RESET_PROB,
                       scalar=True)
+    _check_reset_prob(reset_prob)
 
     def draw(count, key):
         prob = reset_prob(count) if callable(reset_prob) else reset_prob
@@ -977,7 +993,13 @@ def _dormant(h, threshold, axis_name):
     h = jnp.asarray(h)
     mean_abs = jnp.abs(h.astype(jnp.float32)).mean(axis=tuple(range(h.ndim - 1)))
     if axis_name is not None:
-        mean_abs = jax.lax.pmean(mean_abs, axis_name)
+        try:
+            mean_abs = jax.lax.pmean(mean_abs, axis_name)
+        except NameError:
+            raise ValueError(
+                f"axis_name={axis_name!r} is not bound here: it is the data-parallel axis of a "
+                f"pmap or shard_map around the update; under jit over a Mesh (or on one "
+                f"device) pass axis_name=None.") from None
     layer_mean = mean_abs.mean()
     score = jnp.where(layer_mean > 0, mean_abs / jnp.where(layer_mean > 0, layer_mean, 1.0), 0.0)
     return score <= threshold

@@ -572,10 +572,16 @@ def test_resume_from_serialized_state_is_bit_identical(single_device_run):
     (dict(reset_prob=jnp.array([0.1, 0.2])), "reset_prob"),
     (dict(every=1, mask="("), "mask must be a valid regular expression"),
     (dict(every=1, mask=["yes"]), "mask"),
+    (dict(every=2**40), r"every must be an integer in \[1, 2147483647\]"),
+    (dict(every=1, key=jax.random.split(jax.random.key(0))),
+     r"key must be a single jax.random.key \(shape \(\)\)"),
+    (dict(every=1, key=2**64), r"key must be an int seed in \[-2\*\*63"),
+    (dict(reset_prob=lambda count: jnp.full(3, 0.5)),
+     "reset_prob must be a schedule .* returning a real scalar"),
 ])
 def test_bad_arguments_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        resetax.reset_to_init(optax.sgd(0.1), _normal_init, key=0, **kwargs)
+        resetax.reset_to_init(optax.sgd(0.1), _normal_init, **(dict(key=0) | kwargs))
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -639,6 +645,31 @@ def test_errors_at_init_and_update():
         resetax.init_from_initializers({"a": jax.nn.initializers.zeros}, {"b": jnp.zeros(2)})
     with pytest.raises(ValueError, match="state must contain the state of a resetting"):
         resetax.apply_reset_updates(jnp.zeros(2), jnp.zeros(2), optax.sgd(0.1).init(jnp.zeros(2)))
+
+
+def test_init_from_initializers_takes_empty_params_and_names_a_key_that_is_not_one():
+    assert resetax.init_from_initializers(jax.nn.initializers.zeros, {})(
+        jax.random.key(0)) == {}
+    init = resetax.init_from_initializers(jax.nn.initializers.zeros, {"w": jnp.ones(2)})
+    for key in (jax.random.key(0), jax.random.PRNGKey(0)):
+        _assert_bits(init(key)["w"], jnp.zeros(2))
+    with pytest.raises(ValueError, match="init_fn of init_from_initializers takes one "
+                                         "jax.random.key .* static_args=\\('init_fn'"):
+        init(jnp.int32(0))  # what optax.inject_hyperparams passes to a "schedule"
+
+
+def test_unit_activations_names_an_activation_that_is_not_callable():
+    with pytest.raises(ValueError, match="activation must be None or a callable"):
+        resetax.unit_activations({"intermediates": {"h": (jnp.ones(2),)}}, activation=3)
+
+
+def test_an_axis_name_bound_nowhere_is_one_line_naming_it():
+    tx = resetax.recycle_dormant_units(optax.sgd(0.1), lambda key: {"w": jnp.zeros(2)},
+                                       {"h": resetax.UnitWeights(["w"], [])}, key=0, every=1,
+                                       axis_name="batch")
+    params = {"w": jnp.ones(2)}
+    with pytest.raises(ValueError, match="axis_name='batch' is not bound here"):
+        tx.update(params, tx.init(params), params, activations={"h": jnp.ones((3, 2))})
 
 
 def test_inject_hyperparams_traced_shrink():
