@@ -613,7 +613,16 @@ def apply_reset_updates(
       >>> resetax.apply_reset_updates(params, updates, state)
       Array([0.3, 0.3], dtype=float32)
     """
-    return _land_on_resets(optax.apply_updates(params, updates), state)
+    try:
+        new_params = optax.apply_updates(params, updates)
+    except (ValueError, TypeError):
+        if jax.tree.structure(updates) != jax.tree.structure(params):
+            raise ValueError(
+                f"updates must have the structure of params: updates "
+                f"{jax.tree.structure(updates)} vs params {jax.tree.structure(params)}."
+            ) from None
+        raise
+    return _land_on_resets(new_params, state)
 
 
 def reinit_model_state(
@@ -688,13 +697,7 @@ def reinit_model_state(
         raise ValueError(
             "opt_state must contain the state of reset_to_init or recycle_dormant_units, the "
             "transformations that re-initialize parameters; found none.")
-    current, initial = _param_paths(model_state), _param_paths(initial_model_state)
-    for name, weights in units.items():
-        for path in weights.model_state:
-            if path not in current or path not in initial:
-                raise ValueError(
-                    f"units[{name!r}].model_state names {path!r}, which model_state or "
-                    f"initial_model_state lacks; model_state has {sorted(current)}.")
+    current = _check_model_states(model_state, initial_model_state, found, units)
     reset = dict.fromkeys(current, False)
     for s in found:
         if isinstance(s, RecycleDormantUnitsState):
@@ -890,6 +893,46 @@ def _check_init_fn(init_fn, params, mask_tree):
             f"{jax.tree.structure(shapes)} vs {jax.tree.structure(params)}.") from err
     if not all(jax.tree.leaves(same)):
         raise ValueError("init_fn must return params with the shapes of the optimized params.")
+
+
+def _check_model_states(model_state, initial_model_state, found, units):
+    """Checks :func:`reinit_model_state`'s arguments against the reset states ``found``;
+    returns ``model_state``'s leaves by path."""
+    if jax.tree.structure(model_state) != jax.tree.structure(initial_model_state):
+        raise ValueError(
+            f"initial_model_state must have the structure of model_state: "
+            f"{jax.tree.structure(initial_model_state)} vs {jax.tree.structure(model_state)}.")
+    current, initial = _param_paths(model_state), _param_paths(initial_model_state)
+    recycled = {name: s.recycled[name].shape[0] for s in found
+                if isinstance(s, RecycleDormantUnitsState) for name in s.recycled}
+    param_paths = {path_name(path) for s in found if not isinstance(s, RecycleDormantUnitsState)
+                   for path, _ in jax.tree_util.tree_flatten_with_path(
+                       s.target, is_leaf=is_masked)[0]}
+    for name, weights in units.items():
+        unknown = [p for p in weights.incoming if p not in param_paths]
+        if name not in recycled and unknown:
+            known = [f"recycle_dormant_units' layers are {sorted(recycled)}"] if recycled else []
+            if param_paths:
+                known.append(f"{unknown[0]!r} is no parameter of reset_to_init's "
+                             f"{sorted(param_paths)}")
+            raise ValueError(
+                f"units[{name!r}] is no layer that a reset in opt_state re-initializes: "
+                f"{'; '.join(known)}.")
+        for path in weights.model_state:
+            if path not in current or path not in initial:
+                raise ValueError(
+                    f"units[{name!r}].model_state names {path!r}, which model_state or "
+                    f"initial_model_state lacks; model_state has {sorted(current)}.")
+            shape, initial_shape = jnp.shape(current[path]), jnp.shape(initial[path])
+            if shape != initial_shape:
+                raise ValueError(
+                    f"initial_model_state {path!r} must have the shape of model_state's, "
+                    f"{shape}, got {initial_shape}.")
+            if name in recycled and (not shape or shape[-1] != recycled[name]):
+                raise ValueError(
+                    f"units[{name!r}].model_state {path!r} must have the layer's "
+                    f"{recycled[name]} units on its last axis, got shape {shape}.")
+    return current
 
 
 def _check_tree_map_params(inner, inner_state, params):
@@ -1108,7 +1151,13 @@ def _land_on_resets(new_params: optax.Params, state: optax.OptState) -> optax.Pa
             "shrink_and_perturb, recycle_dormant_units or stochastic_resetting), found none.")
     for s in found:
         landing = s.checkpoint if isinstance(s, ResettingState) else s.target
-        new_params = _where_tree(s.did_reset, landing, new_params)
+        try:
+            new_params = _where_tree(s.did_reset, landing, new_params)
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"state must be the optimizer state of these params: the {type(s).__name__} "
+                f"in it holds {jax.tree.structure(landing, is_leaf=is_masked)}, the params are "
+                f"{jax.tree.structure(new_params)}.") from None
     return new_params
 
 

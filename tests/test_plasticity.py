@@ -839,6 +839,54 @@ def test_reinit_model_state_resets_whole_layers_after_reset_to_init():
                                    tx.init(variables["params"]), bad)
 
 
+_TINY = {"w": jnp.ones(2), "b": jnp.zeros(1)}
+_STATS = {"bn": {"mean": jnp.ones(2)}}
+
+
+def _tiny_states():
+    """After one update: a reset_to_init state and a recycle_dormant_units state (layer "h")."""
+    init = resetax.init_from_initializers(jax.nn.initializers.zeros, _TINY)
+    rti = resetax.reset_to_init(optax.sgd(0.1), init, key=0, every=1)
+    redo = resetax.recycle_dormant_units(optax.sgd(0.1), init,
+                                         {"h": resetax.UnitWeights(["w"], [])}, key=0, every=1)
+    return (rti.update(_TINY, rti.init(_TINY), _TINY)[1],
+            redo.update(_TINY, redo.init(_TINY), _TINY, activations={"h": jnp.zeros((3, 2))})[1])
+
+
+@pytest.mark.parametrize("which, units, stats, initial, match", [
+    # These used to return the statistics untouched, without a word.
+    (0, {"h": resetax.UnitWeights(["nope"], [], ["bn/mean"])}, _STATS, None,
+     r"units\['h'\] is no layer .*'nope' is no parameter of reset_to_init's \['b', 'w'\]"),
+    (1, {"g": resetax.UnitWeights(["w"], [], ["bn/mean"])}, _STATS, None,
+     r"units\['g'\] is no layer .*recycle_dormant_units' layers are \['h'\]"),
+    # These were jnp's broadcasting or pytree errors, naming no argument.
+    (0, {"h": resetax.UnitWeights(["w"], [], ["bn/mean"])}, _STATS,
+     {"bn": {"mean": jnp.zeros(3)}}, r"initial_model_state 'bn/mean' must have the shape"),
+    (0, {"h": resetax.UnitWeights(["w"], [], ["bn/mean"])}, _STATS,
+     {"bn": {"mean": jnp.zeros(2), "var": jnp.ones(2)}},
+     "initial_model_state must have the structure of model_state"),
+    (1, {"h": resetax.UnitWeights(["w"], [], ["bn/mean"])}, {"bn": {"mean": jnp.ones(5)}},
+     None, r"units\['h'\].model_state 'bn/mean' must have the layer's 2 units"),
+])
+def test_reinit_model_state_names_what_does_not_fit(which, units, stats, initial, match):
+    state = _tiny_states()[which]
+    initial = jax.tree.map(jnp.zeros_like, stats) if initial is None else initial
+    with pytest.raises(ValueError, match=match):
+        resetax.reinit_model_state(stats, initial, state, units)
+
+
+def test_apply_updates_name_updates_or_a_state_of_other_params():
+    state = _tiny_states()[0]
+    with pytest.raises(ValueError, match="^updates must have the structure of params"):
+        resetax.apply_reset_updates(_TINY, {"w": jnp.ones(2)}, state)
+    with pytest.raises(ValueError, match="^state must be the optimizer state of these params: "
+                                         "the ResetToInitState in it holds"):
+        resetax.apply_reset_updates({"v": jnp.ones(2)}, {"v": jnp.ones(2)}, state)
+    tx = resetax.stochastic_resetting(optax.sgd(0.1), 1.0, key=0)
+    with pytest.raises(ValueError, match="^state must be the optimizer state .* ResettingState"):
+        resetax.apply_updates(_TINY, _TINY, tx.init({"v": jnp.ones(2)}))
+
+
 @pytest.mark.parametrize("name", ["mlp", "cnn1d", "vcnn", "resnet"])
 def test_every_model_maps_its_sown_units(name):
     """Each model sows one activation per unit layer, with its units on the last axis, and its
