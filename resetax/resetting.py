@@ -617,6 +617,10 @@ def _check_resetting_tx(tx: optax.GradientTransformation, params: Any, plain: st
     ``plain`` names what to use for training without resetting. The check traces ``tx.init``
     abstractly: it costs no memory and no computation.
     """
+    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+        raise TypeError(
+            f"tx must be an optax transformation (init and update) containing "
+            f"resetax.stochastic_resetting, got {type(tx).__name__}.")
     try:
         find_resetting_state(jax.eval_shape(tx.init, params))
     except ValueError as err:
