@@ -25,6 +25,7 @@ from resetax._trees import is_masked, key_name, path_name
 from resetax.resetting import (  # the private helpers are shared on purpose
     _INT32_MAX,
     ResettingState,
+    _check_inner,
     _check_key,
     _check_reset_prob,
     _full_mask,
@@ -823,8 +824,7 @@ def unit_activations(
 
 def _check_common(inner, init_fn, key, every, reset_prob, reset_inner_state):
     """Checks the arguments every transformation here shares; returns its trigger function."""
-    _checks.instance("inner", inner, (optax.GradientTransformation,),
-                     "an optax.GradientTransformation")
+    _check_inner(inner)
     if not callable(init_fn):
         raise ValueError(f"init_fn must be a callable key -> params, got {init_fn!r}.")
     _checks.instance("key", key, (int, np.integer, jax.Array, np.ndarray),

@@ -287,8 +287,7 @@ def stochastic_resetting(
       With ``optax.inject_hyperparams``, pass ``static_args=("key", "patience", "mask")`` (those
       you use) so that only ``reset_prob`` and ``min_delta`` become injected hyperparameters.
     """
-    _checks.instance("inner", inner, (optax.GradientTransformation,),
-                     "an optax.GradientTransformation")
+    _check_inner(inner)
     _check_reset_prob(reset_prob)
     _checks.instance("key", key, (int, np.integer, jax.Array, np.ndarray),
                      "an int seed or a jax.random.key")
@@ -775,6 +774,16 @@ def _check_patience(patience) -> None:
                       f"None or an integer in [0, {_INT32_MAX}]", scalar=True)
     else:
         _checks.int_between("patience", patience, 0, _INT32_MAX, none_ok=True)
+
+
+def _check_inner(inner) -> None:
+    if isinstance(inner, optax.MultiSteps):
+        raise TypeError(
+            "inner must be an optax.GradientTransformation, got MultiSteps; pass "
+            "optax.MultiSteps(...).gradient_transformation(), or wrap the resetting "
+            "transformation in MultiSteps instead.")
+    _checks.instance("inner", inner, (optax.GradientTransformation,),
+                     "an optax.GradientTransformation")
 
 
 def _check_reset_prob(reset_prob) -> None:

@@ -839,6 +839,9 @@ def test_accepted_arguments_are_checked_eagerly_and_run(kwargs):
 def test_bad_types_raise_type_error():
     with pytest.raises(TypeError, match="inner"):
         resetax.stochastic_resetting(lambda g: g, 0.1, key=0)
+    with pytest.raises(TypeError, match=r"got MultiSteps; pass optax.MultiSteps\(...\)"
+                                        r".gradient_transformation\(\)"):
+        resetax.stochastic_resetting(optax.MultiSteps(optax.sgd(0.1), 2), 0.1, key=0)
     with pytest.raises(TypeError, match="key"):
         resetax.stochastic_resetting(optax.sgd(0.1), 0.1, key="seed")
     with pytest.raises(TypeError, match="reset_inner_state"):
