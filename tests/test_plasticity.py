@@ -647,6 +647,22 @@ def test_errors_at_init_and_update():
         resetax.apply_reset_updates(jnp.zeros(2), jnp.zeros(2), optax.sgd(0.1).init(jnp.zeros(2)))
 
 
+def test_a_seed_a_typed_key_and_a_legacy_key_give_the_same_resets():
+    histories = []
+    for key in (3, jax.random.key(3), jax.random.PRNGKey(3)):
+        tx = resetax.reset_to_init(optax.sgd(0.1), lambda k: jnp.zeros(2), key=key,
+                                   reset_prob=0.5)
+
+        def step(state, _, tx=tx):
+            _, state = tx.update(jnp.ones(2), state, jnp.ones(2))
+            return state, state.did_reset
+
+        histories.append(np.asarray(jax.lax.scan(step, tx.init(jnp.ones(2)), length=16)[1]))
+    assert 0 < histories[0].sum() < 16
+    for history in histories[1:]:
+        _assert_bits(history, histories[0])
+
+
 def test_init_from_initializers_takes_empty_params_and_names_a_key_that_is_not_one():
     assert resetax.init_from_initializers(jax.nn.initializers.zeros, {})(
         jax.random.key(0)) == {}
