@@ -66,6 +66,10 @@ def finite(name: str, value: Any, *, scalar: bool = False) -> None:
     check(name, value, np.isfinite, "a finite number", scalar=scalar)
 
 
+def finite_positive(name: str, value: Any, *, scalar: bool = False) -> None:
+    check(name, value, lambda a: np.isfinite(a) & (a > 0), "a finite number > 0", scalar=scalar)
+
+
 def finite_nonnegative(name: str, value: Any, *, scalar: bool = False) -> None:
     check(name, value, lambda a: np.isfinite(a) & (a >= 0), "a finite number >= 0",
           scalar=scalar)

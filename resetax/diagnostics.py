@@ -712,7 +712,11 @@ def to_floats(tree: Any, prefix: str = "") -> dict[str, float]:
                 f"tree must hold scalars; {jax.tree_util.keystr(path)} has shape "
                 f"{np.shape(leaf)}.")
         key = "/".join(part for part in (prefix, path_name(path)) if part)
-        out[key] = float(np.asarray(leaf).reshape(()))
+        try:
+            out[key] = float(np.asarray(leaf).reshape(()))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"tree must hold numbers; {jax.tree_util.keystr(path)} holds {leaf!r}.") from None
     return out
 
 

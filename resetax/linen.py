@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
@@ -156,6 +157,9 @@ class TrainState(train_state.TrainState):
         """
         overwritten = _optimized(grads) is not grads
         params = _optimized(self.params)
+        _same_tree("grads", _optimized(grads), "params", params)
+        if batch_stats is not None and self.batch_stats is not None:
+            _same_tree("batch_stats", batch_stats, "the state's", self.batch_stats)
         updates, opt_state = self.tx.update(
             _optimized(grads), self.opt_state, params, value=value)
         new_params = apply_updates(params, updates, opt_state)
@@ -187,6 +191,20 @@ class TrainState(train_state.TrainState):
           (False, 0)
         """
         return find_resetting_state(self.opt_state)
+
+
+def _same_tree(name, tree, other_name, other):
+    """One line naming ``name`` unless ``tree`` has the structure and shapes of ``other``."""
+    if jax.tree.structure(tree) != jax.tree.structure(other):
+        raise ValueError(
+            f"{name} must have the structure of {other_name}: {jax.tree.structure(tree)} vs "
+            f"{jax.tree.structure(other)}.")
+    for (path, leaf), want in zip(jax.tree_util.tree_leaves_with_path(tree),
+                                  jax.tree.leaves(other), strict=True):
+        if jnp.shape(leaf) != jnp.shape(want):
+            raise ValueError(
+                f"{name}{jax.tree_util.keystr(path)} must have shape {jnp.shape(want)}, as in "
+                f"{other_name}, got {jnp.shape(leaf)}.")
 
 
 def _optimized(tree):

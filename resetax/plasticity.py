@@ -23,7 +23,11 @@ from optax._src.base import NO_PARAMS_MSG
 from resetax import _checks
 from resetax._trees import is_masked, key_name, path_name
 from resetax.resetting import (  # the private helpers are shared on purpose
+    _INT32_MAX,
     ResettingState,
+    _check_inner,
+    _check_key,
+    _check_reset_prob,
     _full_mask,
     _is_float,
     _key_data,
@@ -610,7 +614,16 @@ def apply_reset_updates(
       >>> resetax.apply_reset_updates(params, updates, state)
       Array([0.3, 0.3], dtype=float32)
     """
-    return _land_on_resets(optax.apply_updates(params, updates), state)
+    try:
+        new_params = optax.apply_updates(params, updates)
+    except (ValueError, TypeError):
+        if jax.tree.structure(updates) != jax.tree.structure(params):
+            raise ValueError(
+                f"updates must have the structure of params: updates "
+                f"{jax.tree.structure(updates)} vs params {jax.tree.structure(params)}."
+            ) from None
+        raise
+    return _land_on_resets(new_params, state)
 
 
 def reinit_model_state(
@@ -685,13 +698,7 @@ def reinit_model_state(
         raise ValueError(
             "opt_state must contain the state of reset_to_init or recycle_dormant_units, the "
             "transformations that re-initialize parameters; found none.")
-    current, initial = _param_paths(model_state), _param_paths(initial_model_state)
-    for name, weights in units.items():
-        for path in weights.model_state:
-            if path not in current or path not in initial:
-                raise ValueError(
-                    f"units[{name!r}].model_state names {path!r}, which model_state or "
-                    f"initial_model_state lacks; model_state has {sorted(current)}.")
+    current = _check_model_states(model_state, initial_model_state, found, units)
     reset = dict.fromkeys(current, False)
     for s in found:
         if isinstance(s, RecycleDormantUnitsState):
@@ -744,8 +751,14 @@ def init_from_initializers(
         raise ValueError("initializers must be callables (key, shape, dtype) -> array.")
 
     def init_fn(key):
+        if not (isinstance(key, jax.Array) and (
+                jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,))):
+            raise ValueError(
+                f"the init_fn of init_from_initializers takes one jax.random.key (or a "
+                f"jax.random.PRNGKey), got {key!r}; under optax.inject_hyperparams, pass "
+                f"static_args=('init_fn', ...) so that it is not taken for a schedule.")
         leaves, treedef = jax.tree.flatten(shapes)
-        keys = jax.random.split(key, max(len(leaves), 1))
+        keys = jax.random.split(key, len(leaves)) if leaves else []
         inits = treedef.flatten_up_to(per_leaf)
         return treedef.unflatten([
             init(k, s.shape, s.dtype) for init, k, s in zip(inits, keys, leaves, strict=True)])
@@ -788,6 +801,10 @@ def unit_activations(
       >>> {name: a.shape for name, a in resetax.unit_activations(state).items()}
       {'h': (3, 4)}
     """
+    if activation is not None and not callable(activation):
+        raise ValueError(
+            f"activation must be None or a callable array -> array (e.g. jax.nn.relu), got "
+            f"{activation!r}.")
     if isinstance(intermediates, Mapping) and set(intermediates) == {"intermediates"}:
         intermediates = intermediates["intermediates"]
     out = {}
@@ -807,23 +824,25 @@ def unit_activations(
 
 def _check_common(inner, init_fn, key, every, reset_prob, reset_inner_state):
     """Checks the arguments every transformation here shares; returns its trigger function."""
-    _checks.instance("inner", inner, (optax.GradientTransformation,),
-                     "an optax.GradientTransformation")
+    _check_inner(inner)
     if not callable(init_fn):
         raise ValueError(f"init_fn must be a callable key -> params, got {init_fn!r}.")
     _checks.instance("key", key, (int, np.integer, jax.Array, np.ndarray),
                      "an int seed or a jax.random.key")
+    _check_key(key)
     _checks.instance("reset_inner_state", reset_inner_state, (bool,), "a Python bool")
     if (every is None) == (reset_prob is None):
         raise ValueError(
             "exactly one of every (reset every k-th update) and reset_prob (reset with a "
             "probability per update) must be given.")
     if every is not None:
-        _checks.positive_int("every", every)
+        # The step count is int32 (and stops at its maximum): a larger period never comes.
+        _checks.int_between("every", every, 1, _INT32_MAX)
         return lambda count, _: count % every == every - 1
     if not callable(reset_prob):
         _checks.check("reset_prob", reset_prob, lambda a: (a >= 0) & (a <= 1), _RESET_PROB,
                       scalar=True)
+    _check_reset_prob(reset_prob)
 
     def draw(count, key):
         prob = reset_prob(count) if callable(reset_prob) else reset_prob
@@ -874,6 +893,46 @@ def _check_init_fn(init_fn, params, mask_tree):
             f"{jax.tree.structure(shapes)} vs {jax.tree.structure(params)}.") from err
     if not all(jax.tree.leaves(same)):
         raise ValueError("init_fn must return params with the shapes of the optimized params.")
+
+
+def _check_model_states(model_state, initial_model_state, found, units):
+    """Checks :func:`reinit_model_state`'s arguments against the reset states ``found``;
+    returns ``model_state``'s leaves by path."""
+    if jax.tree.structure(model_state) != jax.tree.structure(initial_model_state):
+        raise ValueError(
+            f"initial_model_state must have the structure of model_state: "
+            f"{jax.tree.structure(initial_model_state)} vs {jax.tree.structure(model_state)}.")
+    current, initial = _param_paths(model_state), _param_paths(initial_model_state)
+    recycled = {name: s.recycled[name].shape[0] for s in found
+                if isinstance(s, RecycleDormantUnitsState) for name in s.recycled}
+    param_paths = {path_name(path) for s in found if not isinstance(s, RecycleDormantUnitsState)
+                   for path, _ in jax.tree_util.tree_flatten_with_path(
+                       s.target, is_leaf=is_masked)[0]}
+    for name, weights in units.items():
+        unknown = [p for p in weights.incoming if p not in param_paths]
+        if name not in recycled and unknown:
+            known = [f"recycle_dormant_units' layers are {sorted(recycled)}"] if recycled else []
+            if param_paths:
+                known.append(f"{unknown[0]!r} is no parameter of reset_to_init's "
+                             f"{sorted(param_paths)}")
+            raise ValueError(
+                f"units[{name!r}] is no layer that a reset in opt_state re-initializes: "
+                f"{'; '.join(known)}.")
+        for path in weights.model_state:
+            if path not in current or path not in initial:
+                raise ValueError(
+                    f"units[{name!r}].model_state names {path!r}, which model_state or "
+                    f"initial_model_state lacks; model_state has {sorted(current)}.")
+            shape, initial_shape = jnp.shape(current[path]), jnp.shape(initial[path])
+            if shape != initial_shape:
+                raise ValueError(
+                    f"initial_model_state {path!r} must have the shape of model_state's, "
+                    f"{shape}, got {initial_shape}.")
+            if name in recycled and (not shape or shape[-1] != recycled[name]):
+                raise ValueError(
+                    f"units[{name!r}].model_state {path!r} must have the layer's "
+                    f"{recycled[name]} units on its last axis, got shape {shape}.")
+    return current
 
 
 def _check_tree_map_params(inner, inner_state, params):
@@ -977,7 +1036,13 @@ def _dormant(h, threshold, axis_name):
     h = jnp.asarray(h)
     mean_abs = jnp.abs(h.astype(jnp.float32)).mean(axis=tuple(range(h.ndim - 1)))
     if axis_name is not None:
-        mean_abs = jax.lax.pmean(mean_abs, axis_name)
+        try:
+            mean_abs = jax.lax.pmean(mean_abs, axis_name)
+        except NameError:
+            raise ValueError(
+                f"axis_name={axis_name!r} is not bound here: it is the data-parallel axis of a "
+                f"pmap or shard_map around the update; under jit over a Mesh (or on one "
+                f"device) pass axis_name=None.") from None
     layer_mean = mean_abs.mean()
     score = jnp.where(layer_mean > 0, mean_abs / jnp.where(layer_mean > 0, layer_mean, 1.0), 0.0)
     return score <= threshold
@@ -1086,7 +1151,13 @@ def _land_on_resets(new_params: optax.Params, state: optax.OptState) -> optax.Pa
             "shrink_and_perturb, recycle_dormant_units or stochastic_resetting), found none.")
     for s in found:
         landing = s.checkpoint if isinstance(s, ResettingState) else s.target
-        new_params = _where_tree(s.did_reset, landing, new_params)
+        try:
+            new_params = _where_tree(s.did_reset, landing, new_params)
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"state must be the optimizer state of these params: the {type(s).__name__} "
+                f"in it holds {jax.tree.structure(landing, is_leaf=is_masked)}, the params are "
+                f"{jax.tree.structure(new_params)}.") from None
     return new_params
 
 

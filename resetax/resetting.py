@@ -19,7 +19,7 @@ import optax
 from optax._src.base import NO_PARAMS_MSG
 
 from resetax import _checks
-from resetax._trees import is_masked
+from resetax._trees import is_masked, path_name
 
 __all__ = [
     "ModelStateCheckpoint",
@@ -287,15 +287,13 @@ def stochastic_resetting(
       With ``optax.inject_hyperparams``, pass ``static_args=("key", "patience", "mask")`` (those
       you use) so that only ``reset_prob`` and ``min_delta`` become injected hyperparameters.
     """
-    _checks.instance("inner", inner, (optax.GradientTransformation,),
-                     "an optax.GradientTransformation")
-    if not callable(reset_prob):
-        _checks.probability("reset_prob", reset_prob, scalar=True)
+    _check_inner(inner)
+    _check_reset_prob(reset_prob)
     _checks.instance("key", key, (int, np.integer, jax.Array, np.ndarray),
                      "an int seed or a jax.random.key")
     _check_key(key)
     _check_patience(patience)
-    _checks.instance("adaptive", adaptive, (bool, np.bool_, jax.Array), "a bool")
+    _check_adaptive(adaptive)
     _checks.instance("reset_inner_state", reset_inner_state, (bool,),
                      "a Python bool (it decides the state's structure)")
     _checks.instance("reset_on_nonfinite", reset_on_nonfinite, (bool,), "a Python bool")
@@ -618,6 +616,10 @@ def _check_resetting_tx(tx: optax.GradientTransformation, params: Any, plain: st
     ``plain`` names what to use for training without resetting. The check traces ``tx.init``
     abstractly: it costs no memory and no computation.
     """
+    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+        raise TypeError(
+            f"tx must be an optax transformation (init and update) containing "
+            f"resetax.stochastic_resetting, got {type(tx).__name__}.")
     try:
         find_resetting_state(jax.eval_shape(tx.init, params))
     except ValueError as err:
@@ -632,6 +634,14 @@ def _check_update_args(params, value) -> None:
         raise ValueError(NO_PARAMS_MSG)
     if value is _MISSING or value is None:
         raise TypeError(MISSING_VALUE_MSG)
+    try:
+        dtype = jnp.result_type(value)
+    except TypeError:
+        dtype = np.dtype(object)
+    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+        raise ValueError(
+            f"value must be a real number (the validation metric measured at the params, or "
+            f"jnp.nan when none was measured), got {value!r}.")
     if jnp.ndim(value) != 0:
         raise ValueError(
             f"value must be a scalar (the validation metric), got shape {jnp.shape(value)}.")
@@ -639,9 +649,15 @@ def _check_update_args(params, value) -> None:
 
 def _full_mask(mask, params):
     """Broadcasts a mask (pytree prefix of bools, or callable) to the full params structure."""
-    if mask is None:
-        return jax.tree.map(lambda _: True, params)
-    mask_tree = mask(params) if callable(mask) else mask
+    mask_tree = jax.tree.map(lambda _: True, params) if mask is None else (
+        mask(params) if callable(mask) else mask)
+    for leaf in jax.tree.leaves(mask_tree):
+        if not _is_concrete_bool(leaf):
+            shown = "a traced array (it must be concrete: a mask decides the state's structure"
+            shown = (f"{shown}; return Python bools from a callable mask)"
+                     if isinstance(leaf, jax.core.Tracer) else repr(leaf))
+            raise ValueError(f"mask must give a bool for every parameter leaf (True: it may "
+                             f"reset), got {shown}.")
     try:
         full = jax.tree.map(
             lambda m, sub: jax.tree.map(lambda _: bool(m), sub), mask_tree, params)
@@ -651,12 +667,31 @@ def _full_mask(mask, params):
             f"mask {jax.tree.structure(mask_tree)} vs params {jax.tree.structure(params)}."
         ) from err
     leaves = jax.tree.leaves(full)
-    if not any(leaves):
+    if leaves and not any(leaves):
         raise ValueError(
             f"mask must be True on at least one parameter leaf; it is False on all {len(leaves)} "
             f"leaves of the params, so every reset would move nothing."
         )
+    for path, (m, p) in _paths_and_leaves(full, params):
+        if m and jnp.result_type(p) == jnp.bool_:
+            raise ValueError(
+                f"params leaf {path!r} is a bool array, which a reset cannot move (updates are "
+                f"differences); leave it out with a mask that is False there.")
     return full
+
+
+def _is_concrete_bool(x) -> bool:
+    if isinstance(x, (bool, np.bool_)):
+        return True
+    return (isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, jax.core.Tracer)
+            and x.shape == () and x.dtype == np.bool_)
+
+
+def _paths_and_leaves(full, params):
+    """``(path, (mask_leaf, param_leaf))`` over the params' leaves, paths as ``a/b``."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return [(path_name(path), (m, p))
+            for m, (path, p) in zip(jax.tree.leaves(full), flat, strict=True)]
 
 
 def _inner_state_mask(inner, inner_state, mask_tree):
@@ -739,6 +774,43 @@ def _check_patience(patience) -> None:
                       f"None or an integer in [0, {_INT32_MAX}]", scalar=True)
     else:
         _checks.int_between("patience", patience, 0, _INT32_MAX, none_ok=True)
+
+
+def _check_inner(inner) -> None:
+    if isinstance(inner, optax.MultiSteps):
+        raise TypeError(
+            "inner must be an optax.GradientTransformation, got MultiSteps; pass "
+            "optax.MultiSteps(...).gradient_transformation(), or wrap the resetting "
+            "transformation in MultiSteps instead.")
+    _checks.instance("inner", inner, (optax.GradientTransformation,),
+                     "an optax.GradientTransformation")
+
+
+def _check_reset_prob(reset_prob) -> None:
+    """A probability, or a schedule whose value (traced abstractly, at no cost) is a scalar."""
+    if not callable(reset_prob):
+        _checks.probability("reset_prob", reset_prob, scalar=True)
+        return
+    try:
+        out = jax.eval_shape(reset_prob, jax.ShapeDtypeStruct((), jnp.int32))
+    except Exception as err:  # a schedule that cannot take a traced step count
+        raise ValueError(
+            f"reset_prob must be a probability or a schedule step -> probability that takes a "
+            f"traced int32 step count; calling it raised {type(err).__name__}: {err}") from None
+    shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+    if shape != () or not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(
+            dtype, jnp.floating)):
+        raise ValueError(
+            f"reset_prob must be a schedule step -> probability returning a real scalar, got a "
+            f"schedule returning {out}.")
+
+
+def _check_adaptive(adaptive) -> None:
+    _checks.instance("adaptive", adaptive, (bool, np.bool_, jax.Array), "a bool")
+    if isinstance(adaptive, jax.Array) and (adaptive.shape or adaptive.dtype != jnp.bool_):
+        raise ValueError(
+            f"adaptive must be a bool (or a boolean scalar array), got an array of dtype "
+            f"{adaptive.dtype} and shape {adaptive.shape}.")
 
 
 def _check_mask(mask) -> None:

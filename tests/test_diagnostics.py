@@ -140,6 +140,11 @@ def test_decomposition_runs_under_jit_and_logs(problem):
         diagnostics.to_floats(out.total)
 
 
+def test_to_floats_names_a_leaf_that_is_not_a_number():
+    with pytest.raises(ValueError, match=r"^tree must hold numbers; \['b'\] holds 'text'"):
+        diagnostics.to_floats({"a": 1.0, "b": "text"})
+
+
 def test_decomposition_rejects_bad_input(problem):
     p = problem
     args = (p["apply_fn"], p["loss_fn"], p["params"], p["x"])

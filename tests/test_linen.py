@@ -187,6 +187,16 @@ def test_bad_arguments_raise_value_errors_naming_them():
     state = resetax.linen.TrainState.create(apply_fn=CNN().apply, params=params, tx=_tx())
     with pytest.raises(ValueError, match="batch_stats was passed.*has none"):
         state.apply_gradients(grads=params, value=1.0, batch_stats={"mean": jnp.zeros(1)})
+    for tx in (None, optax.sgd):
+        with pytest.raises(TypeError, match="^tx must be an optax transformation .*, got "):
+            resetax.linen.TrainState.create(apply_fn=CNN().apply, params=params, tx=tx)
+    with pytest.raises(ValueError, match="^grads must have the structure of params"):
+        state.apply_gradients(grads={"Conv_0": params["Conv_0"]}, value=1.0)
+    state = _create()
+    stats = jax.tree.map(lambda s: jnp.zeros(s.shape[:-1] + (5,)), state.batch_stats)
+    with pytest.raises(ValueError, match=r"^batch_stats\['BatchNorm_0'\]\['mean'\] must have "
+                                         r"shape \(4,\), as in the state's, got \(5,\)"):
+        state.apply_gradients(grads=state.params, value=1.0, batch_stats=stats)
 
 
 def test_without_batch_stats_behaves_like_the_parent_class_between_resets():

@@ -181,6 +181,15 @@ def test_update_without_value_is_a_one_line_type_error(kwargs):
     assert str(err.value).splitlines()[0] == resetax.resetting.MISSING_VALUE_MSG
 
 
+def test_update_with_a_value_that_is_not_a_number_names_value():
+    model = Net(nnx.Rngs(0))
+    tx = resetax.stochastic_resetting(optax.sgd(0.1), reset_prob=0.1, key=0)
+    optimizer = resetax.nnx.Optimizer(model, tx, wrt=nnx.Param)
+    grads = nnx.grad(_loss)(model, *_data(0))
+    with pytest.raises(ValueError, match="^value must be a real number .* got '0.3'"):
+        optimizer.update(model, grads, value="0.3")
+
+
 def test_model_state_filter_selects_what_resets():
     x, y = _data(0)
 
@@ -211,6 +220,8 @@ def test_bad_arguments_raise_value_errors_naming_them():
     tx = resetax.stochastic_resetting(optax.sgd(0.1), 0.1, key=0)
     with pytest.raises(ValueError, match="model_state.*'bn'"):
         resetax.nnx.Optimizer(model, tx, wrt=nnx.Param, model_state=nnx.Variable)
+    with pytest.raises(TypeError, match="^tx must be an optax transformation .*, got "):
+        resetax.nnx.Optimizer(model, None, wrt=nnx.Param)
 
 
 def _random_variables(shapes, seed=0):

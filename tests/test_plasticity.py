@@ -572,10 +572,16 @@ def test_resume_from_serialized_state_is_bit_identical(single_device_run):
     (dict(reset_prob=jnp.array([0.1, 0.2])), "reset_prob"),
     (dict(every=1, mask="("), "mask must be a valid regular expression"),
     (dict(every=1, mask=["yes"]), "mask"),
+    (dict(every=2**40), r"every must be an integer in \[1, 2147483647\]"),
+    (dict(every=1, key=jax.random.split(jax.random.key(0))),
+     r"key must be a single jax.random.key \(shape \(\)\)"),
+    (dict(every=1, key=2**64), r"key must be an int seed in \[-2\*\*63"),
+    (dict(reset_prob=lambda count: jnp.full(3, 0.5)),
+     "reset_prob must be a schedule .* returning a real scalar"),
 ])
 def test_bad_arguments_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        resetax.reset_to_init(optax.sgd(0.1), _normal_init, key=0, **kwargs)
+        resetax.reset_to_init(optax.sgd(0.1), _normal_init, **(dict(key=0) | kwargs))
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -639,6 +645,47 @@ def test_errors_at_init_and_update():
         resetax.init_from_initializers({"a": jax.nn.initializers.zeros}, {"b": jnp.zeros(2)})
     with pytest.raises(ValueError, match="state must contain the state of a resetting"):
         resetax.apply_reset_updates(jnp.zeros(2), jnp.zeros(2), optax.sgd(0.1).init(jnp.zeros(2)))
+
+
+def test_a_seed_a_typed_key_and_a_legacy_key_give_the_same_resets():
+    histories = []
+    for key in (3, jax.random.key(3), jax.random.PRNGKey(3)):
+        tx = resetax.reset_to_init(optax.sgd(0.1), lambda k: jnp.zeros(2), key=key,
+                                   reset_prob=0.5)
+
+        def step(state, _, tx=tx):
+            _, state = tx.update(jnp.ones(2), state, jnp.ones(2))
+            return state, state.did_reset
+
+        histories.append(np.asarray(jax.lax.scan(step, tx.init(jnp.ones(2)), length=16)[1]))
+    assert 0 < histories[0].sum() < 16
+    for history in histories[1:]:
+        _assert_bits(history, histories[0])
+
+
+def test_init_from_initializers_takes_empty_params_and_names_a_key_that_is_not_one():
+    assert resetax.init_from_initializers(jax.nn.initializers.zeros, {})(
+        jax.random.key(0)) == {}
+    init = resetax.init_from_initializers(jax.nn.initializers.zeros, {"w": jnp.ones(2)})
+    for key in (jax.random.key(0), jax.random.PRNGKey(0)):
+        _assert_bits(init(key)["w"], jnp.zeros(2))
+    with pytest.raises(ValueError, match="init_fn of init_from_initializers takes one "
+                                         "jax.random.key .* static_args=\\('init_fn'"):
+        init(jnp.int32(0))  # what optax.inject_hyperparams passes to a "schedule"
+
+
+def test_unit_activations_names_an_activation_that_is_not_callable():
+    with pytest.raises(ValueError, match="activation must be None or a callable"):
+        resetax.unit_activations({"intermediates": {"h": (jnp.ones(2),)}}, activation=3)
+
+
+def test_an_axis_name_bound_nowhere_is_one_line_naming_it():
+    tx = resetax.recycle_dormant_units(optax.sgd(0.1), lambda key: {"w": jnp.zeros(2)},
+                                       {"h": resetax.UnitWeights(["w"], [])}, key=0, every=1,
+                                       axis_name="batch")
+    params = {"w": jnp.ones(2)}
+    with pytest.raises(ValueError, match="axis_name='batch' is not bound here"):
+        tx.update(params, tx.init(params), params, activations={"h": jnp.ones((3, 2))})
 
 
 def test_inject_hyperparams_traced_shrink():
@@ -806,6 +853,54 @@ def test_reinit_model_state_resets_whole_layers_after_reset_to_init():
     with pytest.raises(ValueError, match="'BatchNorm_9/mean'"):
         resetax.reinit_model_state(variables["batch_stats"], variables["batch_stats"],
                                    tx.init(variables["params"]), bad)
+
+
+_TINY = {"w": jnp.ones(2), "b": jnp.zeros(1)}
+_STATS = {"bn": {"mean": jnp.ones(2)}}
+
+
+def _tiny_states():
+    """After one update: a reset_to_init state and a recycle_dormant_units state (layer "h")."""
+    init = resetax.init_from_initializers(jax.nn.initializers.zeros, _TINY)
+    rti = resetax.reset_to_init(optax.sgd(0.1), init, key=0, every=1)
+    redo = resetax.recycle_dormant_units(optax.sgd(0.1), init,
+                                         {"h": resetax.UnitWeights(["w"], [])}, key=0, every=1)
+    return (rti.update(_TINY, rti.init(_TINY), _TINY)[1],
+            redo.update(_TINY, redo.init(_TINY), _TINY, activations={"h": jnp.zeros((3, 2))})[1])
+
+
+@pytest.mark.parametrize("which, units, stats, initial, match", [
+    # These used to return the statistics untouched, without a word.
+    (0, {"h": resetax.UnitWeights(["nope"], [], ["bn/mean"])}, _STATS, None,
+     r"units\['h'\] is no layer .*'nope' is no parameter of reset_to_init's \['b', 'w'\]"),
+    (1, {"g": resetax.UnitWeights(["w"], [], ["bn/mean"])}, _STATS, None,
+     r"units\['g'\] is no layer .*recycle_dormant_units' layers are \['h'\]"),
+    # These were jnp's broadcasting or pytree errors, naming no argument.
+    (0, {"h": resetax.UnitWeights(["w"], [], ["bn/mean"])}, _STATS,
+     {"bn": {"mean": jnp.zeros(3)}}, r"initial_model_state 'bn/mean' must have the shape"),
+    (0, {"h": resetax.UnitWeights(["w"], [], ["bn/mean"])}, _STATS,
+     {"bn": {"mean": jnp.zeros(2), "var": jnp.ones(2)}},
+     "initial_model_state must have the structure of model_state"),
+    (1, {"h": resetax.UnitWeights(["w"], [], ["bn/mean"])}, {"bn": {"mean": jnp.ones(5)}},
+     None, r"units\['h'\].model_state 'bn/mean' must have the layer's 2 units"),
+])
+def test_reinit_model_state_names_what_does_not_fit(which, units, stats, initial, match):
+    state = _tiny_states()[which]
+    initial = jax.tree.map(jnp.zeros_like, stats) if initial is None else initial
+    with pytest.raises(ValueError, match=match):
+        resetax.reinit_model_state(stats, initial, state, units)
+
+
+def test_apply_updates_name_updates_or_a_state_of_other_params():
+    state = _tiny_states()[0]
+    with pytest.raises(ValueError, match="^updates must have the structure of params"):
+        resetax.apply_reset_updates(_TINY, {"w": jnp.ones(2)}, state)
+    with pytest.raises(ValueError, match="^state must be the optimizer state of these params: "
+                                         "the ResetToInitState in it holds"):
+        resetax.apply_reset_updates({"v": jnp.ones(2)}, {"v": jnp.ones(2)}, state)
+    tx = resetax.stochastic_resetting(optax.sgd(0.1), 1.0, key=0)
+    with pytest.raises(ValueError, match="^state must be the optimizer state .* ResettingState"):
+        resetax.apply_updates(_TINY, _TINY, tx.init({"v": jnp.ones(2)}))
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn1d", "vcnn", "resnet"])

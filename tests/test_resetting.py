@@ -810,6 +810,10 @@ def test_missing_params_raises_optax_message():
         (dict(key=jax.random.split(jax.random.key(0))), r"single jax.random.key .*shape \(2,\)"),
         (dict(key=np.arange(3, dtype=np.uint32)), r"raw key data of shape \(2,\)"),
         (dict(key=np.array([1.5, 2.0])), "key .* dtype float64"),
+        (dict(adaptive=jnp.array(1.0)), "adaptive must be a bool .* dtype float32"),
+        (dict(reset_prob=lambda count: jnp.full(2, 0.5)),
+         r"reset_prob must be a schedule .* returning a real scalar, got .*shape=\(2,\)"),
+        (dict(reset_prob=lambda count: [0.5][count]), "reset_prob must be a .* schedule .*"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, match):
@@ -835,6 +839,9 @@ def test_accepted_arguments_are_checked_eagerly_and_run(kwargs):
 def test_bad_types_raise_type_error():
     with pytest.raises(TypeError, match="inner"):
         resetax.stochastic_resetting(lambda g: g, 0.1, key=0)
+    with pytest.raises(TypeError, match=r"got MultiSteps; pass optax.MultiSteps\(...\)"
+                                        r".gradient_transformation\(\)"):
+        resetax.stochastic_resetting(optax.MultiSteps(optax.sgd(0.1), 2), 0.1, key=0)
     with pytest.raises(TypeError, match="key"):
         resetax.stochastic_resetting(optax.sgd(0.1), 0.1, key="seed")
     with pytest.raises(TypeError, match="reset_inner_state"):
@@ -848,6 +855,49 @@ def test_non_scalar_value_raises():
     state = tx.init(jnp.zeros(2))
     with pytest.raises(ValueError, match="value"):
         tx.update(jnp.ones(2), state, jnp.zeros(2), value=jnp.ones(3))
+
+
+@pytest.mark.parametrize("value", ["0.3", 1 + 2j, True, object()])
+def test_a_value_that_is_not_a_real_number_is_one_line_naming_value(value):
+    tx = resetax.stochastic_resetting(optax.sgd(0.1), 0.1, key=0)
+    state = tx.init(jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"^value must be a real number .*, got ") as err:
+        tx.update(jnp.ones(2), state, jnp.zeros(2), value=value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("mask, shown", [
+    (lambda p: {"w": "no", "b": True}, "'no'"),
+    (lambda p: 3, "3"),
+    (lambda p: {"w": 1, "b": 0}, "0"),
+])
+def test_a_callable_mask_must_give_bools(mask, shown):
+    tx = resetax.stochastic_resetting(optax.sgd(0.1), 1.0, key=0, mask=mask)
+    with pytest.raises(ValueError, match=f"^mask must give a bool for every parameter leaf .*, "
+                                         f"got {shown}"):
+        tx.init({"w": jnp.ones(2), "b": jnp.ones(2)})
+
+
+def test_a_callable_mask_of_traced_arrays_under_jit_says_so():
+    tx = resetax.stochastic_resetting(
+        optax.sgd(0.1), 1.0, key=0, mask=lambda p: {"w": jnp.array(True), "b": jnp.array(False)})
+    params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+    assert isinstance(tx.init(params).checkpoint["b"], optax.MaskedNode)  # concrete: accepted
+    with pytest.raises(ValueError, match="mask must give a bool .* got a traced array"):
+        jax.jit(tx.init)(params)
+
+
+def test_a_bool_params_leaf_that_may_reset_is_refused_at_init_naming_it():
+    params = {"w": jnp.ones(2), "flag": jnp.array(True)}
+    tx = resetax.stochastic_resetting(optax.set_to_zero(), 1.0, key=0)
+    with pytest.raises(ValueError, match="params leaf 'flag' is a bool array"):
+        tx.init(params)
+    tx = resetax.stochastic_resetting(optax.set_to_zero(), 1.0, key=0,
+                                      mask={"w": True, "flag": False})
+    state = tx.init(params)
+    updates, state = tx.update({"w": jnp.ones(2), "flag": jnp.array(False)}, state, params,
+                               value=jnp.nan)
+    assert bool(resetax.apply_updates(params, updates, state)["flag"])
 
 
 # --------------------------------------------------------------------------- a missing value

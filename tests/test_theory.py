@@ -324,6 +324,16 @@ def test_toy_steps_through_stochastic_resetting():
         (lambda: theory.latent_bias_first_passage_times(0, 10, 1.2, 1, 0.1), "noise_rate"),
         (lambda: theory.latent_bias_first_passage_times(0, 10, 0.5, 1, -0.1), "reset_prob"),
         (lambda: theory.latent_bias_first_passage_times(0, 10, 0.5, 0, 0.1), "batch_size"),
+        # An infinite rate or distance gave nan (lattice: nan; the others: nan for every drift).
+        (lambda: theory.mean_first_passage_time(math.inf), "reset_rate must be a finite"),
+        (lambda: theory.stationary_density(0.0, math.inf), "reset_rate must be a finite"),
+        (lambda: theory.sample_first_passage_times(0, 4, math.inf), "reset_rate must be a fin"),
+        (lambda: theory.lattice_mean_first_passage_time(0.1, math.inf), "distance must be a fin"),
+        (lambda: theory.renewal_mean_first_passage_time(3, 0.1), "laplace_transform"),
+        # These were jax's "split accepts a single key" and an OverflowError.
+        (lambda: theory.simulate_lattice_walk(jax.random.split(jax.random.key(0)), 4, 0.1, 3,
+                                              max_steps=10), "key must be a single"),
+        (lambda: theory.simulate_lattice_walk(2**64, 4, 0.1, 3, max_steps=10), "key must be an"),
     ],
 )
 def test_bad_input_raises_eagerly(call, name):
@@ -335,3 +345,6 @@ def test_traced_input_is_not_checked():
     # Under jit the values are unknown at trace time; the closed form returns nan, not an error.
     t = jax.jit(theory.mean_first_passage_time)(-1.0, 1.0, 1.0, 1.0)
     assert bool(jnp.isnan(t))
+    # The lattice walk's r = 1.5 gave inf, as if the walker never arrived.
+    t = jax.jit(theory.lattice_mean_first_passage_time)(jnp.array([1.5, -0.1, 0.5]), 10, 0.5)
+    assert np.isnan(t[:2]).all() and np.isfinite(t[2])

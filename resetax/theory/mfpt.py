@@ -198,7 +198,7 @@ def mean_first_passage_time(
       Bae, Song & Jeong, `Stochastic resetting mitigates latent gradient bias of SGD from label
       noise <https://arxiv.org/abs/2406.00396>`_, 2025.
     """
-    _checks.nonnegative("reset_rate", reset_rate)
+    _checks.finite_nonnegative("reset_rate", reset_rate)
     gamma, L, D, v = _checks.drift_diffusion(distance, diffusion, drift, reset_rate)
     return _mean_first_passage_time(gamma, L, D, v)
 
@@ -442,7 +442,7 @@ def stationary_density(
       <https://doi.org/10.1103/PhysRevLett.106.160601>`_, PRL 106, 160601, 2011.
     """
     _checks.finite("x", x)
-    _checks.positive("reset_rate", reset_rate)
+    _checks.finite_positive("reset_rate", reset_rate)
     _checks.positive("diffusion", diffusion)
     _checks.finite("drift", drift)
     _checks.finite("reset_position", reset_position)
@@ -474,7 +474,7 @@ def stationary_mean(
       Evans & Majumdar, `Diffusion with stochastic resetting
       <https://doi.org/10.1103/PhysRevLett.106.160601>`_, PRL 106, 160601, 2011.
     """
-    _checks.positive("reset_rate", reset_rate)
+    _checks.finite_positive("reset_rate", reset_rate)
     _checks.finite("drift", drift)
     _checks.finite("reset_position", reset_position)
     gamma, v, x0 = _checks.as_float(reset_rate, drift, reset_position)
@@ -505,7 +505,7 @@ def stationary_variance(
       Evans & Majumdar, `Diffusion with stochastic resetting
       <https://doi.org/10.1103/PhysRevLett.106.160601>`_, PRL 106, 160601, 2011.
     """
-    _checks.positive("reset_rate", reset_rate)
+    _checks.finite_positive("reset_rate", reset_rate)
     _checks.positive("diffusion", diffusion)
     _checks.finite("drift", drift)
     gamma, D, v = _checks.as_float(reset_rate, diffusion, drift)
@@ -552,7 +552,7 @@ def lattice_mean_first_passage_time(
       <https://doi.org/10.1103/PhysRevLett.118.030603>`_, PRL 118, 030603, 2017.
     """
     _checks.probability("reset_prob", reset_prob)
-    _checks.positive("distance", distance)
+    _checks.finite_positive("distance", distance)
     _checks.probability("step_toward_prob", step_toward_prob)
     return _lattice_mean_first_passage_time(
         *_checks.as_float(reset_prob, distance, step_toward_prob)
@@ -577,7 +577,9 @@ def _lattice_mean_first_passage_time(r, L, p):
     ell = L * m * log_ratio
     t = L * per_r * log_ratio * _exprel(ell)
     # λ = 0 (r = 1 or p = 0): the walker never gets a step closer.
-    return jnp.where(((r == 0) & ~toward) | (m >= 1), jnp.inf, t)
+    t = jnp.where(((r == 0) & ~toward) | (m >= 1), jnp.inf, t)
+    # Traced arguments are not checked: out of their domain the result is nan, not a number.
+    return jnp.where((r >= 0) & (r <= 1) & (p >= 0) & (p <= 1) & (L > 0), t, jnp.nan)
 
 
 def renewal_mean_first_passage_time(
@@ -615,7 +617,10 @@ def renewal_mean_first_passage_time(
       Pal & Reuveni, `First passage under restart
       <https://doi.org/10.1103/PhysRevLett.118.030603>`_, PRL 118, 030603, 2017.
     """
-    _checks.nonnegative("reset_rate", reset_rate)
+    if not callable(laplace_transform):
+        raise ValueError(
+            f"laplace_transform must be a callable s -> E exp(-s T0), got {laplace_transform!r}.")
+    _checks.finite_nonnegative("reset_rate", reset_rate)
     (gamma,) = _checks.as_float(reset_rate)
     safe_gamma = jnp.where(gamma > 0, gamma, 1)
     f = laplace_transform(safe_gamma)

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from resetax import _checks
-from resetax.resetting import apply_updates, stochastic_resetting
+from resetax.resetting import _check_key, apply_updates, stochastic_resetting
 
 __all__ = [
     "BOUNDARY_SHIFT",
@@ -41,6 +41,7 @@ monitored one whose target lies :math:`\beta\sigma` farther away."""
 
 def _as_key(key: int | jax.Array) -> jax.Array:
     _checks.instance("key", key, (int, np.integer, jax.Array), "an int seed or a jax.random.key")
+    _check_key(key)
     return key if isinstance(key, jax.Array) else jax.random.key(key)
 
 
@@ -165,7 +166,7 @@ def sample_first_passage_times(
     """
     _checks.positive_int("num_walkers", num_walkers)
     _checks.positive_int("max_renewals", max_renewals)
-    _checks.nonnegative("reset_rate", reset_rate)
+    _checks.finite_nonnegative("reset_rate", reset_rate)
     gamma, L, D, v = _checks.drift_diffusion(distance, diffusion, drift, reset_rate)
     return _renewal_times(_as_key(key), gamma, L, D, v, num_walkers, max_renewals)
 
@@ -245,7 +246,7 @@ def simulate_langevin(
     """
     _checks.positive_int("num_walkers", num_walkers)
     _checks.positive_int("max_steps", max_steps)
-    _checks.nonnegative("reset_rate", reset_rate)
+    _checks.finite_nonnegative("reset_rate", reset_rate)
     _checks.positive("time_step", time_step)
     _checks.probability("reset_rate * time_step", jnp.asarray(reset_rate) * time_step)
     gamma, dt, L, D, v = _checks.drift_diffusion(distance, diffusion, drift, reset_rate, time_step)
@@ -350,7 +351,7 @@ def sample_positions(
     """
     _checks.positive_int("num_walkers", num_walkers)
     _checks.nonnegative("time", time)
-    _checks.nonnegative("reset_rate", reset_rate)
+    _checks.finite_nonnegative("reset_rate", reset_rate)
     _checks.positive("diffusion", diffusion)
     _checks.finite("drift", drift)
     _checks.finite("reset_position", reset_position)
