@@ -370,6 +370,23 @@ def test_nested_in_stochastic_resetting_outer_wins():
     assert int(resetting.num_resets) == 1 and int(resetting.inner_state.num_resets) == 2
 
 
+@pytest.mark.parametrize("inner_key, same", [(0, True), (1, False)])
+def test_nested_transforms_with_the_same_key_reset_on_the_same_steps(inner_key, same):
+    """The README's advice (different keys for nested transforms) rests on this."""
+    tx = resetax.stochastic_resetting(
+        resetax.reset_to_init(optax.sgd(0.1), lambda key: jnp.zeros(2), key=inner_key,
+                              reset_prob=0.3), reset_prob=0.3, key=0)
+    params, state = jnp.ones(2), tx.init(jnp.ones(2))
+    update = jax.jit(tx.update)
+    outer, inner = [], []
+    for _ in range(40):
+        _, state = update(jnp.zeros(2), state, params, value=1.0)
+        outer.append(bool(state.did_reset))
+        inner.append(bool(state.inner_state.did_reset))
+    assert sum(outer) > 0 and sum(inner) > 0
+    assert (outer == inner) == same
+
+
 def test_wrapping_stochastic_resetting_forwards_value():
     tx = resetax.shrink_and_perturb(
         resetax.stochastic_resetting(optax.sgd(0.1), 0.0, key=0, patience=1),
