@@ -442,8 +442,10 @@ def recycle_dormant_units(
 
       s_i = \frac{\mathbb{E}_x |h_i(x)|}{\frac{1}{H} \sum_{j=1}^{H} \mathbb{E}_x |h_j(x)|}
 
-    (0 for every unit of a layer whose activations are all zero), and unit :math:`i` is
-    dormant when :math:`s_i \le \tau`, the ``threshold``. At a recycling check (every ``every``
+    (0 for every unit of a layer whose activations are all zero; NaN for every unit of a layer
+    whose activations hold a NaN, so that none of them counts as dormant: a diverged layer is
+    not a dead one), and unit :math:`i` is dormant when :math:`s_i \le \tau`, the
+    ``threshold``. At a recycling check (every ``every``
     updates or with probability ``reset_prob``) the dormant units' incoming weights (the
     entries of the ``incoming`` parameters at the unit on their last axis) take fresh values
     from ``init_fn`` and their outgoing weights (the entries of the ``outgoing`` parameters at
@@ -1044,7 +1046,8 @@ def _dormant(h, threshold, axis_name):
                 f"pmap or shard_map around the update; under jit over a Mesh (or on one "
                 f"device) pass axis_name=None.") from None
     layer_mean = mean_abs.mean()
-    score = jnp.where(layer_mean > 0, mean_abs / jnp.where(layer_mean > 0, layer_mean, 1.0), 0.0)
+    score = jnp.where(layer_mean > 0, mean_abs / jnp.where(layer_mean > 0, layer_mean, 1.0),
+                      jnp.where(layer_mean == 0, 0.0, jnp.nan))  # NaN: nothing is dormant
     return score <= threshold
 
 

@@ -238,6 +238,10 @@ def test_scores_are_normalized_mean_absolute_activations():
     # A layer that never fires: every unit is dormant (no division by zero).
     _, state = tx.update(params, tx.init(params), params, activations={"h": jnp.zeros((2, 4))})
     assert int(state.num_recycled) == 4
+    # A layer whose activations hold a NaN (a diverged network) is not a dead one: none.
+    _, state = tx.update(params, tx.init(params), params,
+                         activations={"h": h.at[0, 1].set(jnp.nan)})
+    assert int(state.num_recycled) == 0
 
 
 class _MLP(nn.Module):
