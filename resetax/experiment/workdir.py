@@ -416,7 +416,7 @@ def _restart(run_dir: Path) -> str:
       >>> workdir._restart(group)
       'restore it, or start the run again with --overwrite'
     """
-    if _in_group(run_dir):
+    if in_group(run_dir):
         return (f"restore it, or delete {str(run_dir)!r} so that --resume trains that run again "
                 f"from step 0")
     return _RESTART
@@ -440,12 +440,23 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     return _files.read_json(
         Path(run_dir) / SUMMARY_FILE, required=SUMMARY_KEYS,
         types={**{key: numbers for key in SUMMARY_KEYS}, "test_acc": (float,)},
-        fix=_restart(Path(run_dir)) if _in_group(Path(run_dir)) else
+        fix=_restart(Path(run_dir)) if in_group(Path(run_dir)) else
         "restore it, or delete it so that --resume ends the run again from its last checkpoint")
 
 
-def _in_group(run_dir: Path) -> bool:
-    """Whether ``run_dir`` is a run of a group (its parent holds the group's plan.json)."""
+def in_group(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` is a run of a group (its parent holds the group's plan.json).
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import workdir
+      >>> group = Path(tempfile.mkdtemp())
+      >>> workdir.write_json(group / "plan.json", {"command": "train", "seeds": None})
+      >>> workdir.in_group(group / "baseline"), workdir.in_group(group)
+      (True, False)
+    """
+    run_dir = Path(run_dir)
     return (run_dir.parent / PLAN_FILE).exists() and not (run_dir / PLAN_FILE).exists()
 
 
