@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 from runs import (
     TINY,
     final_state_leaves,
+    one_line_error,
     read_lines,
     resume_and_compare,
     start_cli_run,
@@ -328,6 +329,26 @@ def test_bad_input_fails_before_writing(tmp_path, capsys, flags, message):
     assert code == 2
     captured = capsys.readouterr()
     assert message in captured.err
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        # Before: planning 2e8 runs, for hours, without a word.
+        (["--seeds", "100000000"], "--seeds must be at most 10000, got 100000000."),
+        # Before: 'seed must be an integer in [0, 4294967295], got 4294967296', naming no --seeds.
+        (["--seed", "4294967295", "--seeds", "2"],
+         "--seeds 2 from --seed 4294967295 goes past the largest seed, 4294967295"),
+        # Before: 'baseline=True trains a reset_prob=0 baseline beside...', a flag not given.
+        (["--reset-prob", "0"], "reset_prob must be > 0 for compare (the baseline uses 0)."),
+    ],
+)
+def test_bad_compare_input_is_one_line_before_writing(tmp_path, capsys, flags, message):
+    run_dir = tmp_path / "compare"
+    assert cli.main(["compare", "--quiet", "--dataset", "digits", "--model", "mlp",
+                     "--run-dir", str(run_dir), *flags]) == 2
+    assert message in one_line_error(capsys.readouterr().err)
     assert not run_dir.exists()
 
 

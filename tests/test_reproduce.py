@@ -70,6 +70,8 @@ def test_dry_run_lists_the_runs_and_writes_nothing(tmp_path, capsys):
         (["--cells", ""], "--cells '' names no cell; give one or more of sym20-ce, sym40-ce"),
         (["--cells", ",", "--dry-run"], "--cells ',' names no cell"),
         (["--seeds", "0"], "seeds must be"),
+        (["--seeds", "1000000000", "--dry-run"], "--seeds must be at most 10000"),  # hung
+        (["--seed", "4294967294", "--seeds", "3"], "goes past the largest seed, 4294967295"),
         (["--data-dir", "{tmp}/tfds"], "tfds build cifar10"),
     ],
 )

@@ -248,12 +248,15 @@ def _compare(args) -> int:
                              f"--seeds {args.seeds} would change it (saved {saved_seeds}).")
         args = argparse.Namespace(**{**vars(args), "seeds": saved_seeds})
     else:
+        if _overrides(args).get("reset_prob") == 0:  # before the preset's baseline=True objects
+            raise ValueError("reset_prob must be > 0 for compare (the baseline uses 0).")
         config = config_from_args(args)
     seeds = 3 if args.seeds is None else args.seeds
     if config.reset_prob == 0:
         raise ValueError("reset_prob must be > 0 for compare (the baseline uses 0).")
     if seeds < 2:
         raise ValueError(f"seeds must be >= 2 for a standard error, got {seeds}.")
+    _check_seeds(seeds, config.seed)
     _start_processes(args)
     named_configs = [(f"{name}-seed{seed}", config.replace(seed=seed, reset_prob=reset_prob,
                                                             baseline=False))
@@ -261,6 +264,22 @@ def _compare(args) -> int:
              for name, reset_prob in (("baseline", 0.0), ("resetting", config.reset_prob))]
     return _run_group(run_dir, config, named_configs,
                       argparse.Namespace(**{**vars(args), "seeds": seeds}), _report_compare)
+
+
+MAX_SEEDS = 10_000
+"""The most seeds of a ``compare`` or of each cell of a table (planning 10,000 takes a second;
+``--seeds 100000000`` planned for hours without a word)."""
+
+
+def _check_seeds(seeds: int, first_seed: int) -> None:
+    """``--seeds`` from ``--seed`` on: at most :data:`MAX_SEEDS` of them, none past the largest
+    seed."""
+    if seeds > MAX_SEEDS:
+        raise ValueError(f"--seeds must be at most {MAX_SEEDS}, got {seeds}.")
+    last = first_seed + seeds - 1
+    if first_seed <= config_lib.MAX_SEED < last:  # a --seed out of range: the config names it
+        raise ValueError(f"--seeds {seeds} from --seed {first_seed} goes past the largest seed, "
+                         f"{config_lib.MAX_SEED} (to {last}); lower --seed or --seeds.")
 
 
 def _report_compare(summaries: dict[str, dict[str, Any]], config, run_dir: Path) -> None:
@@ -285,6 +304,8 @@ def _reproduce(args) -> int:
     if args.resume:
         overrides, seeds, cells = reproduce.resume_plan(run_dir, table, overrides, seeds, cells)
     seeds = reproduce.DEFAULT_SEEDS if seeds is None else seeds
+    if seeds > 0:  # plan_runs names a count below 1
+        _check_seeds(seeds, overrides.get("seed", 0))
     runs = reproduce.plan_runs(table, seeds, overrides, cells)
     runs_together = _runs_together_of(run_dir, args)
     if args.dry_run:
