@@ -380,14 +380,18 @@ def _run_group(run_dir: Path, config: config_lib.Config,
 
 def _runs_together_of(run_dir: Path, args) -> int | str:
     """``--runs-together`` as given; when not given, on ``--resume`` as the group was started
-    (its ``plan.json``), so that it goes on bit-identically; else ``auto``."""
+    (its ``plan.json``), so that it goes on bit-identically; else ``auto``. A resume told
+    otherwise says that its runs will not equal an uninterrupted group's."""
     from resetax.experiment import workdir
 
-    if args.runs_together is not None:
-        return args.runs_together
     if args.resume and (run_dir / workdir.PLAN_FILE).exists():
-        return workdir.read_plan(run_dir).get("runs_together", "auto")
-    return "auto"
+        saved = workdir.read_plan(run_dir).get("runs_together", "auto")
+        if args.runs_together not in (None, saved):
+            workdir.note(f"--runs-together {args.runs_together}, where {run_dir} was started "
+                         f"with {saved}: runs trained together and apart differ in the last "
+                         f"bits, so its runs will not equal an uninterrupted group's.")
+        return saved if args.runs_together is None else args.runs_together
+    return "auto" if args.runs_together is None else args.runs_together
 
 
 def _plan(run_dir: Path, args) -> dict[str, Any] | None:
