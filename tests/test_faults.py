@@ -324,6 +324,62 @@ def test_a_seed_out_of_range_is_one_line_before_writing(tmp_path, capsys, seed):
     assert not run_dir.exists()  # a retry needs no --overwrite
 
 
+@contextlib.contextmanager
+def _no_compilation_cache_yet(monkeypatch):
+    """The process as the command finds it: no cache configured (the suite configures one)."""
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    configured = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", configured)
+
+
+def test_a_compilation_cache_variable_that_cannot_be_used_is_one_line(tmp_path, monkeypatch,
+                                                                      capsys):
+    # Before: a file or /proc/nope was given to JAX, which warned in two lines at each compile;
+    # 'OFF' was taken for a directory named OFF, made in the working directory.
+    (tmp_path / "afile").write_text("mine")
+    run_dir = tmp_path / "run"
+    with _no_compilation_cache_yet(monkeypatch):
+        for value, reason in ((str(tmp_path / "afile"), "a file"),
+                              ("/proc/nope", "No such file or directory")):
+            monkeypatch.setenv("RESETAX_COMPILATION_CACHE", value)
+            assert cli.main(["train", "--run-dir", str(run_dir)]) == 2
+            assert one_line_error(capsys.readouterr().err) == (
+                f"resetax: error: RESETAX_COMPILATION_CACHE={value!r} cannot hold the compilation "
+                f"cache ({reason}); set it to a directory that can be written, or to off.")
+            assert not run_dir.exists()
+        monkeypatch.setenv("RESETAX_COMPILATION_CACHE", "OFF")
+        cli._use_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir is None
+        # A default place that cannot be created: one note, and no cache.
+        monkeypatch.delenv("RESETAX_COMPILATION_CACHE")
+        monkeypatch.setenv("XDG_CACHE_HOME", "/proc/nope")
+        cli._use_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir is None
+    assert capsys.readouterr().err.startswith(
+        "resetax: the compilation cache '/proc/nope/resetax/jax/")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_run_directory_named_in_chinese_draws_its_curves_without_warnings(tmp_path, capsys):
+    # Before: Matplotlib's 'Glyph 23454 ... missing from font(s) DejaVu Sans' UserWarnings, 4
+    # lines on the stderr of a run that ended well.
+    import warnings
+
+    run_dir = tmp_path / "résumé-实验"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main(["train", "--quiet", "--no-baseline", "--dataset", "digits", "--model",
+                         "mlp", "--num-steps", "20", "--eval-every", "10", "--checkpoint-every",
+                         "10", "--num-devices", "1", "--run-dir", str(run_dir)]) == 0
+    assert [str(w.message) for w in caught if "Glyph" in str(w.message)] == []
+    assert capsys.readouterr().err == ""
+    assert (run_dir / "curves.png").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("platforms", ["cuda", "gpu"])
 def test_jax_platforms_naming_a_missing_backend_is_one_line(tmp_path, platforms):

@@ -60,21 +60,27 @@ def main(argv: list[str] | None = None) -> int:
 def _quiet_third_party() -> Iterator[None]:
     """Keeps the libraries' own reports of what resetax reports in one line off stderr.
 
-    absl's log (TFDS's warnings, Orbax's errors from its writer threads) and asyncio's (the
-    failed writes' futures) are not shown, and the "Event loop is closed" errors that Orbax's
-    and tensorstore's futures raise when they complete after a failed write are dropped; any
-    other error raised where it cannot be caught is shown as Python shows it.
+    absl's log (TFDS's warnings, Orbax's errors from its writer threads), asyncio's (the
+    failed writes' futures) and Matplotlib's (a config directory it cannot create under
+    ``XDG_CACHE_HOME``) are not shown, nor Matplotlib's warnings of characters its font lacks
+    (a run directory named in Chinese: 4 lines a figure); the "Event loop is closed" errors
+    that Orbax's and tensorstore's futures raise when they complete after a failed write are
+    dropped; any other error raised where it cannot be caught is shown as Python shows it.
     """
     import gc
     import logging
+    import warnings
 
-    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio", "matplotlib")]
     levels, hook = [logger.level for logger in loggers], sys.unraisablehook
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
     sys.unraisablehook = _without_closed_loop_errors(hook)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font",
+                                    category=UserWarning)
+            yield
     finally:
         gc.collect()  # the failed write's futures, while their errors are still dropped
         for logger, level in zip(loggers, levels, strict=True):
@@ -121,10 +127,10 @@ def _main(argv: list[str] | None) -> int:
     _RUN.clear()
     argv = sys.argv[1:] if argv is None else list(argv)
     args, unknown = parser(_preset_in(argv), _table_in(argv)).parse_known_args(argv)
-    _use_compilation_cache()
     if unknown:  # named by the command's own parser, not the top-level one
         args.parser.error(_unrecognized(args.parser, unknown))
     try:
+        _use_compilation_cache()
         check_resume_or_overwrite(args.resume, args.overwrite)
         return args.command(args)
     except (RunError, DamagedFile) as err:  # a run that cannot go on, a damaged run file
@@ -483,7 +489,10 @@ def _use_compilation_cache() -> None:
     lives in ``$RESETAX_COMPILATION_CACHE``, else ``$XDG_CACHE_HOME/resetax/jax`` (or
     ``~/.cache/resetax/jax``) in a folder per processor model, so that a home directory shared
     by machines of different CPUs never serves one's code to another. ``RESETAX_COMPILATION_CACHE
-    =off`` turns it off; a cache the user configured for JAX is left as it is.
+    =off`` (in any case) turns it off; a cache the user configured for JAX is left as it is.
+    A ``RESETAX_COMPILATION_CACHE`` that cannot be a directory (a file, an unwritable place) is
+    refused with a ``ValueError`` naming it; a default directory that cannot be created is
+    skipped with a one-line note (JAX warned at each compile).
     """
     import hashlib
     import os
@@ -491,8 +500,10 @@ def _use_compilation_cache() -> None:
 
     import jax
 
+    from resetax.experiment import workdir
+
     setting = os.environ.get("RESETAX_COMPILATION_CACHE")
-    if setting == "off" or os.environ.get("JAX_COMPILATION_CACHE_DIR") or (
+    if (setting or "").strip().lower() == "off" or os.environ.get("JAX_COMPILATION_CACHE_DIR") or (
             jax.config.jax_compilation_cache_dir):
         return
     if setting:
@@ -504,6 +515,18 @@ def _use_compilation_cache() -> None:
             cpu += next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
                          if line.startswith("flags")), "")
         directory = base / "resetax" / "jax" / hashlib.sha256(cpu.encode()).hexdigest()[:12]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = "a file" if directory.is_file() else err.strerror or type(err).__name__
+        if setting:
+            raise ValueError(f"RESETAX_COMPILATION_CACHE={setting!r} cannot hold the compilation "
+                             f"cache ({reason}); set it to a directory that can be written, or "
+                             f"to off.") from None
+        workdir.note(f"the compilation cache {str(directory)!r} cannot be created ({reason}); "
+                     f"compiling without it (set RESETAX_COMPILATION_CACHE to a directory that "
+                     f"can be written).")
+        return
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
