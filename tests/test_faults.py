@@ -258,12 +258,17 @@ def test_a_run_directory_that_becomes_unwritable(long_reference, tmp_path):
     resume_and_compare(target, long_reference)  # from the last good checkpoint
 
 
-@pytest.mark.parametrize("case", ["file", "proc", "read_only"])
+@pytest.mark.parametrize("case", ["file", "proc", "read_only", "dangling_link"])
 def test_bad_run_directories_are_one_line(tmp_path, capsys, case):
     if case == "file":
         run_dir = tmp_path / "a_file"
         run_dir.write_text("notes")
         message = "is a file, not a directory"
+    elif case == "dangling_link":  # before: "cannot create run directory ...: File exists."
+        run_dir = tmp_path / "link"
+        run_dir.symlink_to("nowhere/deeper")
+        message = (f"run directory '{run_dir}' is a symbolic link to 'nowhere/deeper', which does "
+                   f"not exist; create that directory, or choose another --run-dir.")
     elif case == "proc":
         run_dir = Path("/proc/run")
         message = "cannot create run directory '/proc/run'"
@@ -281,6 +286,20 @@ def test_bad_run_directories_are_one_line(tmp_path, capsys, case):
     assert message in one_line_error(err)
     if case == "file":
         assert run_dir.read_text() == "notes"
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "reproduce"])
+def test_an_empty_run_dir_is_refused(tmp_path, capsys, monkeypatch, command):
+    # Before: --run-dir "" trained into the default runs/<preset>-<time>, exit 0.
+    monkeypatch.chdir(tmp_path)
+    table = ["setting1"] if command == "reproduce" else []
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, *table, "--run-dir", "", "--num-steps", "20"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "resetax: error: argument --run-dir: expected a directory, got ''; leave --run-dir out "
+        "for the default")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_flag_is_one_line_then_a_pointer_to_help(tmp_path):

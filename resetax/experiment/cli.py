@@ -616,7 +616,7 @@ def parser(preset: str | None = None, table: str | None = None) -> argparse.Argu
         else:
             sub.add_argument("--preset", default=None, choices=sorted(config_lib.PRESETS),
                              help=f"the defaults of the fields below (default: {DEFAULT_PRESET})")
-        sub.add_argument("--run-dir", default=None,
+        sub.add_argument("--run-dir", default=None, type=_run_dir,
                          help=f"where to write the run (default: {RUN_DIR_DEFAULTS[name]})")
         sub.add_argument("--resume", action="store_true",
                          help="continue the interrupted run in --run-dir with its saved config")
@@ -688,6 +688,14 @@ def _unrecognized(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
              if action.help != argparse.SUPPRESS]
     close = difflib.get_close_matches(flag, known, n=1) if flag else []
     return f"{message}; did you mean {close[0]}?" if close else message
+
+
+def _run_dir(text: str) -> str:
+    """``--run-dir``: a path, not empty (an empty one silently meant the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a directory, got {text!r}; leave --run-dir "
+                                         f"out for the default")
+    return text
 
 
 def _jobs(text: str) -> int | str:

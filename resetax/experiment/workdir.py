@@ -170,6 +170,10 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
     check_resume_or_overwrite(resume, overwrite)
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"run directory {str(run_dir)!r} is a file, not a directory.")
+    if run_dir.is_symlink() and not run_dir.exists():  # mkdir said only "File exists"
+        raise FileNotFoundError(
+            f"run directory {str(run_dir)!r} is a symbolic link to {os.readlink(run_dir)!r}, "
+            f"which does not exist; create that directory, or choose another --run-dir.")
     if _has_content(run_dir) and not (resume or overwrite):
         raise FileExistsError(
             f"run directory {str(run_dir)!r} already exists; pass --resume to continue it or "
