@@ -737,9 +737,10 @@ def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, shown:
     """A flag for one Config field, its help ending in its default and ``shown`` (the value a
     preset gives it); booleans also take ``--name`` and ``--no-name``."""
     flag = f"--{field.name.replace('_', '-')}"
-    help_text = (f"{field.metadata['help']} [default: {_show(field.default)}; "
-                 f"{shown}]").replace("%", "%%")
     parse = _parser_for(field)
+    negation = f" {flag} alone: true; --no-{flag[2:]}: false." if parse.__name__ == "bool" else ""
+    help_text = (f"{field.metadata['help']}{negation} [default: {_show(field.default)}; "
+                 f"{shown}]").replace("%", "%%")
     if parse.__name__ == "bool":
         parser.add_argument(flag, dest=f"cfg_{field.name}", type=parse, nargs="?", const=True,
                             default=argparse.SUPPRESS, metavar="BOOL", help=help_text)
