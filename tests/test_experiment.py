@@ -543,6 +543,12 @@ def test_help_comes_from_field_metadata(capsys):
         cli.main(["train", "--preset", "setting1", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "[default: 0.05; setting1: 0.01]" in text
+    # A preset given twice: the last one counts, in the run and in the help (it showed the first).
+    argv = ["train", "--preset", "quick", "--preset=setting1"]
+    assert cli.config_from_args(cli.parser().parse_args(argv)).learning_rate == 0.01
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--help"])
+    assert "[default: 0.05; setting1: 0.01]" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize("command", [["train"], ["compare"], ["reproduce", "setting1"]])

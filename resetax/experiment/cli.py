@@ -824,13 +824,15 @@ def _resumed_config(args, run_dir: Path) -> config_lib.Config:
 
 
 def _preset_in(argv: list[str]) -> str | None:
-    """The ``--preset`` given in ``argv`` (for the help text), if any."""
+    """The ``--preset`` given in ``argv`` (for the help text), if any: the last one, as
+    argparse takes it."""
+    preset = None
     for i, arg in enumerate(argv):
         if arg == "--preset" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--preset="):
-            return arg.partition("=")[2]
-    return None
+            preset = argv[i + 1]
+        elif arg.startswith("--preset="):
+            preset = arg.partition("=")[2]
+    return preset
 
 
 def _table_in(argv: list[str]) -> str | None:
