@@ -302,6 +302,19 @@ def test_an_empty_run_dir_is_refused(tmp_path, capsys, monkeypatch, command):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_distributed_without_a_cluster_names_the_flag(tmp_path):
+    # Before: 'resetax: error: coordinator_address should be defined.', JAX's words alone. (A
+    # subprocess: jax.distributed starts only before the backend, which this process has.)
+    code, err = run_cli("train", "--quiet", "--distributed", "--run-dir", tmp_path / "run",
+                        "--dataset", "digits")
+    assert code == 2
+    assert one_line_error(err) == (
+        "resetax: error: --distributed found no cluster to join (coordinator_address should be "
+        "defined); run without --distributed, or set JAX_COORDINATOR_ADDRESS, "
+        "JAX_NUM_PROCESSES and JAX_PROCESS_ID.")
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_flag_is_one_line_then_a_pointer_to_help(tmp_path):
     code, err = run_cli("train", "--run-dir", tmp_path / "run", "--learning-rat", "0.1")
     assert code == 2 and "Traceback" not in err, err

@@ -303,7 +303,8 @@ def _reproduce(args) -> int:
     run_dir = Path(args.run_dir or _default_run_dir(f"reproduce-{args.table}"))
     _expect_run(run_dir, args, marker=workdir.PLAN_FILE)
     overrides, seeds = _overrides(args), args.seeds
-    cells = None if args.cells is None else [c for c in args.cells.split(",") if c]
+    cells = None if args.cells is None else [c.strip() for c in args.cells.split(",")
+                                             if c.strip()]
     if cells == []:
         raise ValueError(f"--cells {args.cells!r} names no cell; give one or more of "
                          f"{', '.join(c.name for c in table.cells)}, separated by commas.")
