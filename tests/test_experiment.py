@@ -318,6 +318,10 @@ def test_runs_without_plasticity_write_no_plasticity_field(reference_run):
         (["--reset-prob", "-0.1"], "reset_prob"),
         (["--batch-size", "36"], "divisible by the number of devices"),
         (["--dataset", "cifar10", "--model", "vcnn", "--data-dir", "{tmp}/tfds"], "tfds build"),
+        # Before: exit 0, the initial parameters validated alone and reported as the best model.
+        (["--num-steps", "20", "--eval-every", "50"],
+         "eval_every (50) must be at most num_steps (20): the run would validate its initial "
+         "parameters only"),
     ],
 )
 def test_bad_input_fails_before_writing(tmp_path, capsys, flags, message):

@@ -79,6 +79,7 @@ def test_dry_run_lists_the_runs_and_writes_nothing(tmp_path, capsys):
         (["--cells", ""], "--cells '' names no cell; give one or more of sym20-ce, sym40-ce"),
         (["--cells", ",", "--dry-run"], "--cells ',' names no cell"),
         (["--cells", " , "], "--cells ' , ' names no cell"),
+        (["--num-steps", "5"], "eval_every (10) must be at most num_steps (5)"),
         (["--seeds", "0"], "seeds must be"),
         (["--seeds", "1000000000", "--dry-run"], "--seeds must be at most 10000"),  # hung
         (["--seed", "4294967294", "--seeds", "3"], "goes past the largest seed, 4294967295"),

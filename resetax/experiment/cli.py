@@ -205,7 +205,7 @@ def _train(args) -> int:
 
     run_dir = Path(args.run_dir or _default_run_dir(args.preset or DEFAULT_PRESET))
     _expect_run(run_dir, args)
-    config = _resumed_config(args, run_dir) if args.resume else config_from_args(args)
+    config = _resumed_config(args, run_dir) if args.resume else _evaluated(config_from_args(args))
     plan = _plan(run_dir, args)  # a resumed group of runs must be a pair, not a compare
     if args.resume and not (config.baseline or plan) and _finished(run_dir):
         result = runner.ended(workdir.read_summary(run_dir))
@@ -222,6 +222,17 @@ def _train(args) -> int:
     _print(json.dumps(result.summary, indent=2))
     _print(f"run directory: {run_dir}")
     return _report_divergence({"run": result})
+
+
+def _evaluated(config: config_lib.Config) -> config_lib.Config:
+    """``config``, if its run validates after its first step: ``eval_every`` at most
+    ``num_steps`` (else the run validated its initial parameters only and reported them as its
+    best model, exit 0)."""
+    if config.eval_every > config.num_steps:
+        raise ValueError(f"eval_every ({config.eval_every}) must be at most num_steps "
+                         f"({config.num_steps}): the run would validate its initial parameters "
+                         f"only, and take them for its best model.")
+    return config
 
 
 def _finished(run_dir: Path) -> bool:
@@ -256,7 +267,7 @@ def _compare(args) -> int:
     else:
         if _overrides(args).get("reset_prob") == 0:  # before the preset's baseline=True objects
             raise ValueError("reset_prob must be > 0 for compare (the baseline uses 0).")
-        config = config_from_args(args)
+        config = _evaluated(config_from_args(args))
     seeds = 3 if args.seeds is None else args.seeds
     if config.reset_prob == 0:
         raise ValueError("reset_prob must be > 0 for compare (the baseline uses 0).")
@@ -311,9 +322,7 @@ def _reproduce(args) -> int:
     if args.resume:
         overrides, seeds, cells = reproduce.resume_plan(run_dir, table, overrides, seeds, cells)
     seeds = reproduce.DEFAULT_SEEDS if seeds is None else seeds
-    if seeds > 0:  # plan_runs names a count below 1
-        _check_seeds(seeds, overrides.get("seed", 0))
-    runs = reproduce.plan_runs(table, seeds, overrides, cells)
+    runs = _planned_runs(table, seeds, overrides, cells, args.resume)
     runs_together = _runs_together_of(run_dir, args)
     if args.dry_run:
         _print(reproduce.dry_run(table, runs, runs_together=runs_together))
@@ -344,6 +353,20 @@ def _reproduce(args) -> int:
             _print(table_report.write_report(table, _summaries(results), run_dir, seeds))
     _print(f"run directory: {run_dir}")
     return _report_divergence(results)
+
+
+def _planned_runs(table, seeds: int, overrides: dict[str, Any], cells: list[str] | None,
+                  resume: bool) -> list:
+    """The runs of ``table`` (:func:`~resetax.experiment.reproduce.plan_runs`), checked as a
+    new table's: ``--seeds`` in range, each run validated after its first step."""
+    from resetax.experiment import reproduce
+
+    if seeds > 0:  # plan_runs names a count below 1
+        _check_seeds(seeds, overrides.get("seed", 0))
+    runs = reproduce.plan_runs(table, seeds, overrides, cells)
+    for run in runs if not resume else ():
+        _evaluated(run.config)
+    return runs
 
 
 def _run_group(run_dir: Path, config: config_lib.Config,
