@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 from runs import (
     TINY,
     final_state_leaves,
+    one_line_error,
     read_lines,
     resume_and_compare,
     start_cli_run,
@@ -316,6 +318,10 @@ def test_runs_without_plasticity_write_no_plasticity_field(reference_run):
         (["--reset-prob", "-0.1"], "reset_prob"),
         (["--batch-size", "36"], "divisible by the number of devices"),
         (["--dataset", "cifar10", "--model", "vcnn", "--data-dir", "{tmp}/tfds"], "tfds build"),
+        # Before: exit 0, the initial parameters validated alone and reported as the best model.
+        (["--num-steps", "20", "--eval-every", "50"],
+         "eval_every (50) must be at most num_steps (20): the run would validate its initial "
+         "parameters only"),
     ],
 )
 def test_bad_input_fails_before_writing(tmp_path, capsys, flags, message):
@@ -328,6 +334,26 @@ def test_bad_input_fails_before_writing(tmp_path, capsys, flags, message):
     assert code == 2
     captured = capsys.readouterr()
     assert message in captured.err
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        # Before: planning 2e8 runs, for hours, without a word.
+        (["--seeds", "100000000"], "--seeds must be at most 10000, got 100000000."),
+        # Before: 'seed must be an integer in [0, 4294967295], got 4294967296', naming no --seeds.
+        (["--seed", "4294967295", "--seeds", "2"],
+         "--seeds 2 from --seed 4294967295 goes past the largest seed, 4294967295"),
+        # Before: 'baseline=True trains a reset_prob=0 baseline beside...', a flag not given.
+        (["--reset-prob", "0"], "reset_prob must be > 0 for compare (the baseline uses 0)."),
+    ],
+)
+def test_bad_compare_input_is_one_line_before_writing(tmp_path, capsys, flags, message):
+    run_dir = tmp_path / "compare"
+    assert cli.main(["compare", "--quiet", "--dataset", "digits", "--model", "mlp",
+                     "--run-dir", str(run_dir), *flags]) == 2
+    assert message in one_line_error(capsys.readouterr().err)
     assert not run_dir.exists()
 
 
@@ -521,6 +547,25 @@ def test_help_comes_from_field_metadata(capsys):
         cli.main(["train", "--preset", "setting1", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "[default: 0.05; setting1: 0.01]" in text
+    # A preset given twice: the last one counts, in the run and in the help (it showed the first).
+    argv = ["train", "--preset", "quick", "--preset=setting1"]
+    assert cli.config_from_args(cli.parser().parse_args(argv)).learning_rate == 0.01
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--help"])
+    assert "[default: 0.05; setting1: 0.01]" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("command", [["train"], ["compare"], ["reproduce", "setting1"]])
+def test_every_flag_is_in_its_commands_help(capsys, command):
+    # Before: the --no-NAME form of each boolean (--no-baseline, which the README uses) was
+    # accepted but hidden from --help.
+    with pytest.raises(SystemExit):
+        cli.main([*command, "--help"])
+    text = re.sub(r"-\s+", "-", " ".join(capsys.readouterr().out.split()))
+    sub = cli.parser()._subparsers._group_actions[0].choices[command[0]]
+    flags = [flag for action in sub._actions for flag in action.option_strings]
+    assert "--no-baseline" in flags
+    assert [flag for flag in flags if flag not in text] == []
 
 
 def test_bool_flags_and_no_mutation():

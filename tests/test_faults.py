@@ -258,12 +258,17 @@ def test_a_run_directory_that_becomes_unwritable(long_reference, tmp_path):
     resume_and_compare(target, long_reference)  # from the last good checkpoint
 
 
-@pytest.mark.parametrize("case", ["file", "proc", "read_only"])
+@pytest.mark.parametrize("case", ["file", "proc", "read_only", "dangling_link"])
 def test_bad_run_directories_are_one_line(tmp_path, capsys, case):
     if case == "file":
         run_dir = tmp_path / "a_file"
         run_dir.write_text("notes")
         message = "is a file, not a directory"
+    elif case == "dangling_link":  # before: "cannot create run directory ...: File exists."
+        run_dir = tmp_path / "link"
+        run_dir.symlink_to("nowhere/deeper")
+        message = (f"run directory '{run_dir}' is a symbolic link to 'nowhere/deeper', which does "
+                   f"not exist; create that directory, or choose another --run-dir.")
     elif case == "proc":
         run_dir = Path("/proc/run")
         message = "cannot create run directory '/proc/run'"
@@ -281,6 +286,33 @@ def test_bad_run_directories_are_one_line(tmp_path, capsys, case):
     assert message in one_line_error(err)
     if case == "file":
         assert run_dir.read_text() == "notes"
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "reproduce"])
+def test_an_empty_run_dir_is_refused(tmp_path, capsys, monkeypatch, command):
+    # Before: --run-dir "" trained into the default runs/<preset>-<time>, exit 0.
+    monkeypatch.chdir(tmp_path)
+    table = ["setting1"] if command == "reproduce" else []
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, *table, "--run-dir", "", "--num-steps", "20"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "resetax: error: argument --run-dir: expected a directory, got ''; leave --run-dir out "
+        "for the default")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_distributed_without_a_cluster_names_the_flag(tmp_path):
+    # Before: 'resetax: error: coordinator_address should be defined.', JAX's words alone. (A
+    # subprocess: jax.distributed starts only before the backend, which this process has.)
+    code, err = run_cli("train", "--quiet", "--distributed", "--run-dir", tmp_path / "run",
+                        "--dataset", "digits")
+    assert code == 2
+    assert one_line_error(err) == (
+        "resetax: error: --distributed found no cluster to join (coordinator_address should be "
+        "defined); run without --distributed, or set JAX_COORDINATOR_ADDRESS, "
+        "JAX_NUM_PROCESSES and JAX_PROCESS_ID.")
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_flag_is_one_line_then_a_pointer_to_help(tmp_path):
@@ -322,6 +354,62 @@ def test_a_seed_out_of_range_is_one_line_before_writing(tmp_path, capsys, seed):
     assert one_line_error(capsys.readouterr().err) == (
         f"resetax: error: seed must be an integer in [0, 4294967295], got {seed}.")
     assert not run_dir.exists()  # a retry needs no --overwrite
+
+
+@contextlib.contextmanager
+def _no_compilation_cache_yet(monkeypatch):
+    """The process as the command finds it: no cache configured (the suite configures one)."""
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    configured = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", configured)
+
+
+def test_a_compilation_cache_variable_that_cannot_be_used_is_one_line(tmp_path, monkeypatch,
+                                                                      capsys):
+    # Before: a file or /proc/nope was given to JAX, which warned in two lines at each compile;
+    # 'OFF' was taken for a directory named OFF, made in the working directory.
+    (tmp_path / "afile").write_text("mine")
+    run_dir = tmp_path / "run"
+    with _no_compilation_cache_yet(monkeypatch):
+        for value, reason in ((str(tmp_path / "afile"), "a file"),
+                              ("/proc/nope", "No such file or directory")):
+            monkeypatch.setenv("RESETAX_COMPILATION_CACHE", value)
+            assert cli.main(["train", "--run-dir", str(run_dir)]) == 2
+            assert one_line_error(capsys.readouterr().err) == (
+                f"resetax: error: RESETAX_COMPILATION_CACHE={value!r} cannot hold the compilation "
+                f"cache ({reason}); set it to a directory that can be written, or to off.")
+            assert not run_dir.exists()
+        monkeypatch.setenv("RESETAX_COMPILATION_CACHE", "OFF")
+        cli._use_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir is None
+        # A default place that cannot be created: one note, and no cache.
+        monkeypatch.delenv("RESETAX_COMPILATION_CACHE")
+        monkeypatch.setenv("XDG_CACHE_HOME", "/proc/nope")
+        cli._use_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir is None
+    assert capsys.readouterr().err.startswith(
+        "resetax: the compilation cache '/proc/nope/resetax/jax/")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_run_directory_named_in_chinese_draws_its_curves_without_warnings(tmp_path, capsys):
+    # Before: Matplotlib's 'Glyph 23454 ... missing from font(s) DejaVu Sans' UserWarnings, 4
+    # lines on the stderr of a run that ended well.
+    import warnings
+
+    run_dir = tmp_path / "résumé-实验"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main(["train", "--quiet", "--no-baseline", "--dataset", "digits", "--model",
+                         "mlp", "--num-steps", "20", "--eval-every", "10", "--checkpoint-every",
+                         "10", "--num-devices", "1", "--run-dir", str(run_dir)]) == 0
+    assert [str(w.message) for w in caught if "Glyph" in str(w.message)] == []
+    assert capsys.readouterr().err == ""
+    assert (run_dir / "curves.png").exists()
 
 
 @pytest.mark.slow

@@ -196,3 +196,25 @@ def test_a_pairs_bars_leave_the_cursor_on_a_fresh_line_for_the_table():
     assert lines[-1] == "                    baseline   resetting", lines
     assert [line.split(":")[0] for line in lines[:-1]] == ["baseline", "resetting"], lines
     assert all("40/40" in line and "loss=1.500" in line for line in lines[:-1]), lines
+
+
+def test_resume_refuses_a_run_of_another_config_in_the_groups_directory(tmp_path, capsys):
+    # A `resetax train` into a pair's not-yet-started run (or a run moved in) was reused by the
+    # pair's --resume as its own run: the table mixed in a run of another config, exit 0.
+    flags = ["--quiet", "--dataset=digits", "--model=mlp", "--num-steps=20", "--eval-every=10",
+             "--checkpoint-every=10", "--num-devices=1"]
+    group_dir = tmp_path / "pair"
+    assert cli.main(["train", "--run-dir", str(group_dir), "--baseline", *flags]) == 0
+    resetting = group_dir / "resetting"
+    before = {path: path.read_bytes() for path in group_dir.rglob("*") if path.is_file()}
+    saved = workdir.load_config(resetting)
+    workdir.write_config(resetting, saved.replace(reset_prob=0.5))  # another run's config
+    capsys.readouterr()
+    assert cli.main(["train", "--run-dir", str(group_dir), "--resume", "--quiet"]) == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert f"'{resetting}' holds a run of another config than its group's: reset_prob " \
+           f"(saved 0.5, the group's {saved.reset_prob!r})" in line
+    assert "move it out of" in line
+    assert {path: path.read_bytes() for path in group_dir.rglob("*") if path.is_file()
+            and path.name != "config.json"} == {
+        path: data for path, data in before.items() if path.name != "config.json"}

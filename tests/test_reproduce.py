@@ -47,6 +47,15 @@ def test_cells_set_noise_loss_and_the_robust_losses_learning_rate():
     assert base.replace(reset_prob=1e-3) == by_path["sym20-gce/resetting-seed0"]
 
 
+def test_cells_may_be_separated_by_a_comma_and_spaces(capsys):
+    # Before: --cells "sym20-ce, sym40-ce" was refused: "got [' sym40-ce']".
+    assert cli.main(["reproduce", "setting1", "--dry-run", "--seeds", "1", "--cells",
+                     "sym20-ce, sym40-ce "]) == 0
+    out = capsys.readouterr().out
+    assert "sym20-ce/resetting-seed0" in out and "sym40-ce/resetting-seed0" in out
+    assert "sym60-ce" not in out
+
+
 def test_dry_run_lists_the_runs_and_writes_nothing(tmp_path, capsys):
     run_dir = tmp_path / "table"
     code = cli.main(["reproduce", "table1-cifar10", "--dry-run", "--seeds", "2", "--run-dir",
@@ -69,7 +78,11 @@ def test_dry_run_lists_the_runs_and_writes_nothing(tmp_path, capsys):
         (["--cells", ","], "--cells ',' names no cell; give one or more of sym20-ce, sym40-ce"),
         (["--cells", ""], "--cells '' names no cell; give one or more of sym20-ce, sym40-ce"),
         (["--cells", ",", "--dry-run"], "--cells ',' names no cell"),
+        (["--cells", " , "], "--cells ' , ' names no cell"),
+        (["--num-steps", "5"], "eval_every (10) must be at most num_steps (5)"),
         (["--seeds", "0"], "seeds must be"),
+        (["--seeds", "1000000000", "--dry-run"], "--seeds must be at most 10000"),  # hung
+        (["--seed", "4294967294", "--seeds", "3"], "goes past the largest seed, 4294967295"),
         (["--data-dir", "{tmp}/tfds"], "tfds build cifar10"),
     ],
 )

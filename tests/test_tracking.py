@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import struct
 import time
 
@@ -63,6 +64,43 @@ def test_wandb_without_a_login_or_offline_mode_is_refused_before_the_run(tmp_pat
     monkeypatch.setenv("WANDB_MODE", "offline")
     (tmp_path / ".netrc").unlink()
     assert tracking.check_backends(["wandb"]) == ("wandb",)
+
+
+@pytest.mark.parametrize("variable, value, reason", [
+    ("WANDB_MODE", "OFFLINE", "Input should be 'online', 'offline'"),
+    ("WANDB_MODE", "bogus", "Input should be 'online', 'offline'"),
+    ("WANDB_PROJECT", "a/b c", "Invalid project name 'a/b c'"),
+])
+def test_a_wandb_variable_that_wandb_refuses_is_one_line_before_the_run(
+        tmp_path, monkeypatch, capsys, variable, value, reason):
+    # Before: wandb.init refused it once the run had started (config.json written): a 4-line
+    # pydantic report, exit 2, or `internal error: UsageError`, exit 1.
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=rf"^log_to=wandb: {variable}='{value}' is refused by "
+                                         rf"W&B \({re.escape(reason)}"):
+        tracking.check_backends(["wandb"])
+    from resetax.experiment import cli
+
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "--no-baseline", "--dataset", "digits", "--model", "mlp",
+                     "--log-to", "wandb", "--quiet", "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and variable in err, err
+    assert not run_dir.exists()
+
+
+def test_a_tensorboard_directory_that_cannot_be_written_is_a_storage_error(tmp_path):
+    # Before: the OSError reached the command as bad input: `resetax: error: [Errno 1] ...`,
+    # exit 2, on a run that --resume continues once the directory is writable.
+    from resetax.experiment import workdir
+
+    (tmp_path / "tensorboard").write_text("the user's notes")
+    with pytest.raises(workdir.StorageError, match=r"cannot write '.*tensorboard.*': not a "
+                                                   r"directory; .*continue with --resume"):
+        tracking.open_tracker(["tensorboard"], tmp_path, CONFIG)
+    assert (tmp_path / "tensorboard").read_text() == "the user's notes"
 
 
 def test_other_processes_and_no_backend_write_nothing(tmp_path, monkeypatch):

@@ -60,21 +60,27 @@ def main(argv: list[str] | None = None) -> int:
 def _quiet_third_party() -> Iterator[None]:
     """Keeps the libraries' own reports of what resetax reports in one line off stderr.
 
-    absl's log (TFDS's warnings, Orbax's errors from its writer threads) and asyncio's (the
-    failed writes' futures) are not shown, and the "Event loop is closed" errors that Orbax's
-    and tensorstore's futures raise when they complete after a failed write are dropped; any
-    other error raised where it cannot be caught is shown as Python shows it.
+    absl's log (TFDS's warnings, Orbax's errors from its writer threads), asyncio's (the
+    failed writes' futures) and Matplotlib's (a config directory it cannot create under
+    ``XDG_CACHE_HOME``) are not shown, nor Matplotlib's warnings of characters its font lacks
+    (a run directory named in Chinese: 4 lines a figure); the "Event loop is closed" errors
+    that Orbax's and tensorstore's futures raise when they complete after a failed write are
+    dropped; any other error raised where it cannot be caught is shown as Python shows it.
     """
     import gc
     import logging
+    import warnings
 
-    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio", "matplotlib")]
     levels, hook = [logger.level for logger in loggers], sys.unraisablehook
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
     sys.unraisablehook = _without_closed_loop_errors(hook)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font",
+                                    category=UserWarning)
+            yield
     finally:
         gc.collect()  # the failed write's futures, while their errors are still dropped
         for logger, level in zip(loggers, levels, strict=True):
@@ -121,10 +127,10 @@ def _main(argv: list[str] | None) -> int:
     _RUN.clear()
     argv = sys.argv[1:] if argv is None else list(argv)
     args, unknown = parser(_preset_in(argv), _table_in(argv)).parse_known_args(argv)
-    _use_compilation_cache()
     if unknown:  # named by the command's own parser, not the top-level one
         args.parser.error(_unrecognized(args.parser, unknown))
     try:
+        _use_compilation_cache()
         check_resume_or_overwrite(args.resume, args.overwrite)
         return args.command(args)
     except (RunError, DamagedFile) as err:  # a run that cannot go on, a damaged run file
@@ -199,7 +205,7 @@ def _train(args) -> int:
 
     run_dir = Path(args.run_dir or _default_run_dir(args.preset or DEFAULT_PRESET))
     _expect_run(run_dir, args)
-    config = _resumed_config(args, run_dir) if args.resume else config_from_args(args)
+    config = _resumed_config(args, run_dir) if args.resume else _evaluated(config_from_args(args))
     plan = _plan(run_dir, args)  # a resumed group of runs must be a pair, not a compare
     if args.resume and not (config.baseline or plan) and _finished(run_dir):
         result = runner.ended(workdir.read_summary(run_dir))
@@ -216,6 +222,17 @@ def _train(args) -> int:
     _print(json.dumps(result.summary, indent=2))
     _print(f"run directory: {run_dir}")
     return _report_divergence({"run": result})
+
+
+def _evaluated(config: config_lib.Config) -> config_lib.Config:
+    """``config``, if its run validates after its first step: ``eval_every`` at most
+    ``num_steps`` (else the run validated its initial parameters only and reported them as its
+    best model, exit 0)."""
+    if config.eval_every > config.num_steps:
+        raise ValueError(f"eval_every ({config.eval_every}) must be at most num_steps "
+                         f"({config.num_steps}): the run would validate its initial parameters "
+                         f"only, and take them for its best model.")
+    return config
 
 
 def _finished(run_dir: Path) -> bool:
@@ -248,12 +265,15 @@ def _compare(args) -> int:
                              f"--seeds {args.seeds} would change it (saved {saved_seeds}).")
         args = argparse.Namespace(**{**vars(args), "seeds": saved_seeds})
     else:
-        config = config_from_args(args)
+        if _overrides(args).get("reset_prob") == 0:  # before the preset's baseline=True objects
+            raise ValueError("reset_prob must be > 0 for compare (the baseline uses 0).")
+        config = _evaluated(config_from_args(args))
     seeds = 3 if args.seeds is None else args.seeds
     if config.reset_prob == 0:
         raise ValueError("reset_prob must be > 0 for compare (the baseline uses 0).")
     if seeds < 2:
         raise ValueError(f"seeds must be >= 2 for a standard error, got {seeds}.")
+    _check_seeds(seeds, config.seed)
     _start_processes(args)
     named_configs = [(f"{name}-seed{seed}", config.replace(seed=seed, reset_prob=reset_prob,
                                                             baseline=False))
@@ -261,6 +281,22 @@ def _compare(args) -> int:
              for name, reset_prob in (("baseline", 0.0), ("resetting", config.reset_prob))]
     return _run_group(run_dir, config, named_configs,
                       argparse.Namespace(**{**vars(args), "seeds": seeds}), _report_compare)
+
+
+MAX_SEEDS = 10_000
+"""The most seeds of a ``compare`` or of each cell of a table (planning 10,000 takes a second;
+``--seeds 100000000`` planned for hours without a word)."""
+
+
+def _check_seeds(seeds: int, first_seed: int) -> None:
+    """``--seeds`` from ``--seed`` on: at most :data:`MAX_SEEDS` of them, none past the largest
+    seed."""
+    if seeds > MAX_SEEDS:
+        raise ValueError(f"--seeds must be at most {MAX_SEEDS}, got {seeds}.")
+    last = first_seed + seeds - 1
+    if first_seed <= config_lib.MAX_SEED < last:  # a --seed out of range: the config names it
+        raise ValueError(f"--seeds {seeds} from --seed {first_seed} goes past the largest seed, "
+                         f"{config_lib.MAX_SEED} (to {last}); lower --seed or --seeds.")
 
 
 def _report_compare(summaries: dict[str, dict[str, Any]], config, run_dir: Path) -> None:
@@ -278,14 +314,15 @@ def _reproduce(args) -> int:
     run_dir = Path(args.run_dir or _default_run_dir(f"reproduce-{args.table}"))
     _expect_run(run_dir, args, marker=workdir.PLAN_FILE)
     overrides, seeds = _overrides(args), args.seeds
-    cells = None if args.cells is None else [c for c in args.cells.split(",") if c]
+    cells = None if args.cells is None else [c.strip() for c in args.cells.split(",")
+                                             if c.strip()]
     if cells == []:
         raise ValueError(f"--cells {args.cells!r} names no cell; give one or more of "
                          f"{', '.join(c.name for c in table.cells)}, separated by commas.")
     if args.resume:
         overrides, seeds, cells = reproduce.resume_plan(run_dir, table, overrides, seeds, cells)
     seeds = reproduce.DEFAULT_SEEDS if seeds is None else seeds
-    runs = reproduce.plan_runs(table, seeds, overrides, cells)
+    runs = _planned_runs(table, seeds, overrides, cells, args.resume)
     runs_together = _runs_together_of(run_dir, args)
     if args.dry_run:
         _print(reproduce.dry_run(table, runs, runs_together=runs_together))
@@ -316,6 +353,20 @@ def _reproduce(args) -> int:
             _print(table_report.write_report(table, _summaries(results), run_dir, seeds))
     _print(f"run directory: {run_dir}")
     return _report_divergence(results)
+
+
+def _planned_runs(table, seeds: int, overrides: dict[str, Any], cells: list[str] | None,
+                  resume: bool) -> list:
+    """The runs of ``table`` (:func:`~resetax.experiment.reproduce.plan_runs`), checked as a
+    new table's: ``--seeds`` in range, each run validated after its first step."""
+    from resetax.experiment import reproduce
+
+    if seeds > 0:  # plan_runs names a count below 1
+        _check_seeds(seeds, overrides.get("seed", 0))
+    runs = reproduce.plan_runs(table, seeds, overrides, cells)
+    for run in runs if not resume else ():
+        _evaluated(run.config)
+    return runs
 
 
 def _run_group(run_dir: Path, config: config_lib.Config,
@@ -359,14 +410,18 @@ def _run_group(run_dir: Path, config: config_lib.Config,
 
 def _runs_together_of(run_dir: Path, args) -> int | str:
     """``--runs-together`` as given; when not given, on ``--resume`` as the group was started
-    (its ``plan.json``), so that it goes on bit-identically; else ``auto``."""
+    (its ``plan.json``), so that it goes on bit-identically; else ``auto``. A resume told
+    otherwise says that its runs will not equal an uninterrupted group's."""
     from resetax.experiment import workdir
 
-    if args.runs_together is not None:
-        return args.runs_together
     if args.resume and (run_dir / workdir.PLAN_FILE).exists():
-        return workdir.read_plan(run_dir).get("runs_together", "auto")
-    return "auto"
+        saved = workdir.read_plan(run_dir).get("runs_together", "auto")
+        if args.runs_together not in (None, saved):
+            workdir.note(f"--runs-together {args.runs_together}, where {run_dir} was started "
+                         f"with {saved}: runs trained together and apart differ in the last "
+                         f"bits, so its runs will not equal an uninterrupted group's.")
+        return saved if args.runs_together is None else args.runs_together
+    return "auto" if args.runs_together is None else args.runs_together
 
 
 def _plan(run_dir: Path, args) -> dict[str, Any] | None:
@@ -458,7 +513,10 @@ def _use_compilation_cache() -> None:
     lives in ``$RESETAX_COMPILATION_CACHE``, else ``$XDG_CACHE_HOME/resetax/jax`` (or
     ``~/.cache/resetax/jax``) in a folder per processor model, so that a home directory shared
     by machines of different CPUs never serves one's code to another. ``RESETAX_COMPILATION_CACHE
-    =off`` turns it off; a cache the user configured for JAX is left as it is.
+    =off`` (in any case) turns it off; a cache the user configured for JAX is left as it is.
+    A ``RESETAX_COMPILATION_CACHE`` that cannot be a directory (a file, an unwritable place) is
+    refused with a ``ValueError`` naming it; a default directory that cannot be created is
+    skipped with a one-line note (JAX warned at each compile).
     """
     import hashlib
     import os
@@ -466,8 +524,10 @@ def _use_compilation_cache() -> None:
 
     import jax
 
+    from resetax.experiment import workdir
+
     setting = os.environ.get("RESETAX_COMPILATION_CACHE")
-    if setting == "off" or os.environ.get("JAX_COMPILATION_CACHE_DIR") or (
+    if (setting or "").strip().lower() == "off" or os.environ.get("JAX_COMPILATION_CACHE_DIR") or (
             jax.config.jax_compilation_cache_dir):
         return
     if setting:
@@ -479,6 +539,18 @@ def _use_compilation_cache() -> None:
             cpu += next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
                          if line.startswith("flags")), "")
         directory = base / "resetax" / "jax" / hashlib.sha256(cpu.encode()).hexdigest()[:12]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = "a file" if directory.is_file() else err.strerror or type(err).__name__
+        if setting:
+            raise ValueError(f"RESETAX_COMPILATION_CACHE={setting!r} cannot hold the compilation "
+                             f"cache ({reason}); set it to a directory that can be written, or "
+                             f"to off.") from None
+        workdir.note(f"the compilation cache {str(directory)!r} cannot be created ({reason}); "
+                     f"compiling without it (set RESETAX_COMPILATION_CACHE to a directory that "
+                     f"can be written).")
+        return
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
@@ -568,7 +640,7 @@ def parser(preset: str | None = None, table: str | None = None) -> argparse.Argu
         else:
             sub.add_argument("--preset", default=None, choices=sorted(config_lib.PRESETS),
                              help=f"the defaults of the fields below (default: {DEFAULT_PRESET})")
-        sub.add_argument("--run-dir", default=None,
+        sub.add_argument("--run-dir", default=None, type=_run_dir,
                          help=f"where to write the run (default: {RUN_DIR_DEFAULTS[name]})")
         sub.add_argument("--resume", action="store_true",
                          help="continue the interrupted run in --run-dir with its saved config")
@@ -642,6 +714,14 @@ def _unrecognized(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
     return f"{message}; did you mean {close[0]}?" if close else message
 
 
+def _run_dir(text: str) -> str:
+    """``--run-dir``: a path, not empty (an empty one silently meant the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a directory, got {text!r}; leave --run-dir "
+                                         f"out for the default")
+    return text
+
+
 def _jobs(text: str) -> int | str:
     """``--jobs``: ``auto`` or a positive integer, checked as the group checks it."""
     from resetax import _checks
@@ -681,9 +761,10 @@ def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field, shown:
     """A flag for one Config field, its help ending in its default and ``shown`` (the value a
     preset gives it); booleans also take ``--name`` and ``--no-name``."""
     flag = f"--{field.name.replace('_', '-')}"
-    help_text = (f"{field.metadata['help']} [default: {_show(field.default)}; "
-                 f"{shown}]").replace("%", "%%")
     parse = _parser_for(field)
+    negation = f" {flag} alone: true; --no-{flag[2:]}: false." if parse.__name__ == "bool" else ""
+    help_text = (f"{field.metadata['help']}{negation} [default: {_show(field.default)}; "
+                 f"{shown}]").replace("%", "%%")
     if parse.__name__ == "bool":
         parser.add_argument(flag, dest=f"cfg_{field.name}", type=parse, nargs="?", const=True,
                             default=argparse.SUPPRESS, metavar="BOOL", help=help_text)
@@ -767,13 +848,15 @@ def _resumed_config(args, run_dir: Path) -> config_lib.Config:
 
 
 def _preset_in(argv: list[str]) -> str | None:
-    """The ``--preset`` given in ``argv`` (for the help text), if any."""
+    """The ``--preset`` given in ``argv`` (for the help text), if any: the last one, as
+    argparse takes it."""
+    preset = None
     for i, arg in enumerate(argv):
         if arg == "--preset" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--preset="):
-            return arg.partition("=")[2]
-    return None
+            preset = argv[i + 1]
+        elif arg.startswith("--preset="):
+            preset = arg.partition("=")[2]
+    return preset
 
 
 def _table_in(argv: list[str]) -> str | None:

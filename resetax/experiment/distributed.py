@@ -53,7 +53,15 @@ def initialize(*, auto_detect: bool = False, environ: Mapping[str, str] | None =
         return False
     if jax.distributed.is_initialized():
         return True
-    jax.distributed.initialize(**(kwargs or {}))
+    try:
+        jax.distributed.initialize(**(kwargs or {}))
+    except ValueError as err:  # JAX's "coordinator_address should be defined."
+        if kwargs is not None:
+            raise
+        reason = str(err).strip().rstrip(".")
+        raise ValueError(f"--distributed found no cluster to join ({reason}); run without "
+                         f"--distributed, or set {ADDRESS}, {NUM_PROCESSES} and "
+                         f"{PROCESS_ID}.") from None
     return True
 
 

@@ -167,6 +167,8 @@ def train_or_reuse(config: Config, run_dir: str | Path, *, resume: bool,
     """
     run_dir = Path(run_dir)
     if resume and (run_dir / workdir.SUMMARY_FILE).exists():
+        if (run_dir / workdir.CONFIG_FILE).exists():  # a run the group trained, not another
+            runner.check_resumed_config(run_dir, config)
         return runner.ended(workdir.read_summary(run_dir))
     return runner.train(config, run_dir,
                         resume=resume and (run_dir / workdir.CONFIG_FILE).exists(),

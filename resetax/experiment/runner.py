@@ -128,12 +128,12 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
     config = config.replace(baseline=False)  # one run; the CLI pairs two of them
     run_dir = Path(run_dir)
     if resume and (run_dir / workdir.SUMMARY_FILE).exists():  # ended: read back, not rewritten
-        _check_resumed_config(run_dir, config)
+        check_resumed_config(run_dir, config)
         return ended(workdir.read_summary(run_dir))
 
     def preflight() -> Inputs:
         if resume:
-            _check_resumed_config(run_dir, config)
+            check_resumed_config(run_dir, config)
         tracking.check_backends(config_lib.tracking_backends(config))  # their packages
         return load_inputs(config)
 
@@ -144,10 +144,42 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False,
                           stop_after=stop_after, stop=stop)
 
 
-def _check_resumed_config(run_dir: Path, config: Config) -> None:
-    changed = list(workdir.load_config(run_dir).diff(config))
-    if changed:
-        raise ValueError(f"cannot resume {str(run_dir)!r} with a different config: {changed}.")
+def check_resumed_config(run_dir: str | Path, config: Config) -> None:
+    """Checks that the run in ``run_dir`` was started with ``config`` (``baseline`` aside).
+
+    A run of a group (its parent holds the group's plan.json) whose config differs was not
+    trained by the group (a ``resetax train`` into the group's directory, a run moved in):
+    reusing it would mix it into the group's results, so it raises
+    :class:`~resetax.experiment.workdir.RunError` naming it and the fields that differ. Any
+    other run raises ``ValueError``.
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import runner, workdir
+      >>> from resetax.experiment.config import get_config
+      >>> group = Path(tempfile.mkdtemp())
+      >>> workdir.write_json(group / "plan.json", {"command": "train", "seeds": None})
+      >>> (group / "resetting").mkdir()
+      >>> workdir.write_config(group / "resetting", get_config("quick", num_steps=20))
+      >>> runner.check_resumed_config(group / "resetting", get_config("quick"))
+      Traceback (most recent call last):
+      ...
+      resetax.experiment.workdir.RunError: '.../resetting' holds a run of another config than its group's: num_steps (saved 20, the group's 4000); its group did not train it: move it out of '...', then --resume trains that run again from step 0.
+    """  # noqa: E501
+    run_dir = Path(run_dir)
+    changed = workdir.load_config(run_dir).diff(config.replace(baseline=False))
+    changed.pop("baseline", None)
+    if not changed:
+        return
+    if workdir.in_group(run_dir):
+        fields = ", ".join(f"{name} (saved {saved!r}, the group's {planned!r})"
+                           for name, (saved, planned) in changed.items())
+        raise workdir.RunError(
+            f"{str(run_dir)!r} holds a run of another config than its group's: {fields}; its "
+            f"group did not train it: move it out of {str(run_dir.parent)!r}, then --resume "
+            f"trains that run again from step 0.")
+    raise ValueError(f"cannot resume {str(run_dir)!r} with a different config: {list(changed)}.")
 
 
 def train_loop(experiment: Experiment, run_dir: Path, *, resume: bool = False,

@@ -279,10 +279,7 @@ def _claim(claimed: contextlib.ExitStack, run: group.GroupRun, *, resume: bool,
 
     def preflight() -> Inputs:
         if resume:
-            changed = list(workdir.load_config(run_dir).diff(config))
-            if changed:
-                raise ValueError(f"cannot resume {str(run_dir)!r} with a different config: "
-                                 f"{changed}.")
+            runner.check_resumed_config(run_dir, config)
         tracking.check_backends(config_lib.tracking_backends(config))
         return build.load_inputs(config)
 

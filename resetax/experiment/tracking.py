@@ -62,11 +62,32 @@ def check_backends(log_to: Iterable[str]) -> tuple[str, ...]:
             raise ValueError(
                 f"log_to={name} needs the {BACKENDS[name]} package: "
                 f"pip install 'resetax[{name}]'.")
-    if "wandb" in backends and not _wandb_can_start():
-        raise ValueError(
-            "log_to=wandb needs a W&B login (run `wandb login` or set WANDB_API_KEY), or "
-            "WANDB_MODE=offline to log without one (`wandb sync` uploads later).")
+    if "wandb" in backends:
+        _check_wandb_environment()
+        if not _wandb_can_start():
+            raise ValueError(
+                "log_to=wandb needs a W&B login (run `wandb login` or set WANDB_API_KEY), or "
+                "WANDB_MODE=offline to log without one (`wandb sync` uploads later).")
     return backends
+
+
+def _check_wandb_environment() -> None:
+    """``WANDB_MODE`` and ``WANDB_PROJECT`` as W&B takes them, or a ``ValueError`` naming the
+    variable (W&B's own errors came from ``wandb.init``, after the run had started: a
+    four-line pydantic report, or an internal error)."""
+    import wandb
+
+    for variable, setting in (("WANDB_MODE", "mode"), ("WANDB_PROJECT", "project")):
+        value = os.environ.get(variable)
+        if not value:
+            continue
+        try:
+            wandb.Settings(**{setting: value})
+        except Exception as err:  # pydantic's ValidationError, W&B's UsageError
+            errors = getattr(err, "errors", None)
+            reason = errors()[0]["msg"] if callable(errors) else str(err).splitlines()[0]
+            raise ValueError(f"log_to=wandb: {variable}={value!r} is refused by W&B ({reason})"
+                             f"; set it to a value W&B accepts, or unset it.") from None
 
 
 def _wandb_can_start() -> bool:
@@ -152,9 +173,13 @@ def open_tracker(
         for name in backends:
             backend = _TensorBoard if name == "tensorboard" else _WandB
             trackers.append(backend(run_dir, config, resume_step))
-    except BaseException:
+    except BaseException as err:
         for tracker in trackers:
             tracker.close()
+        if isinstance(err, OSError):  # storage, not the arguments: the run can be resumed
+            from resetax.experiment.workdir import StorageError
+
+            raise StorageError(err.filename or run_dir, err) from err
         raise
     return trackers[0] if len(trackers) == 1 else _Several(trackers)
 

@@ -170,6 +170,10 @@ def check_run_dir(run_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
     check_resume_or_overwrite(resume, overwrite)
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"run directory {str(run_dir)!r} is a file, not a directory.")
+    if run_dir.is_symlink() and not run_dir.exists():  # mkdir said only "File exists"
+        raise FileNotFoundError(
+            f"run directory {str(run_dir)!r} is a symbolic link to {os.readlink(run_dir)!r}, "
+            f"which does not exist; create that directory, or choose another --run-dir.")
     if _has_content(run_dir) and not (resume or overwrite):
         raise FileExistsError(
             f"run directory {str(run_dir)!r} already exists; pass --resume to continue it or "
@@ -416,7 +420,7 @@ def _restart(run_dir: Path) -> str:
       >>> workdir._restart(group)
       'restore it, or start the run again with --overwrite'
     """
-    if _in_group(run_dir):
+    if in_group(run_dir):
         return (f"restore it, or delete {str(run_dir)!r} so that --resume trains that run again "
                 f"from step 0")
     return _RESTART
@@ -440,12 +444,23 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     return _files.read_json(
         Path(run_dir) / SUMMARY_FILE, required=SUMMARY_KEYS,
         types={**{key: numbers for key in SUMMARY_KEYS}, "test_acc": (float,)},
-        fix=_restart(Path(run_dir)) if _in_group(Path(run_dir)) else
+        fix=_restart(Path(run_dir)) if in_group(Path(run_dir)) else
         "restore it, or delete it so that --resume ends the run again from its last checkpoint")
 
 
-def _in_group(run_dir: Path) -> bool:
-    """Whether ``run_dir`` is a run of a group (its parent holds the group's plan.json)."""
+def in_group(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` is a run of a group (its parent holds the group's plan.json).
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from resetax.experiment import workdir
+      >>> group = Path(tempfile.mkdtemp())
+      >>> workdir.write_json(group / "plan.json", {"command": "train", "seeds": None})
+      >>> workdir.in_group(group / "baseline"), workdir.in_group(group)
+      (True, False)
+    """
+    run_dir = Path(run_dir)
     return (run_dir.parent / PLAN_FILE).exists() and not (run_dir / PLAN_FILE).exists()
 
 
