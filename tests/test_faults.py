@@ -142,6 +142,23 @@ def test_a_lock_left_behind_is_reported_and_taken_over(tmp_path, capsys):
     assert (target / "summary.json").exists()
 
 
+def test_the_locks_a_dead_group_left_are_noted_once(tmp_path, capsys):
+    """A group's directory and each of its runs hold a lock: a pair killed with kill -9 left 3,
+    a 3-seed compare 7, and taking them over printed a line each."""
+    group, elsewhere = tmp_path / "group", tmp_path / "elsewhere"
+    for run_dir in (group, group / "baseline", group / "resetting", elsewhere):
+        run_dir.mkdir()
+        (run_dir / workdir.LOCK_FILE).write_text("pid 4343 on elsewhere")
+    with workdir.RunLock(group):
+        for name in ("baseline", "resetting"):
+            with workdir.RunLock(group / name):
+                pass
+    with workdir.RunLock(elsewhere):  # another directory the same dead run held: noted
+        pass
+    noted = [line for line in capsys.readouterr().err.splitlines() if "pid 4343" in line]
+    assert len(noted) == 2 and str(group) in noted[0] and str(elsewhere) in noted[1], noted
+
+
 @pytest.mark.slow
 def test_compare_interrupted_then_resumed_matches_an_uninterrupted_one(tmp_path):
     # One device per run: the first two runs train side by side, and the signal stops both.

@@ -327,8 +327,9 @@ class RunLock:
                 f"wait for it to end, or choose another --run-dir.") from None
         file.seek(0)
         stale = file.read().strip()
-        if stale:
+        if stale and not _noted_above(stale, self.run_dir):
             _note(f"a previous run ({stale}) ended without releasing {path}; taking it over.")
+            _STALE_LOCKS_NOTED.append((stale, self.run_dir.resolve()))
         with contextlib.suppress(OSError):  # a full disk: the flock still holds, unnamed
             file.seek(0)
             file.truncate()
@@ -738,6 +739,16 @@ def note(message: str) -> None:
 
 
 _note = note
+
+_STALE_LOCKS_NOTED: list[tuple[str, Path]] = []
+"""The locks taken over from runs that died, as (holder, run directory), noted once: the runs
+of a group hold a lock each, inside the group's directory."""
+
+
+def _noted_above(holder: str, run_dir: Path) -> bool:
+    """Whether a lock that ``holder`` left in ``run_dir`` or a directory above it was noted."""
+    here = run_dir.resolve()
+    return any(h == holder and (d == here or d in here.parents) for h, d in _STALE_LOCKS_NOTED)
 
 
 def _has_content(run_dir: Path) -> bool:
