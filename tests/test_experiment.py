@@ -322,6 +322,13 @@ def test_runs_without_plasticity_write_no_plasticity_field(reference_run):
         (["--num-steps", "20", "--eval-every", "50"],
          "eval_every (50) must be at most num_steps (20): the run would validate its initial "
          "parameters only"),
+        # Before: exit 0, the flag read by no part of the run.
+        (["--dormant-threshold", "0.2"], "--dormant-threshold has no effect with --plasticity "
+         "none: it is read with --plasticity recycle_dormant_units."),
+        (["--plasticity", "reset_to_init", "--shrink", "0.5"],
+         "--shrink has no effect with --plasticity reset_to_init"),
+        (["--gce-q", "0.5"], "--gce-q has no effect with --loss ce: it is read with --loss gce "
+         "or truncated_gce."),
     ],
 )
 def test_bad_input_fails_before_writing(tmp_path, capsys, flags, message):

@@ -205,7 +205,7 @@ def _train(args) -> int:
 
     run_dir = Path(args.run_dir or _default_run_dir(args.preset or DEFAULT_PRESET))
     _expect_run(run_dir, args)
-    config = _resumed_config(args, run_dir) if args.resume else _evaluated(config_from_args(args))
+    config = _resumed_config(args, run_dir) if args.resume else _new_config(args)
     plan = _plan(run_dir, args)  # a resumed group of runs must be a pair, not a compare
     if args.resume and not (config.baseline or plan) and _finished(run_dir):
         result = runner.ended(workdir.read_summary(run_dir))
@@ -222,6 +222,40 @@ def _train(args) -> int:
     _print(json.dumps(result.summary, indent=2))
     _print(f"run directory: {run_dir}")
     return _report_divergence({"run": result})
+
+
+_COMPANIONS = {
+    "gce_q": ("loss", ("gce", "truncated_gce")),
+    "truncated_gce_k": ("loss", ("truncated_gce",)),
+    "sce_alpha": ("loss", ("sce",)), "sce_beta": ("loss", ("sce",)),
+    "nce_rce_alpha": ("loss", ("nce_rce",)), "nce_rce_beta": ("loss", ("nce_rce",)),
+    "elr_lambda": ("loss", ("elr", "elr_official")), "elr_beta": ("loss", ("elr", "elr_official")),
+    "plasticity_every": ("plasticity", ("reset_to_init", "shrink_and_perturb",
+                                        "recycle_dormant_units")),
+    "plasticity_layers": ("plasticity", ("reset_to_init", "shrink_and_perturb",
+                                         "recycle_dormant_units")),
+    "dormant_threshold": ("plasticity", ("recycle_dormant_units",)),
+    "shrink": ("plasticity", ("shrink_and_perturb",)),
+    "perturb": ("plasticity", ("shrink_and_perturb",)),
+}
+"""The fields that only one method reads, with the field choosing it and the values that read
+them: given on the command line without their method, they would change nothing."""
+
+
+def _new_config(args) -> config_lib.Config:
+    """The config of a new run or compare (:func:`config_from_args`), refused if a flag given
+    would change nothing (``--dormant-threshold`` without ``--plasticity
+    recycle_dormant_units``) or its run would validate its initial parameters only."""
+    config, given = config_from_args(args), _overrides(args)
+    for name, (method, readers) in _COMPANIONS.items():
+        chosen = getattr(config, method)
+        if name in given and chosen not in readers:
+            flag = f"--{method.replace('_', '-')}"
+            raise ValueError(
+                f"--{name.replace('_', '-')} has no effect with {flag} "
+                f"{'none' if chosen is None else chosen}: it is read with {flag} "
+                f"{' or '.join(readers)}.")
+    return _evaluated(config)
 
 
 def _evaluated(config: config_lib.Config) -> config_lib.Config:
@@ -267,7 +301,7 @@ def _compare(args) -> int:
     else:
         if _overrides(args).get("reset_prob") == 0:  # before the preset's baseline=True objects
             raise ValueError("reset_prob must be > 0 for compare (the baseline uses 0).")
-        config = _evaluated(config_from_args(args))
+        config = _new_config(args)
     seeds = 3 if args.seeds is None else args.seeds
     if config.reset_prob == 0:
         raise ValueError("reset_prob must be > 0 for compare (the baseline uses 0).")
