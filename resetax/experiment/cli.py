@@ -224,32 +224,20 @@ def _train(args) -> int:
     return _report_divergence({"run": result})
 
 
-_COMPANIONS = {
-    "gce_q": ("loss", ("gce", "truncated_gce")),
-    "truncated_gce_k": ("loss", ("truncated_gce",)),
-    "sce_alpha": ("loss", ("sce",)), "sce_beta": ("loss", ("sce",)),
-    "nce_rce_alpha": ("loss", ("nce_rce",)), "nce_rce_beta": ("loss", ("nce_rce",)),
-    "elr_lambda": ("loss", ("elr", "elr_official")), "elr_beta": ("loss", ("elr", "elr_official")),
-    "plasticity_every": ("plasticity", ("reset_to_init", "shrink_and_perturb",
-                                        "recycle_dormant_units")),
-    "plasticity_layers": ("plasticity", ("reset_to_init", "shrink_and_perturb",
-                                         "recycle_dormant_units")),
-    "dormant_threshold": ("plasticity", ("recycle_dormant_units",)),
-    "shrink": ("plasticity", ("shrink_and_perturb",)),
-    "perturb": ("plasticity", ("shrink_and_perturb",)),
-}
-"""The fields that only one method reads, with the field choosing it and the values that read
-them: given on the command line without their method, they would change nothing."""
-
-
 def _new_config(args) -> config_lib.Config:
     """The config of a new run or compare (:func:`config_from_args`), refused if a flag given
     would change nothing (``--dormant-threshold`` without ``--plasticity
     recycle_dormant_units``) or its run would validate its initial parameters only."""
-    config, given = config_from_args(args), _overrides(args)
-    for name, (method, readers) in _COMPANIONS.items():
+    from resetax.experiment.optimization import readers_of
+
+    config = config_from_args(args)
+    for name in _overrides(args):
+        found = readers_of(name)
+        if found is None:
+            continue
+        method, readers = found
         chosen = getattr(config, method)
-        if name in given and chosen not in readers:
+        if chosen not in readers:
             flag = f"--{method.replace('_', '-')}"
             raise ValueError(
                 f"--{name.replace('_', '-')} has no effect with {flag} "

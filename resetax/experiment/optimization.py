@@ -277,6 +277,46 @@ def learning_rate(config: Config, opt_state: Any, step: jax.Array) -> jax.Array:
     return jnp.asarray(schedule(step), jnp.float32)
 
 
+LOSS_FIELDS: dict[str, dict[str, str]] = {
+    "gce": {"q": "gce_q"},
+    "truncated_gce": {"q": "gce_q", "k": "truncated_gce_k"},
+    "sce": {"alpha": "sce_alpha", "beta": "sce_beta"},
+    "nce_rce": {"alpha": "nce_rce_alpha", "beta": "nce_rce_beta"},
+    "elr": {"lam": "elr_lambda", "beta": "elr_beta"},
+    "elr_official": {"lam": "elr_lambda", "beta": "elr_beta"},
+}
+"""For each loss with hyperparameters, the Config field of each (by the loss's argument name)."""
+
+PLASTICITY_FIELDS: dict[str, tuple[str, ...]] = {
+    "reset_to_init": ("plasticity_every", "plasticity_layers"),
+    "shrink_and_perturb": ("plasticity_every", "plasticity_layers", "shrink", "perturb"),
+    "recycle_dormant_units": ("plasticity_every", "plasticity_layers", "dormant_threshold"),
+}
+"""The Config fields each ``plasticity`` method reads (see :func:`with_plasticity`)."""
+
+
+def readers_of(field: str) -> tuple[str, tuple[str, ...]] | None:
+    """For a field that one method reads (a loss's or a plasticity method's hyperparameter),
+    the field choosing the method and the values of it that read ``field``; None for a field
+    every run reads.
+
+    Example:
+      >>> from resetax.experiment.optimization import readers_of
+      >>> readers_of("gce_q")
+      ('loss', ('gce', 'truncated_gce'))
+      >>> readers_of("dormant_threshold")
+      ('plasticity', ('recycle_dormant_units',))
+      >>> print(readers_of("learning_rate"))
+      None
+    """
+    for method, table in (("loss", {k: tuple(v.values()) for k, v in LOSS_FIELDS.items()}),
+                          ("plasticity", PLASTICITY_FIELDS)):
+        readers = tuple(value for value, fields in table.items() if field in fields)
+        if readers:
+            return method, readers
+    return None
+
+
 def loss_hyperparameters(config: Config) -> dict[str, float]:
     """The hyperparameters of ``config.loss`` from the config's fields, by their loss names.
 
@@ -288,14 +328,8 @@ def loss_hyperparameters(config: Config) -> dict[str, float]:
       >>> loss_hyperparameters(get_config("quick", loss="ce"))
       {}
     """
-    return {
-        "gce": dict(q=config.gce_q),
-        "truncated_gce": dict(q=config.gce_q, k=config.truncated_gce_k),
-        "sce": dict(alpha=config.sce_alpha, beta=config.sce_beta),
-        "nce_rce": dict(alpha=config.nce_rce_alpha, beta=config.nce_rce_beta),
-        "elr": dict(lam=config.elr_lambda, beta=config.elr_beta),
-        "elr_official": dict(lam=config.elr_lambda, beta=config.elr_beta),
-    }.get(config.loss, {})
+    return {arg: getattr(config, field)
+            for arg, field in LOSS_FIELDS.get(config.loss, {}).items()}
 
 
 def validation_loss(config: Config) -> Callable[[jax.Array, jax.Array], jax.Array]:
